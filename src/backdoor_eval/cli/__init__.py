@@ -1,0 +1,49 @@
+"""The ``backdoor-eval`` command line: the one entry point Snakemake rules call.
+
+Each area registers its own subcommands (``cli/data.py``, ``cli/attack.py``,
+``cli/engine.py``, ``cli/report.py``); handlers parse arguments, call pure
+package functions and write files atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+AREAS = ("data", "attack", "engine", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backdoor-eval",
+        description="Systematic backdoor data-poisoning experiments on image classifiers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for area in AREAS:
+        module = importlib.import_module(f"backdoor_eval.cli.{area}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result = args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        # Bad input: one clear line naming the bad value, no traceback.
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"backdoor-eval {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
