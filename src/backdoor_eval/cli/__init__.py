@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-AREAS = ("data", "attack", "engine", "report")
+AREAS = ("data", "attack", "engine", "report", "workflow")
 
 
 def build_parser() -> argparse.ArgumentParser:
