@@ -1,0 +1,94 @@
+"""Evaluation: the metrics of one model on one run's sets, and the per-run summary.
+
+Adversarial success rate (paper section 3): the fraction of adversarial-test
+images (true class != poison class, trigger embedded) predicted as the
+poison class. For one-to-one poisoning it is also reported on the source
+class alone (SPEC 1). ``poison_class_rate_clean`` is the same fraction on the
+untriggered images: the rate at which the model predicts the poison class
+anyway, which a backdoor has to beat to mean anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+RUN_PARAMETERS = (
+    "run_id",
+    "dataset",
+    "model",
+    "trigger",
+    "alpha",
+    "strategy",
+    "poison_class",
+    "source",
+    "poison_rate",
+    "regularizer",
+    "seed",
+)
+SUMMARY_METRICS = (
+    "train_loss",
+    "poison_val_accuracy",
+    "clean_val_accuracy",
+    "adversarial_success_rate",
+    "adversarial_success_rate_source",
+    "poison_class_rate_clean",
+)
+
+
+def _mean(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()) if values.size else float("nan")
+
+
+def accuracy(predictions, labels) -> float:
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {predictions.shape} and labels {labels.shape} differ in shape")
+    return _mean(predictions == labels)
+
+
+def adversarial_success_rate(triggered_predictions, poison_class: int, mask=None) -> float:
+    """Fraction of triggered images predicted as ``poison_class`` (optionally within ``mask``)."""
+    hits = np.asarray(triggered_predictions) == poison_class
+    if mask is not None:
+        hits = hits[np.asarray(mask, dtype=bool)]
+    return _mean(hits)
+
+
+def summarize(
+    run_params: Mapping[str, Any],
+    phases: Sequence[tuple[Mapping[str, Any], pd.DataFrame]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-run tidy tables: one summary row per phase, and every epoch with the run parameters.
+
+    ``phases`` holds, per phase, its ``final.json`` content and its per-epoch frame.
+    """
+    missing = [k for k in RUN_PARAMETERS if k not in run_params]
+    if missing:
+        raise ValueError(f"run parameters lack {missing}; required: {list(RUN_PARAMETERS)}")
+    params = {k: run_params[k] for k in RUN_PARAMETERS}
+    params["alpha"] = float(params["alpha"])
+    params["poison_rate"] = float(params["poison_rate"])
+    params["seed"] = int(params["seed"])
+    params["poison_class"] = str(params["poison_class"])
+    params["source"] = str(params["source"])
+    rows, epochs = [], []
+    for final, history in phases:
+        row = dict(params)
+        row["phase"] = final["phase"]
+        row["epoch"] = int(final["epoch"])
+        row["best_epoch"] = int(final["best_epoch"])
+        row["epochs_run"] = int(final["epochs_run"])
+        row["stopped_early"] = bool(final["stopped_early"])
+        for metric in SUMMARY_METRICS:
+            row[metric] = float(final.get(metric, float("nan")))
+        rows.append(row)
+        frame = history.copy()
+        for key, value in reversed(list(params.items())):
+            frame.insert(0, key, value)
+        epochs.append(frame)
+    summary = pd.DataFrame(rows)
+    return summary, pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()

@@ -1,0 +1,224 @@
+"""The training engine: early stopping, config validation, determinism, resume, and the paper in miniature."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from backdoor_eval import train as engine
+from backdoor_eval.cli import main as cli
+
+# --------------------------------------------------------------------------- unit
+
+
+def scripted_stop_epoch(scores, patience):
+    stopper = engine.EarlyStopping(patience)
+    for epoch, score in enumerate(scores):
+        stopper.update(epoch, score)
+        if stopper.should_stop:
+            return epoch, stopper.best_epoch
+    return None, stopper.best_epoch
+
+
+def test_early_stopping_stops_exactly_patience_epochs_after_best():
+    scores = [0.1, 0.3, 0.5, 0.4, 0.5, 0.45, 0.49, 0.3, 0.9]
+    stop, best = scripted_stop_epoch(scores, patience=5)
+    assert best == 2
+    assert stop == 7  # epochs 3..7 are the five without a strict improvement
+
+
+def test_early_stopping_ties_are_not_improvements_and_a_late_best_resets():
+    stop, best = scripted_stop_epoch([0.5, 0.5, 0.5, 0.5, 0.5, 0.5], patience=5)
+    assert (stop, best) == (5, 0)
+    stop, best = scripted_stop_epoch([0.1, 0.2, 0.1, 0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1], patience=5)
+    assert (stop, best) == (9, 4)
+    assert scripted_stop_epoch([0.1, 0.2, 0.3], patience=5) == (None, 2)
+
+
+def test_train_config_defaults_are_the_papers_and_bad_values_are_named():
+    cfg = engine.TrainConfig.from_dict({})
+    assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.patience, cfg.retrain_epochs) == ("adam", 1e-5, 32, 5, 5)
+    with pytest.raises(ValueError, match="'rmsprop'"):
+        engine.TrainConfig.from_dict({"optimizer": "rmsprop"})
+    with pytest.raises(ValueError, match="learning_rate"):
+        engine.TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="batch_size=0"):
+        engine.TrainConfig.from_dict({"batch_size": 0})
+    assert set(engine.OPTIMIZERS.names()) >= {"adam", "adamw", "sgd"}
+
+
+def test_seed_for_is_stable_and_purpose_specific():
+    assert engine.seed_for(0, "poison", 3) == engine.seed_for(0, "poison", 3)
+    assert engine.seed_for(0, "poison", 3) != engine.seed_for(0, "clean", 3)
+    assert engine.seed_for(0, "poison", 3) != engine.seed_for(1, "poison", 3)
+
+
+def test_quantize_rounds_like_an_image_file():
+    x = torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 0.999, 1.2, -0.1])
+    assert engine.quantize(x).tolist() == [0, 0, 2, 255, 255, 0]
+
+
+def test_batch_preparer_normalises_resizes_and_flips():
+    cfg = engine.TrainConfig(input_size=8)
+    prep = engine.BatchPreparer((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"), cfg)
+    images = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    images[:, :, 0, :] = 255  # left column white
+    x = prep(images, flip=torch.tensor([False, True]))
+    assert x.shape == (2, 3, 8, 8)
+    assert x[0, :, :, 0].min() > 0 and x[0, :, :, -1].max() < 0  # white left, black right, normalised
+    assert x[1, :, :, -1].min() > 0 and x[1, :, :, 0].max() < 0  # flipped
+
+
+# --------------------------------------------------------------------------- end to end on the synthetic set
+
+TRAIN = {"lr": 1e-3, "batch_size": 64, "max_epochs": 6, "patience": 2, "retrain_epochs": 3, "eval_batch_size": 512}
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    """Ingest the synthetic dataset, partition it and poison it with BS (many-to-one, class 0)."""
+    root = tmp_path_factory.mktemp("engine")
+    store, parts, poisoned = root / "store", root / "partitions.npz", root / "poisoned"
+    params = json.dumps({"num_classes": 10, "per_class": 300, "size": 32, "seed": 0})
+    assert cli(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
+    assert cli(["partition", "--store", str(store), "--seed", "0", "--out", str(parts)]) == 0
+    assert cli([
+        "poison", "--store", str(store), "--partitions", str(parts), "--trigger", "bs",
+        "--poison-class", "0", "--poison-rate", "0.1", "--strategy", "many-to-one",
+        "--seed", "0", "--out", str(poisoned),
+    ]) == 0
+    return root, store, parts, poisoned
+
+
+def phase_args(run_inputs, phase, out, checkpoints=None, train=TRAIN, init=None, model="small_cnn"):
+    root, store, parts, poisoned = run_inputs
+    args = [
+        "train" if phase == "poison" else "retrain",
+        "--store", str(store), "--partitions", str(parts), "--poisoned", str(poisoned),
+        "--model", model, "--train-params", json.dumps(train), "--seed", "0",
+        "--out", str(out), "--device", "cpu", "--threads", "1",
+    ]
+    if checkpoints is not None:
+        args += ["--checkpoints", str(checkpoints)]
+    if init is not None:
+        args += ["--init", str(init)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def trained(run_inputs):
+    root = run_inputs[0]
+    poison_out, clean_out = root / "run" / "poison", root / "run" / "clean"
+    assert cli(phase_args(run_inputs, "poison", poison_out, root / "ckpt")) == 0
+    assert cli(phase_args(run_inputs, "clean", clean_out, root / "ckpt", init=poison_out)) == 0
+    return poison_out, clean_out
+
+
+@pytest.mark.slow
+def test_paper_in_miniature_backdoor_learned_then_removed_by_clean_retraining(trained):
+    poison_out, clean_out = trained
+    poisoned = json.loads((poison_out / "final.json").read_text())
+    clean = json.loads((clean_out / "final.json").read_text())
+    # Clean accuracy well above chance (10 classes: 0.1).
+    assert poisoned["clean_val_accuracy"] > 0.5
+    assert clean["clean_val_accuracy"] > 0.5
+    # The backdoor works: triggered images go to the poison class far more often than clean ones do.
+    assert poisoned["adversarial_success_rate"] > 0.6
+    assert poisoned["adversarial_success_rate"] > poisoned["poison_class_rate_clean"] + 0.4
+    # Clean retraining clearly weakens it.
+    assert clean["adversarial_success_rate"] < poisoned["adversarial_success_rate"] - 0.2
+    # Outputs: per-epoch table with both the pre-training epoch 0 and one kept (best) epoch.
+    history = pd.read_parquet(poison_out / "epochs.parquet")
+    assert list(history["epoch"]) == list(range(len(history)))
+    assert history["is_best"].sum() == 1
+    assert int(history.loc[history["is_best"], "epoch"].iloc[0]) == poisoned["best_epoch"]
+    best = history["poison_val_accuracy"].max()
+    assert poisoned["poison_val_accuracy"] == pytest.approx(best)
+    clean_history = pd.read_parquet(clean_out / "epochs.parquet")
+    assert list(clean_history["epoch"]) == list(range(TRAIN["retrain_epochs"] + 1))
+    # Epoch 0 of retraining evaluates the kept poisoned model, unchanged.
+    assert clean_history["adversarial_success_rate"].iloc[0] == pytest.approx(poisoned["adversarial_success_rate"])
+    # The checkpoints are gone once the phase is done.
+    assert not any((poison_out.parent.parent / "ckpt").glob("*.pt"))
+
+
+@pytest.mark.slow
+def test_evaluate_builds_the_tidy_summary(trained, tmp_path):
+    poison_out, clean_out = trained
+    params = {
+        "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0", "dataset": "synthetic",
+        "model": "small_cnn", "trigger": "bs", "alpha": 1.0, "strategy": "many-to-one", "poison_class": "class0",
+        "source": "all", "poison_rate": 0.1, "regularizer": "none", "seed": 0,
+    }
+    out = tmp_path / "summary.parquet"
+    assert cli(["evaluate", "--poison", str(poison_out), "--clean", str(clean_out),
+                "--run-params", json.dumps(params), "--out", str(out)]) == 0
+    summary = pd.read_parquet(out)
+    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    assert list(summary["phase"]) == ["poison", "clean"]
+    final = json.loads((poison_out / "final.json").read_text())
+    assert summary.loc[0, "adversarial_success_rate"] == pytest.approx(final["adversarial_success_rate"])
+    assert (summary["run_id"] == params["run_id"]).all()
+    assert len(epochs) == len(pd.read_parquet(poison_out / "epochs.parquet")) + TRAIN["retrain_epochs"] + 1
+    assert set(epochs["model"]) == {"small_cnn"}
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_kill_then_resume_matches(run_inputs, trained, tmp_path):
+    """Kill a run mid-training (SIGKILL), start it again: same final metrics as uninterrupted."""
+    poison_out, _ = trained
+    reference = json.loads((poison_out / "final.json").read_text())
+    reference_history = pd.read_parquet(poison_out / "epochs.parquet")
+    train = dict(TRAIN, patience=100)  # no early stop: the run is long enough to kill mid-way
+    out, ckpt = tmp_path / "poison", tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "backdoor_eval.cli", *phase_args(run_inputs, "poison", out, ckpt, train=train)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = ckpt / "poison.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if checkpoint.exists() and torch.load(checkpoint, weights_only=False)["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 2 <= killed_at < train["max_epochs"], "the run was not interrupted mid-training"
+    assert not (out / "final.json").exists()
+
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    resumed = json.loads((out / "final.json").read_text())
+    assert resumed["resumed_from_epoch"] == killed_at + 1
+
+    fresh_out = tmp_path / "fresh"
+    assert cli(phase_args(run_inputs, "poison", fresh_out, tmp_path / "ckpt2", train=train)) == 0
+    fresh = json.loads((fresh_out / "final.json").read_text())
+    for metric in engine.METRIC_COLUMNS:
+        assert resumed[metric] == fresh[metric] or (np.isnan(resumed[metric]) and np.isnan(fresh[metric]))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "epochs.parquet").drop(columns="seconds"),
+        pd.read_parquet(fresh_out / "epochs.parquet").drop(columns="seconds"),
+    )
+    # Same seed, same settings: the early-stopped reference run reproduces the fresh run's first epochs.
+    common = reference_history["epoch"].max()
+    fresh_history = pd.read_parquet(fresh_out / "epochs.parquet")
+    pd.testing.assert_frame_equal(
+        reference_history.drop(columns=["seconds", "is_best"]),
+        fresh_history[fresh_history["epoch"] <= common].drop(columns=["seconds", "is_best"]),
+    )
+
+
+def test_bad_training_option_is_a_clear_cli_error(run_inputs, tmp_path, capsys):
+    args = phase_args(run_inputs, "poison", tmp_path / "out", train={"optimizer": "rmsprop"})
+    assert cli(args) == 2
+    assert "'rmsprop'" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "final.json").exists()
