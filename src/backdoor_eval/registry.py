@@ -33,8 +33,9 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
-        except KeyError:
-            raise KeyError(
+        except (KeyError, TypeError):
+            # Bad input, not a bug: ValueError, naming the value and what is allowed.
+            raise ValueError(
                 f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(sorted(self._entries))}"
             ) from None
 

@@ -159,6 +159,7 @@ def run_phase(args: argparse.Namespace, gpu_slot_index: int | None = None) -> in
         "train_params": dataclasses_asdict(cfg),
         "model": args.model,
         "regularizer": args.regularizer,
+        "regularizer_config": getattr(regularizer, "config", None),
         "seed": args.seed,
     }
     args.out.mkdir(parents=True, exist_ok=True)
