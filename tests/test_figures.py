@@ -1,0 +1,273 @@
+"""Tests for backdoor_eval.figures and the `figures`/`gallery` commands.
+
+The `runs` frames are synthetic test fixtures with hand-picked values (not
+results); each figure's numbers are checked on ``fig.computed``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import logging
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backdoor_eval import figures
+from backdoor_eval.cli import main
+
+
+def run_row(experiment, phase="poison", **overrides) -> dict:
+    row = dict(experiment=experiment, dataset="flowers", model="resnet50", trigger="bs", alpha=1.0,
+               strategy="many-to-one", poison_class="rose", source="all", poison_rate=0.1, regularizer="none",
+               seed=0, phase=phase, poison_val_accuracy=0.8, clean_val_accuracy=0.8, adversarial_success_rate=0.5)
+    row.update(overrides)
+    row["run_id"] = "/".join(str(row[k]) for k in ("dataset", "model", "trigger", "alpha", "poison_class",
+                                                   "poison_rate", "regularizer", "seed"))
+    return row
+
+
+@pytest.fixture
+def e3_runs() -> pd.DataFrame:
+    """E3-like: 2 poison classes x 3 regularizers x 2 seeds; value = base + regularizer offset +- seed jitter."""
+    base = {"daisy": 0.80, "rose": 0.60}
+    offset = {"none": 0.0, "snnl": -0.30, "mixup": 0.05}
+    rows = []
+    for poison_class, regularizer, (seed, jitter) in itertools.product(base, ["snnl", "mixup", "none"],
+                                                                       [(0, -0.02), (1, 0.02)]):
+        value = base[poison_class] + offset[regularizer]
+        rows.append(run_row("E3", poison_class=poison_class, regularizer=regularizer, seed=seed,
+                            adversarial_success_rate=value + jitter, clean_val_accuracy=0.9 - offset[regularizer] / 10))
+    rows.append(run_row("E1", poison_class="daisy", adversarial_success_rate=0.0))  # another experiment
+    return pd.DataFrame(rows)
+
+
+def check_saved(fig, stem):
+    png, pdf = figures.save_figure(fig, stem, dpi=50)  # low dpi keeps the test fast
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert sorted(p.name for p in png.parent.iterdir() if p.name.startswith(stem.name)) == [pdf.name, png.name]
+    assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- Figs. 4, 5
+
+
+def test_regularization_matrix_means_and_differences(e3_runs):
+    means, differences = figures.regularization_matrix(e3_runs, "adversarial_success_rate")
+    assert list(means.columns) == ["none", "mixup", "snnl"]  # none first, then the SPEC 5 order
+    assert list(means.index) == ["daisy", "rose"]
+    np.testing.assert_allclose(means.to_numpy(), [[0.80, 0.85, 0.50], [0.60, 0.65, 0.30]])
+    np.testing.assert_allclose(differences.to_numpy(), [[0.0, 0.05, -0.30], [0.0, 0.05, -0.30]], atol=1e-12)
+    with pytest.raises(ValueError, match="no regularizer 'none'"):
+        figures.regularization_matrix(e3_runs[e3_runs.regularizer != "none"], "clean_val_accuracy")
+    with pytest.raises(ValueError, match="metric 'accuracy'"):
+        figures.regularization_matrix(e3_runs, "accuracy")
+    with pytest.raises(ValueError, match="experiment 'E3' has no runs"):
+        figures.regularization_matrix(e3_runs[e3_runs.experiment == "E1"], "clean_val_accuracy")
+
+
+def test_fig4_colours_are_differences_centred_at_zero_blue_for_decrease(e3_runs, tmp_path):
+    fig = figures.fig4_regularization_heatmaps(e3_runs)
+    for metric in ("clean_val_accuracy", "adversarial_success_rate"):
+        expected = figures.regularization_matrix(e3_runs, metric)
+        pd.testing.assert_frame_equal(fig.computed[metric].means, expected.means)
+        pd.testing.assert_frame_equal(fig.computed[metric].differences, expected.differences)
+    mesh = fig.axes[1].collections[0]  # panel (b)
+    np.testing.assert_allclose(mesh.get_array().reshape(2, 3), [[0.0, 0.05, -0.30], [0.0, 0.05, -0.30]], atol=1e-12)
+    assert mesh.norm.vmin == pytest.approx(-mesh.norm.vmax)
+    red, _, blue, _ = mesh.cmap(mesh.norm(-0.30))
+    assert blue > red  # a decrease is blue
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert texts == ["0.80", "0.85", "0.50", "0.60", "0.65", "0.30"]
+    check_saved(fig, tmp_path / "fig4")
+
+
+def test_fig5_boxplots_use_all_runs_in_order(e3_runs, tmp_path):
+    fig = figures.fig5_regularization_boxplots(e3_runs)
+    assert fig.computed["order"] == ["none", "mixup", "snnl"]
+    assert len(fig.computed["data"]) == 12
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["None", "Manifold Mixup", "SNNL"]
+    check_saved(fig, tmp_path / "fig5")
+
+
+# --------------------------------------------------------------------------- Figs. 6, 7
+
+
+@pytest.fixture
+def e4_runs() -> pd.DataFrame:
+    rows = []
+    for dataset, trigger, phase, model, rate, alpha, seed in itertools.product(
+        ["cifar10", "flowers"], ["lv", "sin"], ["poison", "clean"], ["nasnet_mobile", "resnet50"],
+        [0.05, 0.1], [0.01, 0.1, 1.0], [0, 1],
+    ):
+        value = alpha * (0.5 if phase == "clean" else 1.0) * rate * 10 + 0.01 * seed
+        rows.append(run_row("E4", phase, dataset=dataset, trigger=trigger, model=model, poison_rate=rate,
+                            alpha=alpha, seed=seed, adversarial_success_rate=min(value, 1.0)))
+    return pd.DataFrame(rows)
+
+
+def test_fig6_grid_and_means_over_seeds(e4_runs, tmp_path):
+    fig = figures.fig6_alpha(e4_runs)
+    means = fig.computed
+    assert len(means) == 2 * 2 * 2 * 2 * 2 * 3
+    cell = means[(means.dataset == "flowers") & (means.trigger == "sin") & (means.phase == "clean")
+                 & (means.model == "resnet50") & (means.poison_rate == 0.05) & (means.alpha == 0.1)]
+    assert cell.adversarial_success_rate.item() == pytest.approx(0.1 * 0.5 * 0.5 + 0.005)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:4] == [
+        "Flowers, Sine, before retraining", "Flowers, Sine, after retraining",
+        "Flowers, LV, before retraining", "Flowers, LV, after retraining",
+    ]
+    assert titles[4].startswith("CIFAR-10, Sine")
+    assert len(fig.axes[0].lines) == 4  # 2 models x 2 poison rates
+    assert fig.axes[0].get_xscale() == "log"
+    check_saved(fig, tmp_path / "fig6")
+
+
+def test_fig7_means_per_trigger_and_poison_rate(tmp_path):
+    rows = [run_row("E5", dataset="cifar10", model="nasnet_large", poison_class="truck", trigger=trigger,
+                    poison_rate=rate, seed=seed, poison_val_accuracy=0.9 - rate + seed / 100,
+                    clean_val_accuracy=0.92, adversarial_success_rate=rate * 2)
+            for trigger in ("rs", "sin", "bs") for rate in (0.01, 0.1, 0.3) for seed in (0, 1)]
+    fig = figures.fig7_poison_rate(pd.DataFrame(rows))
+    means = fig.computed.set_index(["trigger", "poison_rate"])
+    assert means.loc[("sin", 0.1), "poison_val_accuracy"] == pytest.approx(0.805)
+    assert means.loc[("rs", 0.3), "adversarial_success_rate"] == pytest.approx(0.6)
+    assert len(fig.axes[0].lines) == 6 and len(fig.axes[1].lines) == 3
+    check_saved(fig, tmp_path / "fig7")
+
+
+# --------------------------------------------------------------------------- Fig. 2
+
+
+class StandInSquare:
+    """Test stand-in for a Trigger: a black square at a random corner (RS-like), eq. 7 with alpha."""
+
+    def __init__(self, alpha=1.0):
+        self.alpha = alpha
+
+    def pattern_and_mask(self, n, height, width, rng):
+        top, left = rng.integers(0, height - 2, size=2)
+        mask = np.ones((1, height, width, 1), np.float32)
+        mask[:, top:top + 2, left:left + 2] = 0.0
+        return np.zeros((1, 1, 1, 1), np.float32), mask
+
+    def apply(self, images, rng):
+        pattern, mask = self.pattern_and_mask(len(images), *images.shape[1:3], rng)
+        return np.clip(((1 - self.alpha) * images + self.alpha * pattern) * (1 - mask) + images * mask, 0, 1)
+
+
+class StandInSine:
+    alpha = 0.1
+
+    def pattern_and_mask(self, n, height, width, rng):
+        pattern = 0.4 * np.sin(0.05 * np.pi * np.arange(width, dtype=np.float32) * 224 / width)
+        return np.broadcast_to(pattern[None, None, :, None], (1, height, width, 3)), np.zeros((1, 1, 1, 1), np.float32)
+
+    def apply(self, images, rng):
+        pattern, _ = self.pattern_and_mask(len(images), *images.shape[1:3], rng)
+        return np.clip((1 - self.alpha) * images + self.alpha * pattern, 0, 1)
+
+
+def test_render_trigger_alone_grey_canvas_and_signed_patterns():
+    mask = np.ones((1, 4, 4, 1), np.float32)
+    mask[:, 1:3, 1:3] = 0.0
+    square = figures.render_trigger_alone(np.zeros((1, 1, 1, 1), np.float32), mask, 4, 4)
+    assert square.shape == (4, 4, 3)
+    assert (square[1:3, 1:3] == 0.0).all() and square[0].tolist() == [[0.5] * 3] * 4
+    signed = np.array([-0.4, 0.0, 0.4, 0.2], np.float32)[None, None, :, None]
+    sine = figures.render_trigger_alone(signed, np.zeros((1, 1, 1, 1), np.float32), 2, 4)
+    np.testing.assert_allclose(sine[:, :, 0], [[0.1, 0.5, 0.9, 0.7]] * 2, rtol=1e-6)
+    image = np.full((1, 3, 3, 3), 0.25, np.float32)  # a non-negative pattern (LV) is shown as is
+    np.testing.assert_array_equal(figures.render_trigger_alone(image, np.zeros(1), 3, 3), image[0])
+
+
+def test_fig2_gallery_rows_use_the_same_random_draw(tmp_path):
+    image = np.full((16, 16, 3), 200, np.uint8)
+    fig = figures.fig2_trigger_gallery(image, [("RS", StandInSquare()), ("Sine", StandInSine())],
+                                       np.random.default_rng(3))
+    triggered, alone = fig.computed["RS"]
+    black = np.argwhere((triggered == 0).all(axis=-1))
+    assert len(black) == 4
+    assert (alone[tuple(black.T)] == 0).all() and (alone == 0).all(axis=-1).sum() == 4
+    _, sine_alone = fig.computed["Sine"]
+    assert sine_alone.min() == pytest.approx(0.1, abs=1e-3) and sine_alone.max() == pytest.approx(0.9, abs=1e-3)
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["Clean", "RS (α = 1)", "Sine (α = 0.1)"]
+    check_saved(fig, tmp_path / "fig2")
+    with pytest.raises(ValueError, match="uint8"):
+        figures.fig2_trigger_gallery(image.astype(np.float32), [("RS", StandInSquare())], np.random.default_rng(0))
+
+
+def test_fig2_with_the_real_triggers():
+    triggers = pytest.importorskip("backdoor_eval.triggers", reason="triggers.py not in this checkout yet")
+    image = np.full((32, 32, 3), 128, np.uint8)
+    gallery = [(label, triggers.create_trigger(name)) for label, name in (("Square", "bs"), ("Sine", "sin"))]
+    fig = figures.fig2_trigger_gallery(image, gallery, np.random.default_rng(0))
+    _, square_alone = fig.computed["Square"]
+    # BS on 32 px: a 3 px black square at (3, 3) (SPEC 3), grey elsewhere.
+    assert (square_alone[3:6, 3:6] == 0).all() and (square_alone == 0).all(axis=-1).sum() == 9
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def patch_module(monkeypatch, name: str, **attributes) -> None:
+    """Point ``name``'s attributes at test stand-ins (a stand-in module if it does not exist yet)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, module)
+    for attribute, value in attributes.items():
+        monkeypatch.setattr(module, attribute, value, raising=False)
+
+
+def test_figures_command_writes_present_and_skips_absent(e3_runs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    runs_path, epochs_path = tmp_path / "runs.parquet", tmp_path / "epochs.parquet"
+    e3_runs.to_parquet(runs_path)
+    pd.DataFrame({"run_id": ["x"], "epoch": [0]}).to_parquet(epochs_path)
+    out = tmp_path / "figures"
+    assert main(["figures", "--runs", str(runs_path), "--epochs", str(epochs_path), "--out-dir", str(out),
+                 "--only", "fig4,fig6"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
+    assert "skipped fig6 (experiment E4" in caplog.text
+    assert main(["figures", "--runs", str(runs_path), "--epochs", str(tmp_path / "none.parquet"),
+                 "--out-dir", str(out)]) == 2
+
+
+def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
+    images = np.zeros((5, 16, 16, 3), np.uint8)
+    images[3] = 77  # clean_val[1] -> store index 3
+    store = types.SimpleNamespace(images=images)
+    made = []
+
+    def create_trigger(name, alpha=None, **params):
+        made.append((name, params))
+        return StandInSine() if name in ("sin", "lv") else StandInSquare()
+
+    seen = {}
+    real_gallery = figures.fig2_trigger_gallery
+
+    def spy_gallery(image, triggers, rng):
+        seen["image"] = image
+        return real_gallery(image, triggers, rng)
+
+    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
+    patch_module(monkeypatch, "backdoor_eval.splits", load_partitions=lambda path: {"clean_val": np.array([0, 3, 4])})
+    patch_module(monkeypatch, "backdoor_eval.triggers", create_trigger=create_trigger)
+    monkeypatch.setattr(figures, "fig2_trigger_gallery", spy_gallery)
+    for name in ("store", "parts.npz", "lv.npz"):
+        (tmp_path / name).touch()
+    args = ["gallery", "--store", str(tmp_path / "store"), "--partitions", str(tmp_path / "parts.npz"),
+            "--lv-fit", str(tmp_path / "lv.npz"), "--image-index", "1", "--out", str(tmp_path / "fig2.png")]
+    assert main(args) == 0
+    assert (seen["image"] == 77).all()
+    assert made == [("bs", {}), ("rs", {}), ("sin", {}), ("lv", {"fit": str(tmp_path / "lv.npz")})]
+    assert (tmp_path / "fig2.png").stat().st_size > 0 and (tmp_path / "fig2.pdf").stat().st_size > 0
+    assert main(args[:-4] + ["--image-index", "3", "--out", str(tmp_path / "fig2.png")]) == 2
+    assert main(args[:-2] + ["--out", str(tmp_path / "fig2.jpg")]) == 2

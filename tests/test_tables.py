@@ -1,0 +1,438 @@
+"""Tests for backdoor_eval.tables and the `aggregate`/`tables` commands.
+
+Every `runs` frame here is a synthetic test fixture with hand-picked metric
+values (not results), so each table cell can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import statistics
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backdoor_eval import tables
+from backdoor_eval.cli import main
+
+FLOWERS_CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+FLOWERS_COUNTS = [710, 980, 734, 675, 904]  # the paper's Table 1 counts
+# The paper's Table 1: floor(0.1 * N_t) and the P_c columns (1 decimal).
+PAPER_FLOOR = [71, 98, 73, 67, 90]
+PAPER_P = [
+    [0.0, 21.1, 15.8, 14.6, 19.5],
+    [23.0, 0.0, 23.8, 21.9, 29.3],
+    [15.9, 21.9, 0.0, 15.1, 20.2],
+    [14.3, 19.7, 14.8, 0.0, 18.2],
+    [20.6, 28.5, 21.3, 19.6, 0.0],
+]
+
+
+def run_row(experiment="E1", phase="poison", **overrides) -> dict:
+    """One runs.parquet row with the SPEC 6 defaults; metrics default to 0.5."""
+    row = dict(
+        experiment=experiment,
+        dataset="flowers",
+        model="resnet50",
+        trigger="bs",
+        alpha=1.0,
+        strategy="many-to-one",
+        poison_class="rose",
+        source="all",
+        poison_rate=0.1,
+        regularizer="none",
+        seed=0,
+        phase=phase,
+        epoch=3,
+        best_epoch=3,
+        epochs_run=8,
+        stopped_early=True,
+        train_loss=0.1,
+        poison_val_accuracy=0.5,
+        clean_val_accuracy=0.5,
+        adversarial_success_rate=0.5,
+        adversarial_success_rate_source=float("nan"),
+        poison_class_rate_clean=0.1,
+    )
+    row.update(overrides)
+    row["run_id"] = "/".join(
+        str(row[k]) for k in ("dataset", "model", "trigger", "alpha", "strategy", "poison_class", "source",
+                              "poison_rate", "regularizer", "seed")
+    )
+    return row
+
+
+def frame(rows) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The cells of every table row of Markdown ``text`` (header and separator excluded)."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def patch_module(monkeypatch, name: str, **attributes) -> None:
+    """Point ``name``'s attributes at test stand-ins (a stand-in module if it does not exist yet)."""
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, module)
+    for attribute, value in attributes.items():
+        monkeypatch.setattr(module, attribute, value, raising=False)
+
+
+# --------------------------------------------------------------------------- Table 2
+
+
+@pytest.fixture
+def grid_runs() -> pd.DataFrame:
+    """E1 (phase poison) and E2 (phase clean) over 2 datasets, 4 models (one unknown), 3 triggers."""
+    rows = []
+    value = 0.0
+    for experiment, phase in (("E1", "poison"), ("E2", "clean")):
+        for dataset in ("cifar10", "flowers"):
+            for model in ("vit_tiny", "nasnet_mobile", "resnet50", "nasnet_large"):
+                for trigger in ("lv", "zigzag", "bs"):
+                    for poison_class in ("rose", "tulip"):
+                        for seed in (0, 1):
+                            value = (value + 0.037) % 1.0
+                            rows.append(run_row(experiment, phase, dataset=dataset, model=model, trigger=trigger,
+                                                poison_class=poison_class, seed=seed,
+                                                adversarial_success_rate=value,
+                                                poison_val_accuracy=1 - value, clean_val_accuracy=value / 2))
+    return frame(rows)
+
+
+def test_table2_cell_is_mean_over_poison_classes_and_seeds():
+    values_no = [0.1, 0.2, 0.3, 0.4]
+    values_yes = [0.0, 0.05, 0.1, 0.25]
+    rows = []
+    for i, (poison_class, seed) in enumerate([("rose", 0), ("rose", 1), ("tulip", 0), ("tulip", 1)]):
+        rows.append(run_row("E1", "poison", poison_class=poison_class, seed=seed,
+                            adversarial_success_rate=values_no[i]))
+        rows.append(run_row("E2", "clean", poison_class=poison_class, seed=seed,
+                            adversarial_success_rate=values_yes[i]))
+    # Decoys that must not enter the cells: the E1 run's clean phase, another experiment.
+    rows.append(run_row("E1", "clean", adversarial_success_rate=1.0))
+    rows.append(run_row("E2", "poison", adversarial_success_rate=1.0))
+    rows.append(run_row("E4", "poison", adversarial_success_rate=1.0))
+    table = tables.table2(frame(rows))
+    assert table.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Square")] == pytest.approx(0.25)
+    assert table.loc[("Flowers", "Adversarial Test", "Yes"), ("ResNet50", "Square")] == pytest.approx(0.1)
+    counts = tables.table2(frame(rows), statistic="count")
+    assert counts.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Square")] == 4
+    assert counts.dtypes.unique().tolist() == [np.dtype("int64")]
+    spread = tables.table2(frame(rows), statistic="std")
+    assert spread.iloc[0, 0] == pytest.approx(statistics.stdev(values_no))
+
+
+def test_table2_layout_follows_the_paper_then_unknown_names(grid_runs):
+    table = tables.table2(grid_runs)
+    assert table.index.names == ["Dataset", "Split", "Retrained?"]
+    assert table.columns.names == ["Model", "Trigger"]
+    assert list(table.index) == [
+        ("Flowers", "Adversarial Test", "No"),
+        ("Flowers", "Adversarial Test", "Yes"),
+        ("CIFAR-10", "Adversarial Test", "No"),
+        ("CIFAR-10", "Adversarial Test", "Yes"),
+    ]
+    models = ["ResNet50", "NasNet", "NasNet Mobile", "vit_tiny"]
+    triggers = ["Square", "LV", "zigzag"]
+    assert list(table.columns) == [(m, t) for m in models for t in triggers]
+    expected = grid_runs[
+        (grid_runs.experiment == "E2") & (grid_runs.dataset == "cifar10")
+        & (grid_runs.model == "vit_tiny") & (grid_runs.trigger == "zigzag")
+    ]["adversarial_success_rate"].mean()
+    assert table.loc[("CIFAR-10", "Adversarial Test", "Yes"), ("vit_tiny", "zigzag")] == pytest.approx(expected)
+
+
+def test_table2_half_left_out_and_missing_experiment(grid_runs):
+    only_no = tables.table2(grid_runs, yes=None)
+    assert [row[2] for row in only_no.index] == ["No", "No"]
+    only_yes = tables.table2(grid_runs[grid_runs.experiment == "E2"], no=None)
+    assert [row[2] for row in only_yes.index] == ["Yes", "Yes"]
+    with pytest.raises(ValueError, match="experiment 'E2' has no runs.*E1"):
+        tables.table2(grid_runs[grid_runs.experiment == "E1"])
+    with pytest.raises(ValueError, match="statistic 'median'.*mean, std, count"):
+        tables.table2(grid_runs, statistic="median")
+    with pytest.raises(ValueError, match="no experiment given"):
+        tables.table2(grid_runs, no=None, yes=None)
+
+
+def test_table2_missing_cell_is_nan_and_dash_in_markdown():
+    rows = [run_row("E1", "poison", trigger="bs", adversarial_success_rate=0.75),
+            run_row("E1", "poison", trigger="sin", dataset="cifar10", adversarial_success_rate=0.9)]
+    table = tables.table2(frame(rows), yes=None)
+    assert np.isnan(table.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Sine")])
+    assert markdown_rows(tables.to_markdown(table)) == [
+        ["Flowers", "Adversarial Test", "No", "0.75", "-"],
+        ["CIFAR-10", "Adversarial Test", "No", "-", "0.90"],
+    ]
+
+
+# --------------------------------------------------------------------------- Table 3
+
+
+def test_table3_splits_are_poisoned_and_clean_accuracy(grid_runs):
+    table = tables.table3(grid_runs)
+    assert list(table.index)[:4] == [
+        ("Flowers", "Poisoned", "No"), ("Flowers", "Clean", "No"),
+        ("Flowers", "Poisoned", "Yes"), ("Flowers", "Clean", "Yes"),
+    ]
+    cell = grid_runs[(grid_runs.experiment == "E2") & (grid_runs.dataset == "flowers")
+                     & (grid_runs.model == "nasnet_large") & (grid_runs.trigger == "lv")]
+    assert table.loc[("Flowers", "Poisoned", "Yes"), ("NasNet", "LV")] == pytest.approx(cell.poison_val_accuracy.mean())
+    assert table.loc[("Flowers", "Clean", "Yes"), ("NasNet", "LV")] == pytest.approx(cell.clean_val_accuracy.mean())
+
+
+# --------------------------------------------------------------------------- Tables 4, 5
+
+
+@pytest.fixture
+def strategy_runs() -> pd.DataFrame:
+    """E6: Flowers rose, one-to-one from 4 sources x 2 seeds, many-to-one x 2 seeds, for two models."""
+    rows = []
+    per_source = {"daisy": 0.80, "dandelion": 0.82, "sunflower": 0.84, "tulip": 0.86}
+    for model, offset in (("resnet50", 0.0), ("nasnet_mobile", -0.1)):
+        for source, accuracy in per_source.items():
+            for seed, jitter in ((0, -0.01), (1, 0.01)):  # seeds average back to `accuracy`
+                rows.append(run_row("E6", "poison", model=model, strategy="one-to-one", source=source, seed=seed,
+                                    poison_val_accuracy=accuracy + offset + jitter,
+                                    clean_val_accuracy=accuracy + offset + 0.05 + jitter,
+                                    adversarial_success_rate=accuracy - 0.5 + jitter,
+                                    adversarial_success_rate_source=accuracy - 0.2 + jitter))
+        for seed, value in ((0, 0.88), (1, 0.90)):
+            rows.append(run_row("E6", "poison", model=model, seed=seed, poison_val_accuracy=value + offset,
+                                clean_val_accuracy=value, adversarial_success_rate=0.7 + seed / 10))
+    rows.append(run_row("E6", "clean", strategy="one-to-one", source="daisy", poison_val_accuracy=0.0))
+    return frame(rows)
+
+
+def test_table4_mean_and_sample_std_over_sources(strategy_runs):
+    table = tables.table4(strategy_runs)
+    assert list(table.index) == [("ResNet50", "Flowers"), ("NasNet Mobile", "Flowers")]
+    assert list(table.columns) == [
+        ("Poisoned 1-to-1", "mean"), ("Poisoned 1-to-1", "std"), ("Poisoned M-to-1", "mean"),
+        ("Clean 1-to-1", "mean"), ("Clean 1-to-1", "std"), ("Clean M-to-1", "mean"),
+    ]
+    sources = [0.80, 0.82, 0.84, 0.86]
+    row = table.loc[("ResNet50", "Flowers")]
+    assert row[("Poisoned 1-to-1", "mean")] == pytest.approx(statistics.mean(sources))
+    assert row[("Poisoned 1-to-1", "std")] == pytest.approx(statistics.stdev(sources))  # ddof=1
+    assert row[("Poisoned M-to-1", "mean")] == pytest.approx(0.89)
+    assert row[("Clean 1-to-1", "mean")] == pytest.approx(statistics.mean(sources) + 0.05)
+    assert table.loc[("NasNet Mobile", "Flowers"), ("Poisoned M-to-1", "mean")] == pytest.approx(0.79)
+    # 0.83 ± stdev(0.80, 0.82, 0.84, 0.86) = 0.0258 -> "0.83 ± 0.03"
+    assert markdown_rows(tables.to_markdown(table)) == [
+        ["ResNet50", "Flowers", "0.83 ± 0.03", "0.89", "0.88 ± 0.03", "0.89"],
+        ["NasNet Mobile", "Flowers", "0.73 ± 0.03", "0.79", "0.78 ± 0.03", "0.89"],
+    ]
+
+
+def test_table5_source_column_and_csv_keeps_numbers(strategy_runs, tmp_path):
+    table = tables.table5(strategy_runs)
+    row = table.loc[("ResNet50", "Flowers")]
+    assert row[("1-to-1", "mean")] == pytest.approx(0.33)
+    assert row[("1-to-1 source class", "mean")] == pytest.approx(0.63)
+    assert row[("1-to-1 source class", "std")] == pytest.approx(statistics.stdev([0.60, 0.62, 0.64, 0.66]))
+    assert row[("M-to-1", "mean")] == pytest.approx(0.75)
+    csv_path, md_path = tables.write_table(table, tmp_path / "table5", note="a note")
+    written = pd.read_csv(csv_path)
+    assert list(written.columns) == [
+        "Model", "Dataset", "1-to-1 / mean", "1-to-1 / std", "1-to-1 source class / mean",
+        "1-to-1 source class / std", "M-to-1 / mean",
+    ]
+    assert written.loc[0, "1-to-1 source class / std"] == pytest.approx(row[("1-to-1 source class", "std")])
+    text = md_path.read_text()
+    assert "0.63 ± 0.03" in text and text.rstrip().endswith("a note")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table5.csv", "table5.md"]  # no temp files left
+
+
+def test_strategy_tables_reject_unknown_strategy_and_empty_experiment(strategy_runs):
+    bad = strategy_runs.copy()
+    bad.loc[0, "strategy"] = "all-to-all"
+    with pytest.raises(ValueError, match="'all-to-all'.*many-to-one, one-to-one"):
+        tables.table4(bad)
+    with pytest.raises(ValueError, match="experiment 'E9' has no runs"):
+        tables.table5(strategy_runs, experiment="E9")
+
+
+# --------------------------------------------------------------------------- Table 1
+
+
+def test_table1_flowers_counts_match_the_paper():
+    pytest.importorskip("backdoor_eval.poison", reason="poison.py (poison_stats) not in this checkout yet")
+    table = tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES, 0.1)
+    assert table["poison_class"].tolist() == FLOWERS_CLASSES
+    assert table["num_poisoned"].tolist() == PAPER_FLOOR
+    p_columns = [f"P_{name}" for name in FLOWERS_CLASSES]
+    assert np.round(table[p_columns].to_numpy(dtype=float), 1).tolist() == PAPER_P
+    # SPEC 2: p = floor / all images in the set (4003); 98/4003 = 0.0245, not the paper's 0.025.
+    assert table["effective_poisoning_rate"].to_numpy() == pytest.approx(np.array(PAPER_FLOOR) / 4003)
+    text = tables.to_markdown(table, decimals=tables.table1_decimals(table))
+    assert "0.0245" in text and "21.1" in text
+
+
+def stand_in_poison_stats(class_counts, poison_rate, strategy="many-to-one", source=None, class_names=None):
+    """Test stand-in for poison.poison_stats (eqs. 8-9, many-to-one)."""
+    counts = np.asarray(class_counts)
+    rows = []
+    for t, name in enumerate(class_names):
+        num = int(np.floor(poison_rate * counts[t]))
+        others = counts.sum() - counts[t]
+        row = {"poison_class": name, "num_poisoned": num}
+        row.update({f"P_{c}": (0.0 if c == name else num * counts[i] / others) for i, c in enumerate(class_names)})
+        row["effective_poisoning_rate"] = num / counts.sum()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(monkeypatch, tmp_path):
+    patch_module(monkeypatch, "backdoor_eval.poison", poison_stats=stand_in_poison_stats)
+    table = tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES, 0.1)
+    _, md_path = tables.write_table(table, tmp_path / "table1", decimals=tables.table1_decimals(table),
+                                    note=tables.TABLE_NOTES["table1"])
+    text = md_path.read_text()
+    assert markdown_rows(text)[0] == ["daisy", "71", "0.0", "21.1", "15.8", "14.6", "19.5", "0.0177"]
+    assert "0.0177" in text and "0.0245" in text and "0.0225" in text
+    assert "misprinted" in text and "SPEC 2" in text
+    with pytest.raises(ValueError, match="5 entries but class_names has 4"):
+        tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES[:4], 0.1)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_display_names_and_order():
+    assert tables.display_name("trigger", "sin") == "Sine"
+    assert tables.display_name("model", "new_net") == "new_net"
+    assert tables.ordered(["zz", "lv", "bs", "aa", "lv"], tables.TRIGGER_ORDER) == ["bs", "lv", "aa", "zz"]
+    with pytest.raises(ValueError, match="kind 'colour'"):
+        tables.display_name("colour", "x")
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def epochs_frame(row: dict, phase: str, count: int) -> pd.DataFrame:
+    keep = {k: v for k, v in row.items() if k not in ("experiment", "phase", "epoch")}
+    return pd.DataFrame([{**keep, "phase": phase, "epoch": e, "is_best": e == 1, "seconds": 1.0}
+                         for e in range(count)])
+
+
+def write_run(tmp_path, row_poison, row_clean=None):
+    """Per-run summary.parquet / epochs.parquet as `backdoor-eval evaluate` writes them."""
+    rows = [row_poison] + ([row_clean] if row_clean else [])
+    summary = pd.DataFrame([{k: v for k, v in r.items() if k != "experiment"} for r in rows])
+    epochs = pd.concat([epochs_frame(row_poison, "poison", 3)]
+                       + ([epochs_frame(row_clean, "clean", 2)] if row_clean else []), ignore_index=True)
+    folder = tmp_path / "runs" / row_poison["run_id"]
+    folder.mkdir(parents=True)
+    summary.to_parquet(folder / "summary.parquet")
+    epochs.to_parquet(folder / "epochs.parquet")
+    return {"summary": str(folder / "summary.parquet"), "epochs": str(folder / "epochs.parquet")}
+
+
+@pytest.fixture
+def membership_file(tmp_path):
+    run_a = run_row(adversarial_success_rate=0.9)
+    run_a_clean = {**run_a, "phase": "clean", "adversarial_success_rate": 0.1}
+    run_b = run_row(trigger="sin", alpha=0.1, adversarial_success_rate=0.6)
+    membership = {
+        "config_name": "test",
+        "experiments": {
+            "E1": {"description": "trigger x model", "phases": ["poison"], "runs": [run_a["run_id"], run_b["run_id"]]},
+            "E2": {"description": "retrained", "phases": ["clean"], "runs": [run_a["run_id"]]},
+        },
+        "runs": {run_a["run_id"]: write_run(tmp_path, run_a, run_a_clean), run_b["run_id"]: write_run(tmp_path, run_b)},
+    }
+    path = tmp_path / "membership.json"
+    path.write_text(json.dumps(membership))
+    return path, run_a["run_id"], run_b["run_id"]
+
+
+def test_aggregate_writes_runs_and_epochs(membership_file, tmp_path):
+    path, run_a, run_b = membership_file
+    out_runs, out_epochs = tmp_path / "out" / "runs.parquet", tmp_path / "out" / "epochs.parquet"
+    args = ["--membership", str(path), "--out-runs", str(out_runs), "--out-epochs", str(out_epochs)]
+    assert main(["aggregate", *args]) == 0
+    runs = pd.read_parquet(out_runs)
+    assert runs.columns[0] == "experiment"
+    assert list(zip(runs.experiment, runs.run_id, runs.phase)) == [
+        ("E1", run_a, "poison"), ("E1", run_b, "poison"), ("E2", run_a, "clean")
+    ]
+    assert runs.adversarial_success_rate.tolist() == [0.9, 0.6, 0.1]
+    epochs = pd.read_parquet(out_epochs)
+    assert "experiment" not in epochs.columns
+    assert list(zip(epochs.run_id, epochs.phase, epochs.epoch)) == (
+        [(run_a, "poison", e) for e in range(3)] + [(run_a, "clean", e) for e in range(2)]
+        + [(run_b, "poison", e) for e in range(3)]
+    )
+    # The aggregated file feeds the tables directly.
+    table = tables.table2(runs)
+    assert table.loc[("Flowers", "Adversarial Test", "Yes"), ("ResNet50", "Square")] == pytest.approx(0.1)
+
+
+def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys):
+    path, run_a, _ = membership_file
+    membership = json.loads(path.read_text())
+    (tmp_path / "runs" / run_a / "epochs.parquet").unlink()
+    code = main(["aggregate", "--membership", str(path), "--out-runs", str(tmp_path / "r.parquet"),
+                 "--out-epochs", str(tmp_path / "e.parquet")])
+    assert code == 2
+    assert f"run {run_a!r}: epochs file" in capsys.readouterr().err
+    assert not (tmp_path / "r.parquet").exists()
+    membership["experiments"]["E2"]["phases"] = ["poison", "clean"]
+    summaries = {run_id: pd.read_parquet(paths["summary"]) for run_id, paths in membership["runs"].items()}
+    with pytest.raises(ValueError, match="has no 'poison'-phase|has no per-epoch"):
+        tables.combine_runs(membership, summaries, {})
+    membership["experiments"]["E1"]["runs"].append("not/a/run")
+    with pytest.raises(ValueError, match="run 'not/a/run' .*has no summary"):
+        tables.combine_runs(membership, summaries, {})
+
+
+# --------------------------------------------------------------------------- tables command
+
+
+def test_tables_command_writes_present_tables_and_skips_absent(grid_runs, strategy_runs, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    runs_path = tmp_path / "runs.parquet"
+    pd.concat([grid_runs[grid_runs.experiment == "E1"], strategy_runs]).to_parquet(runs_path)
+    out = tmp_path / "tables"
+    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}.{ext}" for name in ("table2", "table2_n", "table3", "table3_n", "table4", "table5")
+        for ext in ("csv", "md")
+    )
+    assert "skipped table1" in caplog.text
+    assert "table2 without its 'Yes' rows (experiment E2" in caplog.text
+    table2 = pd.read_csv(out / "table2.csv")
+    assert table2["Retrained?"].tolist() == ["No", "No"]
+    counts = pd.read_csv(out / "table2_n.csv")
+    assert counts["ResNet50 / Square"].tolist() == [4, 4]
+    # --only, and --outputs pointing table4 at an experiment that is absent.
+    out2 = tmp_path / "only"
+    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out2), "--only", "table4,table5",
+                 "--outputs", json.dumps({"table5": "E7", "table1": "T1"})]) == 0
+    assert sorted(p.name for p in out2.iterdir()) == ["table4.csv", "table4.md"]
+    assert "skipped table5 (experiment E7" in caplog.text
+    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out2), "--only", "table9"]) == 2
+
+
+def test_tables_command_table1_from_store(monkeypatch, tmp_path):
+    labels = np.repeat(np.arange(5), FLOWERS_COUNTS)
+    store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
+    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
+    patch_module(monkeypatch, "backdoor_eval.poison", poison_stats=stand_in_poison_stats)
+    out = tmp_path / "tables"
+    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
+                 "--table1-store", "store", "--table1-rate", "0.1"]) == 0
+    table1 = pd.read_csv(out / "table1.csv")
+    assert table1["num_poisoned"].tolist() == PAPER_FLOOR
