@@ -1,9 +1,79 @@
-"""CLI subcommands for the data area."""
+"""CLI subcommands for the data area: ``ingest`` (dataset -> store) and ``partition`` (store -> partitions)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
+    from backdoor_eval.data import DATASETS
+
+    ingest = sub.add_parser(
+        "ingest",
+        help="read a dataset into a store (images.npy, labels.npy, manifest.json)",
+        description="Read a dataset once into the canonical store that every later step uses (docs/data.md).",
+    )
+    ingest.add_argument("--dataset", required=True, metavar="NAME", help=f"one of: {', '.join(DATASETS.names())}")
+    ingest.add_argument(
+        "--params",
+        default="{}",
+        metavar="JSON",
+        help='dataset parameters as a JSON object, e.g. \'{"path": "flowers.zip", "size": 224}\'',
+    )
+    ingest.add_argument("--out", required=True, metavar="DIR", help="store folder to write (replaced atomically)")
+    ingest.set_defaults(func=run_ingest)
+
+    partition = sub.add_parser(
+        "partition",
+        help="split a store 76/19/5 then 80/20, stratified (SPEC 1)",
+        description="Write the seeded poison/clean/adversarial-test partitions of a store as one npz file.",
+    )
+    partition.add_argument("--store", required=True, metavar="DIR", help="store folder written by `ingest`")
+    partition.add_argument("--seed", required=True, type=int, metavar="N", help="the run's seed")
+    partition.add_argument("--out", required=True, metavar="FILE.npz", help="partitions file to write")
+    partition.set_defaults(func=run_partition)
+
+
+def parse_json_object(text: str, option: str) -> dict:
+    """``text`` as a JSON object, or a ``ValueError`` naming the option and the text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} {text!r} is not valid JSON ({exc.msg}); expected a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} {text!r} is not a JSON object; expected e.g. '{{\"size\": 224}}'")
+    return value
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from backdoor_eval.data import describe, ingest
+
+    params = parse_json_object(args.params, "--params")
+    start = time.perf_counter()
+    store = ingest(args.dataset, params, args.out, progress=sys.stderr.isatty())
+    log.info("%s in %.1f s -> %s", describe(store), time.perf_counter() - start, args.out)
+    return 0
+
+
+def run_partition(args: argparse.Namespace) -> int:
+    from backdoor_eval.data import open_store
+    from backdoor_eval.splits import make_partitions, save_partitions
+
+    store = open_store(args.store)
+    parts = make_partitions(store.labels, args.seed)
+    save_partitions(args.out, parts)
+    log.info(
+        "partitions (seed %d) of %d images: %s -> %s",
+        args.seed,
+        store.num_images,
+        ", ".join(f"{name} {len(idx)}" for name, idx in parts.items()),
+        args.out,
+    )
+    return 0

@@ -1,0 +1,509 @@
+"""Datasets and the store: cifar10 tar reader, imagefolder (zip and folder), synthetic, store I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backdoor_eval import cli
+from backdoor_eval.data import (
+    DATASETS,
+    RawDataset,
+    array_sha256,
+    create_dataset,
+    ingest,
+    make_synthetic,
+    open_store,
+)
+
+# --------------------------------------------------------------------------- #
+# helpers: tiny archives built in the test
+# --------------------------------------------------------------------------- #
+COLOURS = {"cat": (200, 30, 40), "dog": (20, 180, 60), "emu": (30, 40, 210)}
+
+
+def png_bytes(colour, width=8, height=8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in dirs:
+            archive.writestr(zipfile.ZipInfo(name), b"")
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def class_files(prefix: str, per_class: dict[str, int]) -> dict[str, bytes]:
+    """``prefix<class>/<i>.png`` files, each a solid image of its class's colour."""
+    return {
+        f"{prefix}{name}/{i:03d}.png": png_bytes(COLOURS[name])
+        for name, count in per_class.items()
+        for i in range(count)
+    }
+
+
+def cifar_batch(images_hwc: np.ndarray, labels: list[int]) -> bytes:
+    data = images_hwc.transpose(0, 3, 1, 2).reshape(len(labels), -1)  # the official row layout
+    return pickle.dumps({b"batch_label": b"fake", b"labels": labels, b"data": data}, protocol=2)
+
+
+def write_fake_cifar(path: Path, per_batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A cifar-10-python.tar.gz in the official layout with ``per_batch`` images per batch."""
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    images = rng.integers(0, 256, size=(6 * per_batch, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=6 * per_batch)
+    members = {
+        name: cifar_batch(
+            images[i * per_batch : (i + 1) * per_batch], labels[i * per_batch : (i + 1) * per_batch].tolist()
+        )
+        for i, name in enumerate(names)
+    }
+    label_names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    members["batches.meta"] = pickle.dumps({b"label_names": label_names, b"num_vis": 3072}, protocol=2)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return images, labels
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- #
+# registry and parameters
+# --------------------------------------------------------------------------- #
+def test_registry_holds_the_four_datasets():
+    assert DATASETS.names() == ["cifar10", "flowers", "imagefolder", "synthetic"]
+
+
+def test_unknown_dataset_and_parameter_are_named():
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'; registered datasets: cifar10, flowers"):
+        create_dataset("mnist", {})
+    with pytest.raises(
+        ValueError, match="unknown parameter\\(s\\) 'colour' for dataset 'synthetic'; allowed: num_classes"
+    ):
+        create_dataset("synthetic", {"colour": 1})
+
+
+@pytest.mark.parametrize(
+    "name, params, message",
+    [
+        ("synthetic", {"num_classes": 1}, "num_classes 1"),
+        ("synthetic", {"noise": -0.1}, "noise -0.1"),
+        ("imagefolder", {}, "needs `path`"),
+        ("imagefolder", {"path": "x.zip", "size": 0}, "size 0"),
+        ("imagefolder", {"path": "x.zip", "splits": "train"}, "splits 'train'"),
+        ("imagefolder", {"path": "x.zip", "executor": "gpu"}, "executor 'gpu'"),
+        ("imagefolder", {"path": "x.zip", "md5": "abc"}, "md5 'abc' is not valid"),
+        ("cifar10", {"path": None, "url": ""}, "needs `path`"),
+    ],
+)
+def test_bad_parameters_raise_value_error(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        create_dataset(name, params)
+
+
+def test_raw_dataset_checks_its_arrays():
+    images = np.zeros((2, 4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="uint8 array of shape"):
+        RawDataset(images.astype(np.float32), np.zeros(2, np.int64), ["a", "b"])
+    with pytest.raises(ValueError, match="int64 array of shape \\(2,\\)"):
+        RawDataset(images, np.zeros(3, np.int64), ["a", "b"])
+    with pytest.raises(ValueError, match="labels must lie in \\[0, 1\\]"):
+        RawDataset(images, np.array([0, 2]), ["a", "b"])
+
+
+# --------------------------------------------------------------------------- #
+# synthetic
+# --------------------------------------------------------------------------- #
+def test_synthetic_is_deterministic_and_seeded():
+    images, labels = make_synthetic(num_classes=4, per_class=25, size=16, seed=3)
+    again, _ = make_synthetic(num_classes=4, per_class=25, size=16, seed=3)
+    other, _ = make_synthetic(num_classes=4, per_class=25, size=16, seed=4)
+    assert images.tobytes() == again.tobytes()
+    assert (images != other).mean() > 0.9
+    assert images.shape == (100, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_synthetic_is_balanced_and_never_black():
+    images, labels = make_synthetic()
+    assert labels.dtype == np.int64
+    assert np.bincount(labels).tolist() == [300] * 10
+    # No black pixel anywhere, so a black-square trigger is never there by chance.
+    assert images.min() >= 20
+    # The class colour shows, but colour alone does not settle the class (chance is 0.1).
+    means = images.reshape(len(images), -1, 3).mean(axis=1)
+    centroids = np.stack([means[labels == k].mean(axis=0) for k in range(10)])
+    nearest = np.argmin(((means[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert 0.3 < (nearest == labels).mean() < 0.6
+
+
+def test_synthetic_store_is_byte_identical_across_ingests(tmp_path):
+    first = ingest("synthetic", {"per_class": 10, "seed": 5}, tmp_path / "a", progress=False)
+    second = ingest("synthetic", {"per_class": 10, "seed": 5}, tmp_path / "b", progress=False)
+    assert first.manifest["sha256"] == second.manifest["sha256"]
+    assert first.class_names == [f"class{k}" for k in range(10)]
+
+
+# --------------------------------------------------------------------------- #
+# the store
+# --------------------------------------------------------------------------- #
+def test_store_files_manifest_and_memmap(tmp_path):
+    store = ingest("synthetic", {"num_classes": 3, "per_class": 4, "size": 8}, tmp_path / "store", progress=False)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["images.npy", "labels.npy", "manifest.json"]
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["dataset"] == "synthetic"
+    assert manifest["num_images"] == 12 and manifest["image_shape"] == [8, 8, 3]
+    assert manifest["class_names"] == ["class0", "class1", "class2"] and manifest["class_counts"] == [4, 4, 4]
+    assert manifest["params"]["per_class"] == 4 and manifest["params"]["noise"] == 0.06  # defaults filled in
+    assert manifest["sha256"]["images"] == array_sha256(np.load(tmp_path / "store" / "images.npy"))
+    assert manifest["sha256"]["labels"] == hashlib.sha256(np.arange(3).repeat(4).astype(np.int64).tobytes()).hexdigest()
+    assert isinstance(store.images, np.memmap) and not store.images.flags.writeable
+    with pytest.raises(ValueError):
+        store.images[0, 0, 0, 0] = 1
+    assert store.num_classes == 3 and store.num_images == 12 and store.class_counts == [4, 4, 4]
+    assert open_store(tmp_path / "store", verify=True).manifest == manifest
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no temporary folder left behind
+
+
+def test_class_index_accepts_names_indices_and_digit_strings(tmp_path):
+    store = ingest("synthetic", {"num_classes": 3, "per_class": 2, "size": 4}, tmp_path / "s", progress=False)
+    assert store.class_index("class2") == 2
+    assert store.class_index(1) == 1 and store.class_index(np.int64(0)) == 0 and store.class_index("1") == 1
+    for bad, message in (
+        ("class7", "unknown class 'class7'; expected a class name \\(class0, class1, class2\\)"),
+        (3, "class index 3 is out of range"),
+        ("-1", "unknown class '-1'"),
+        (True, "class True"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            store.class_index(bad)
+
+
+def test_open_store_names_missing_files_and_detects_tampering(tmp_path):
+    with pytest.raises(ValueError, match="missing images.npy, labels.npy, manifest.json"):
+        open_store(tmp_path)
+    ingest("synthetic", {"num_classes": 2, "per_class": 3, "size": 4}, tmp_path / "s", progress=False)
+    np.save(tmp_path / "s" / "labels.npy", np.array([1, 1, 1, 0, 0, 0], dtype=np.int64))
+    open_store(tmp_path / "s")  # shapes still agree
+    with pytest.raises(ValueError, match="sha256 of labels.npy is"):
+        open_store(tmp_path / "s", verify=True)
+    np.save(tmp_path / "s" / "labels.npy", np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError, match="labels.npy is int64 \\(5,\\), expected int64 \\(6,\\)"):
+        open_store(tmp_path / "s")
+
+
+def test_failed_ingest_leaves_nothing(tmp_path):
+    archive = write_zip(tmp_path / "bad.zip", {**class_files("r/", {"cat": 1, "dog": 1}), "r/dog/x.png": b"garbage"})
+    with pytest.raises(ValueError, match="cannot decode image 'r/dog/x.png'"):
+        ingest("imagefolder", {"path": str(archive), "workers": 1}, tmp_path / "out", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zip"]
+
+
+def test_cli_ingest_and_its_errors(tmp_path, capsys):
+    out = tmp_path / "store"
+    assert cli.main(["ingest", "--dataset", "synthetic", "--params", '{"per_class": 3}', "--out", str(out)]) == 0
+    assert open_store(out).num_images == 30
+    assert cli.main(["ingest", "--dataset", "synthetic", "--params", "{per_class: 3}", "--out", str(out)]) == 2
+    assert "--params '{per_class: 3}' is not valid JSON" in capsys.readouterr().err
+    assert cli.main(["ingest", "--dataset", "nope", "--out", str(out)]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# imagefolder
+# --------------------------------------------------------------------------- #
+def check_solid_classes(store_or_raw, per_class: dict[str, int]):
+    names = sorted(per_class)
+    assert store_or_raw.class_names == names
+    assert np.bincount(store_or_raw.labels).tolist() == [per_class[n] for n in names]
+    for image, label in zip(store_or_raw.images, store_or_raw.labels):
+        assert (image == COLOURS[names[label]]).all()  # PNG is lossless: exact pixels, right label
+
+
+def test_imagefolder_zip_without_split_level(tmp_path):
+    per_class = {"emu": 2, "cat": 3, "dog": 1}
+    archive = write_zip(tmp_path / "flowers.zip", class_files("flowers/", per_class))
+    store = ingest("imagefolder", {"path": str(archive), "workers": 2}, tmp_path / "store", progress=False)
+    check_solid_classes(store, per_class)
+    source = store.manifest["source"]
+    assert source["kind"] == "zip" and source["root"] == "flowers" and source["has_splits"] is False
+    assert source["md5"] == md5_of(archive)
+
+
+def test_imagefolder_folder_with_split_level(tmp_path):
+    files = {
+        **class_files("data/cifar/train/", {"cat": 2, "dog": 2}),
+        **class_files("data/cifar/test/", {"cat": 1, "emu": 1}),
+    }
+    root = write_folder(tmp_path / "in", files)
+    raw = create_dataset("imagefolder", {"path": str(root), "workers": 2}).load(progress=False)
+    check_solid_classes(raw, {"cat": 3, "dog": 2, "emu": 1})
+    assert raw.source["kind"] == "folder" and raw.source["root"] == "data/cifar"
+    assert raw.source["has_splits"] is True and raw.source["split_counts"] == {"test": 2, "train": 4}
+    only_train = create_dataset("imagefolder", {"path": str(root), "splits": ["train"]}).load(progress=False)
+    check_solid_classes(only_train, {"cat": 2, "dog": 2})
+    with pytest.raises(ValueError, match="split\\(s\\) \\['val'\\] not found .* available splits: test, train"):
+        create_dataset("imagefolder", {"path": str(root), "splits": ["val"]}).load(progress=False)
+
+
+def test_imagefolder_zip_with_split_level_and_folder_without(tmp_path):
+    files = {**class_files("c10/train/", {"cat": 1, "dog": 2}), **class_files("c10/test/", {"cat": 2, "dog": 1})}
+    raw = create_dataset("imagefolder", {"path": str(write_zip(tmp_path / "a.zip", files))}).load(progress=False)
+    check_solid_classes(raw, {"cat": 3, "dog": 3})
+    folder = write_folder(tmp_path / "plain", class_files("", {"dog": 2, "emu": 1}))
+    raw = create_dataset("imagefolder", {"path": str(folder)}).load(progress=False)
+    check_solid_classes(raw, {"dog": 2, "emu": 1})
+    assert raw.source["root"] == "" and raw.source["has_splits"] is False
+
+
+def test_imagefolder_resizes_shorter_side_then_centre_crops(tmp_path):
+    # 30 x 10 (w x h): thirds red | green | blue; at size 10 only the green centre survives.
+    image = Image.new("RGB", (30, 10), (255, 0, 0))
+    image.paste((0, 255, 0), (10, 0, 20, 10))
+    image.paste((0, 0, 255), (20, 0, 30, 10))
+    wide, tall = io.BytesIO(), io.BytesIO()
+    image.save(wide, format="PNG")
+    image.rotate(90, expand=True).save(tall, format="PNG")
+    archive = write_zip(
+        tmp_path / "r.zip",
+        {"r/a/wide.png": wide.getvalue(), "r/b/tall.png": tall.getvalue(), "r/b/small.png": png_bytes((9, 9, 9), 4, 4)},
+    )
+    raw = create_dataset("imagefolder", {"path": str(archive), "size": 10}).load(progress=False)
+    assert raw.images.shape == (3, 10, 10, 3)
+    assert (raw.images[0] == (0, 255, 0)).all() and (raw.images[2] == (0, 255, 0)).all()
+    assert (raw.images[1] == (9, 9, 9)).all()  # upscaled 4 -> 10, a solid colour stays solid
+    halved = create_dataset("imagefolder", {"path": str(archive), "size": 5}).load(progress=False)
+    assert (np.abs(halved.images[0, :, 1:4].astype(int) - (0, 255, 0)) <= 1).all()  # crop centre stays green
+
+
+def test_imagefolder_native_sizes_must_agree(tmp_path):
+    files = {"r/a/1.png": png_bytes((1, 2, 3), 8, 8), "r/b/2.png": png_bytes((1, 2, 3), 8, 6)}
+    archive = write_zip(tmp_path / "r.zip", files)
+    with pytest.raises(ValueError, match="'r/b/2.png' .* is 8x6 but 'r/a/1.png' is 8x8; with size=null all images"):
+        create_dataset("imagefolder", {"path": str(archive), "workers": 1}).load(progress=False)
+    assert create_dataset("imagefolder", {"path": str(archive), "size": 6}).load(progress=False).images.shape == (
+        2,
+        6,
+        6,
+        3,
+    )
+
+
+def test_imagefolder_process_executor_matches_threads(tmp_path):
+    archive = write_zip(tmp_path / "r.zip", class_files("r/", {"cat": 5, "dog": 4, "emu": 3}))
+    threads = create_dataset("imagefolder", {"path": str(archive), "executor": "thread"}).load(progress=False)
+    processes = create_dataset("imagefolder", {"path": str(archive), "executor": "process", "workers": 2}).load(
+        progress=False
+    )
+    assert threads.images.tobytes() == processes.images.tobytes()
+    check_solid_classes(processes, {"cat": 5, "dog": 4, "emu": 3})
+
+
+@pytest.mark.parametrize("entry", ["../evil.png", "/abs/evil.png", "r/cat/../../evil.png", "C:/evil.png"])
+def test_imagefolder_refuses_entries_escaping_the_folder(tmp_path, entry):
+    archive = write_zip(tmp_path / "r.zip", {**class_files("r/", {"cat": 1, "dog": 1}), entry: png_bytes((0, 0, 0))})
+    with pytest.raises(ValueError, match="escapes the archive folder"):
+        create_dataset("imagefolder", {"path": str(archive)}).load(progress=False)
+
+
+def test_imagefolder_names_a_corrupt_image(tmp_path):
+    good = png_bytes((1, 2, 3))
+    files = {**class_files("r/", {"cat": 2, "dog": 2}), "r/dog/truncated.png": good[: len(good) // 2]}
+    archive = write_zip(tmp_path / "r.zip", files)
+    with pytest.raises(ValueError, match="cannot decode image 'r/dog/truncated.png' in .*r.zip"):
+        create_dataset("imagefolder", {"path": str(archive), "workers": 2}).load(progress=False)
+
+
+def test_imagefolder_needs_two_classes_and_no_empty_class(tmp_path):
+    one = write_zip(tmp_path / "one.zip", class_files("r/", {"cat": 3}))
+    with pytest.raises(ValueError, match="found 1 class folder\\(s\\) \\['cat'\\] .* at least 2 classes"):
+        create_dataset("imagefolder", {"path": str(one)}).load(progress=False)
+    flat = write_zip(tmp_path / "flat.zip", {"a.png": png_bytes((1, 1, 1)), "b.png": png_bytes((1, 1, 1))})
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        create_dataset("imagefolder", {"path": str(flat)}).load(progress=False)
+    empty = write_zip(tmp_path / "empty.zip", class_files("r/", {"cat": 1, "dog": 1}), dirs=("r/", "r/emu/"))
+    with pytest.raises(ValueError, match="class folder\\(s\\) \\['emu'\\] .* hold no images"):
+        create_dataset("imagefolder", {"path": str(empty)}).load(progress=False)
+    folder = write_folder(tmp_path / "f", {**class_files("", {"cat": 1, "dog": 1}), "emu/.DS_Store": b"\0"})
+    with pytest.raises(ValueError, match="\\['emu'\\] .* hold no images"):
+        create_dataset("imagefolder", {"path": str(folder)}).load(progress=False)
+
+
+def test_imagefolder_skips_only_clearly_non_image_files(tmp_path):
+    junk = {
+        "r/.DS_Store": b"\0",
+        "r/cat/Thumbs.db": b"\0",
+        "__MACOSX/r/cat/._000.png": b"\0",
+        "r/dog/._000.png": b"\0",
+        "r/README.txt": b"hi",
+        "r/dog/flickr.py": b"print()",
+    }
+    archive = write_zip(tmp_path / "r.zip", {**class_files("r/", {"cat": 2, "dog": 1}), **junk})
+    raw = create_dataset("imagefolder", {"path": str(archive)}).load(progress=False)
+    check_solid_classes(raw, {"cat": 2, "dog": 1})
+    assert raw.source["skipped"] == sorted(junk)
+    unknown = write_zip(tmp_path / "u.zip", {**class_files("r/", {"cat": 1, "dog": 1}), "r/dog/blob.bin": b"?"})
+    with pytest.raises(ValueError, match="'r/dog/blob.bin' .* is not a recognised image file"):
+        create_dataset("imagefolder", {"path": str(unknown)}).load(progress=False)
+
+
+def test_imagefolder_mixed_depths_and_missing_path(tmp_path):
+    files = {**class_files("r/", {"cat": 1, "dog": 1}), "r/train/emu/1.png": png_bytes((1, 1, 1))}
+    with pytest.raises(ValueError, match="mixed folder layout"):
+        create_dataset("imagefolder", {"path": str(write_zip(tmp_path / "m.zip", files))}).load(progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        create_dataset("imagefolder", {"path": str(tmp_path / "absent.zip")}).load(progress=False)
+
+
+def test_imagefolder_md5(tmp_path):
+    archive = write_zip(tmp_path / "r.zip", class_files("r/", {"cat": 1, "dog": 1}))
+    good = md5_of(archive)
+    assert (
+        create_dataset("imagefolder", {"path": str(archive), "md5": good.upper()}).load(progress=False).source["md5"]
+        == good
+    )
+    with pytest.raises(ValueError, match=f"md5 mismatch for .*r.zip: expected {'0' * 32}, got {good}"):
+        create_dataset("imagefolder", {"path": str(archive), "md5": "0" * 32}).load(progress=False)
+
+
+def test_flowers_is_imagefolder_at_224(tmp_path):
+    archive = write_zip(tmp_path / "f.zip", class_files("flowers/", {"cat": 1, "dog": 2}))
+    flowers = create_dataset("flowers", {"path": str(archive)})
+    assert flowers.params["size"] == 224
+    raw = flowers.load(progress=False)
+    assert raw.images.shape == (3, 224, 224, 3)
+    check_solid_classes(raw, {"cat": 1, "dog": 2})
+
+
+# --------------------------------------------------------------------------- #
+# cifar10 (official python archive)
+# --------------------------------------------------------------------------- #
+def test_cifar10_reads_the_official_layout_pooled(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    images, labels = write_fake_cifar(archive)
+    store = ingest("cifar10", {"path": str(archive), "md5": None}, tmp_path / "store", progress=False)
+    assert np.array_equal(store.images, images)  # train batches 1..5, then test, pixels in HWC order
+    assert np.array_equal(store.labels, labels)
+    assert store.class_names[:3] == ["airplane", "automobile", "bird"] and store.num_classes == 10
+    source = store.manifest["source"]
+    assert source["split_counts"] == {"train": 10, "test": 2} and source["md5"] == md5_of(archive)
+
+
+def test_cifar10_md5_mismatch_and_default_md5(tmp_path):
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    write_fake_cifar(archive)
+    with pytest.raises(
+        ValueError, match=f"md5 mismatch for .*: expected c58f30108f718f92721af3b95e74349a, got {md5_of(archive)}"
+    ):
+        create_dataset("cifar10", {"path": str(archive)}).load(progress=False)
+    assert create_dataset("cifar10", {"path": str(archive), "md5": md5_of(archive)}).load(
+        progress=False
+    ).images.shape == (12, 32, 32, 3)
+
+
+def test_cifar10_downloads_into_the_cache_once(tmp_path):
+    archive = tmp_path / "remote" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    write_fake_cifar(archive)
+    cache = tmp_path / "cache"
+    params = {"url": archive.as_uri(), "md5": md5_of(archive), "cache_dir": str(cache)}
+    raw = create_dataset("cifar10", params).load(progress=False)
+    assert raw.source["url"] == archive.as_uri() and (cache / archive.name).read_bytes() == archive.read_bytes()
+    archive.unlink()  # a second load reads the cached copy
+    assert create_dataset("cifar10", params).load(progress=False).images.shape == (12, 32, 32, 3)
+    (cache / archive.name).unlink()
+    write_fake_cifar(archive, per_batch=1)
+    with pytest.raises(ValueError, match="md5 mismatch for file:"):
+        create_dataset("cifar10", params).load(progress=False)
+    assert list(cache.iterdir()) == []  # a bad download never lands in the cache
+
+
+def test_cifar10_refuses_foreign_pickles_and_missing_members(tmp_path):
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = pickle.dumps({b"data": Exploit(), b"labels": []}, protocol=2)
+        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(
+        ValueError,
+        match="'cifar-10-batches-py/data_batch_1' in .* is not a CIFAR-10 python batch: refusing to load .*print",
+    ):
+        create_dataset("cifar10", {"path": str(archive), "md5": None}).load(progress=False)
+    partial = tmp_path / "partial.tar.gz"
+    with tarfile.open(partial, "w:gz"):
+        pass
+    with pytest.raises(ValueError, match="has no file 'cifar-10-batches-py/data_batch_1'"):
+        create_dataset("cifar10", {"path": str(partial), "md5": None}).load(progress=False)
+    (tmp_path / "not.tar.gz").write_bytes(b"plain text")
+    with pytest.raises(ValueError, match="is not a tar archive"):
+        create_dataset("cifar10", {"path": str(tmp_path / "not.tar.gz"), "md5": None}).load(progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# the real datasets (../shared/datasets)
+# --------------------------------------------------------------------------- #
+@pytest.mark.datasets
+@pytest.mark.slow
+def test_real_cifar10_zip(cifar10_zip, tmp_path):
+    store = ingest("imagefolder", {"path": str(cifar10_zip)}, tmp_path / "cifar10", progress=False)
+    assert store.num_images == 60_000 and store.images.shape == (60_000, 32, 32, 3)
+    assert store.class_names == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    assert store.class_counts == [6000] * 10
+    assert store.manifest["source"]["split_counts"] == {"test": 10_000, "train": 50_000}
+    assert store.manifest["source"]["md5"] == "4582a1137697fb90870d2aa522627a78"
+
+
+@pytest.mark.datasets
+@pytest.mark.slow
+def test_real_flowers_zip(flowers_zip, tmp_path):
+    store = ingest("flowers", {"path": str(flowers_zip)}, tmp_path / "flowers", progress=False)
+    assert store.images.shape == (4317, 224, 224, 3)
+    assert dict(zip(store.class_names, store.class_counts)) == {
+        "daisy": 764,
+        "dandelion": 1052,
+        "rose": 784,
+        "sunflower": 733,
+        "tulip": 984,
+    }
+    assert store.manifest["source"]["md5"] == "b81d18df4adf3781b9e91a563f12591a"
