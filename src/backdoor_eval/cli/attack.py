@@ -1,9 +1,171 @@
-"""CLI subcommands for the attack area."""
+"""CLI subcommands for the attack area: ``fit-lv``, ``poison``, ``poison-stats``.
+
+Handlers parse arguments, call the pure functions of ``backdoor_eval.triggers``
+and ``backdoor_eval.poison``, and write files atomically. The data modules
+are imported inside the handlers so ``poison-stats`` needs no store.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _class_ref(value: str | None) -> int | str | None:
+    """``NAME|INDEX`` from the command line: digits are a 0-based index, anything else a name."""
+    if value is None:
+        return None
+    return int(value) if value.strip().isdigit() else value
+
+
+def _json_object(text: str | None, option: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{option} {text!r} is not valid JSON ({exc.msg}); allowed: a JSON object") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} {text!r} is not a JSON object; allowed: a JSON object like '{{\"size\": 22}}'")
+    return value
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}; allowed: comma-separated whole numbers like 710,980,734") from None
+
+
+def fit_lv(args: argparse.Namespace) -> int:
+    from backdoor_eval.data import open_store
+    from backdoor_eval.poison import derived_rng
+    from backdoor_eval.splits import load_partitions
+    from backdoor_eval.triggers import fit_low_variance, save_lv_fit
+
+    store = open_store(args.store)
+    partitions = load_partitions(args.partitions, num_images=len(store.labels))
+    train_indices = np.asarray(partitions["poison_train"])
+    # The reference image must not be in the training data: a seeded draw from clean-validation.
+    reference_index = int(derived_rng(args.seed, "lv/reference").choice(np.asarray(partitions["clean_val"])))
+    log.info("fitting LV on %d poison-train images, reference store index %d", train_indices.size, reference_index)
+    fit = fit_low_variance(
+        np.asarray(store.images[train_indices]),
+        np.asarray(store.images[reference_index]),
+        variance_fraction=args.variance_fraction,
+    )
+    save_lv_fit(args.out, fit, reference_index=np.int64(reference_index), seed=np.int64(args.seed))
+    log.info(
+        "kept %d of %d components (explained-variance ratio %.5f)",
+        fit.components.shape[0],
+        fit.total_components,
+        float(fit.explained_variance_ratio.sum()),
+    )
+    return 0
+
+
+def poison(args: argparse.Namespace) -> int:
+    from backdoor_eval.poison import check_poison_rate, check_strategy, materialize
+    from backdoor_eval.triggers import create_trigger
+
+    params = _json_object(args.trigger_params, "--trigger-params")
+    if args.lv_fit is not None:
+        if args.trigger != "lv":
+            raise ValueError(f"--lv-fit was given for trigger {args.trigger!r}; allowed: only with --trigger lv")
+        params["fit"] = args.lv_fit
+    trigger = create_trigger(args.trigger, alpha=args.alpha, **params)
+    check_poison_rate(args.poison_rate)  # fail on bad input before opening the store
+    check_strategy(args.strategy)
+    from backdoor_eval.data import open_store
+    from backdoor_eval.splits import load_partitions
+
+    store = open_store(args.store)
+    partitions = load_partitions(args.partitions, num_images=len(store.labels))
+    manifest = materialize(
+        store,
+        partitions,
+        trigger,
+        poison_class=_class_ref(args.poison_class),
+        poison_rate=args.poison_rate,
+        strategy=args.strategy,
+        source=_class_ref(args.source),
+        seed=args.seed,
+        out_dir=args.out,
+    )
+    log.info(
+        "poisoned %d poison-train and %d poison-val images of class %s -> %s",
+        manifest["sets"]["poison_train"]["num_poisoned"],
+        manifest["sets"]["poison_val"]["num_poisoned"],
+        manifest["poison_class_name"],
+        args.out,
+    )
+    return 0
+
+
+def poison_stats_command(args: argparse.Namespace) -> int:
+    from backdoor_eval.io import atomic_path
+    from backdoor_eval.poison import format_poison_stats, poison_stats
+
+    class_counts = _int_list(args.class_counts, "--class-counts")
+    class_names = None if args.class_names is None else [name.strip() for name in args.class_names.split(",")]
+    source = _class_ref(args.source)
+    if isinstance(source, str):
+        if class_names is None or source not in class_names:
+            raise ValueError(f"--source {source!r}; allowed: a 0-based index or one of --class-names {class_names}")
+        source = class_names.index(source)
+    frame = poison_stats(class_counts, args.rate, strategy=args.strategy, source=source, class_names=class_names)
+    text = format_poison_stats(frame)
+    sys.stdout.write(text)
+    if args.out is not None:
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(text)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
+    from backdoor_eval.poison import STRATEGIES
+
+    p = sub.add_parser("fit-lv", help="fit the low-variance trigger on a split's poison-train images")
+    p.add_argument("--store", required=True, help="canonical store directory")
+    p.add_argument("--partitions", required=True, help="partitions npz")
+    p.add_argument("--seed", required=True, type=int, help="run seed (picks the clean-validation reference image)")
+    p.add_argument("--out", required=True, help="output npz")
+    p.add_argument(
+        "--variance-fraction",
+        type=float,
+        default=0.005,
+        help="explained variance of the trailing components (default 0.005)",
+    )
+    p.set_defaults(func=fit_lv)
+
+    p = sub.add_parser("poison", help="poison poison-train/poison-val and write the overlay")
+    p.add_argument("--store", required=True, help="canonical store directory")
+    p.add_argument("--partitions", required=True, help="partitions npz")
+    p.add_argument("--trigger", required=True, help="trigger name (bs, rs, sin, lv)")
+    p.add_argument("--alpha", type=float, default=None, help="transparency in [0, 1] (default: the trigger's)")
+    p.add_argument("--trigger-params", default=None, help="JSON object of trigger parameters")
+    p.add_argument("--lv-fit", default=None, help="LV fit npz (trigger lv)")
+    p.add_argument("--poison-class", required=True, help="poison class, NAME or 0-based INDEX")
+    p.add_argument("--poison-rate", required=True, type=float, help="poison rate lambda in (0, 1)")
+    p.add_argument("--strategy", required=True, choices=STRATEGIES)
+    p.add_argument("--source", default=None, help="one-to-one source class, NAME or 0-based INDEX")
+    p.add_argument("--seed", required=True, type=int, help="run seed")
+    p.add_argument("--out", required=True, help="output directory (overlay.npz, manifest.json)")
+    p.set_defaults(func=poison)
+
+    p = sub.add_parser("poison-stats", help="Table 1: poisoned counts per class (eq. 8) and effective poisoning rate")
+    p.add_argument("--class-counts", required=True, help="comma-separated class sizes, e.g. 710,980,734,675,904")
+    p.add_argument("--rate", required=True, type=float, help="poison rate lambda in (0, 1)")
+    p.add_argument("--strategy", default="many-to-one", choices=STRATEGIES)
+    p.add_argument("--source", default=None, help="one-to-one source class, NAME or 0-based INDEX")
+    p.add_argument("--class-names", default=None, help="comma-separated class names (default: 1..n as in the paper)")
+    p.add_argument("--out", default=None, help="also write the CSV here")
+    p.set_defaults(func=poison_stats_command)

@@ -1,0 +1,601 @@
+"""Trigger patterns and their embedding (paper section 2.4, eq. 7; SPEC 3).
+
+Images here are float in [0, 1], shape ``(N, H, W, 3)`` (channels last, as
+eq. 7 is written), NumPy arrays or torch tensors. Every trigger produces a
+pattern ``T`` and a mask ``m`` (1 where the image is left alone) and is
+embedded with eq. 7 followed by a clip to [0, 1]:
+
+    p = ((1 - alpha) x + alpha T(x)) * (1 - m) + x * m
+
+Geometry is given on a 224 x 224 reference canvas and scaled by the image
+size (rounded, at least 1 px), so one config draws the same picture at every
+resolution; absolute pixels may be given instead (``size_px``, ``offset_px``).
+
+A new trigger is one class here, registered in ``TRIGGERS``, plus a test
+(see docs/attack.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from backdoor_eval.io import atomic_path
+from backdoor_eval.registry import Registry
+
+REFERENCE_SIZE = 224
+LV_READINGS = ("literal", "scaled")
+
+TRIGGERS: Registry[type["Trigger"]] = Registry("trigger")
+
+
+def _is_torch(x: Any) -> bool:
+    # Import-free check so NumPy-only users never pay for importing torch.
+    return type(x).__module__.startswith("torch")
+
+
+def validate_alpha(alpha: float) -> float:
+    """Return ``alpha`` as a float, or raise if it is not in [0, 1]."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha={alpha!r} is not a number; allowed: a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise ValueError(f"alpha={alpha!r} is outside the allowed range [0, 1]")
+    return value
+
+
+def embed(images, pattern, mask, alpha: float):
+    """Embed a trigger with eq. 7, then clip to [0, 1].
+
+    ``p = ((1 - alpha) x + alpha T) * (1 - m) + x * m``. ``images`` is float
+    ``(N, H, W, 3)`` in [0, 1], NumPy or torch; ``pattern`` and ``mask`` are
+    broadcastable to it (NumPy arrays are moved to the tensor's device and
+    dtype). The result has the type, dtype and device of ``images``.
+    """
+    alpha = validate_alpha(alpha)
+    if _is_torch(images):
+        import torch
+
+        if not torch.is_floating_point(images):
+            raise ValueError(f"images dtype {images.dtype} is not floating point; allowed: float images in [0, 1]")
+        pattern = torch.as_tensor(pattern, dtype=images.dtype, device=images.device)
+        mask = torch.as_tensor(mask, dtype=images.dtype, device=images.device)
+        blended = (1.0 - alpha) * images + alpha * pattern
+        return (blended * (1.0 - mask) + images * mask).clamp_(0.0, 1.0)
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images dtype {images.dtype} is not floating point; allowed: float images in [0, 1]")
+    pattern = np.asarray(pattern, dtype=images.dtype)
+    mask = np.asarray(mask, dtype=images.dtype)
+    # Python-float alpha keeps the images' dtype (NumPy 2 weak scalar promotion).
+    blended = (1.0 - alpha) * images + alpha * pattern
+    out = blended * (1.0 - mask) + images * mask
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def to_uint8(images):
+    """Round float images in [0, 1] to 8 bits (uint8), NumPy or torch.
+
+    Poisoned pixels are stored as 8-bit images, as a published poisoned
+    dataset would be. Rounding is half-to-even in both libraries.
+    """
+    if _is_torch(images):
+        import torch
+
+        return torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    images = np.asarray(images)
+    return np.rint(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_float(images_uint8):
+    """uint8 images to float32 in [0, 1] (the inverse of :func:`to_uint8` up to rounding)."""
+    if _is_torch(images_uint8):
+        import torch
+
+        return images_uint8.to(torch.float32) / 255.0
+    return np.asarray(images_uint8, dtype=np.float32) / np.float32(255.0)
+
+
+def scale_reference_px(reference_px: float, size: int) -> int:
+    """Pixels on an image of side ``size`` for a length on the 224 reference canvas.
+
+    Rounded half up (not half-to-even, so 0.5 px always grows) and at least 1 px.
+    """
+    return max(1, int(math.floor(reference_px * size / REFERENCE_SIZE + 0.5)))
+
+
+class Trigger:
+    """A trigger: a pattern and mask embedded with eq. 7 at transparency ``alpha``.
+
+    Subclasses set ``name`` and ``default_alpha``, implement
+    :meth:`pattern_and_mask` and :meth:`params` (the JSON-able constructor
+    arguments other than ``alpha``), and are registered in ``TRIGGERS``.
+    """
+
+    name: ClassVar[str] = ""
+    default_alpha: ClassVar[float] = 1.0
+
+    def __init__(self, alpha: float | None = None):
+        self.alpha = self.default_alpha if alpha is None else validate_alpha(alpha)
+
+    def pattern_and_mask(self, n: int, height: int, width: int, rng: np.random.Generator | None):
+        """Float32 NumPy ``(pattern, mask)`` broadcastable to ``(n, height, width, 3)``."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """JSON-able constructor arguments besides ``alpha``."""
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able description; ``create_trigger(**spec)`` rebuilds the trigger."""
+        return {"name": self.name, "alpha": self.alpha, **self.params()}
+
+    def apply(self, images, rng: np.random.Generator | None = None):
+        """Embed this trigger in float images ``(N, H, W, 3)`` (eq. 7, then clip).
+
+        NumPy or torch; the same type, dtype and device come back. ``rng``
+        feeds triggers with randomness (RS draws one position per image).
+        """
+        shape = tuple(images.shape)
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"images have shape {shape}; allowed: (N, H, W, 3) channels-last")
+        n, height, width, _ = shape
+        pattern, mask = self.pattern_and_mask(n, height, width, rng)
+        return embed(images, pattern, mask, self.alpha)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+def _square_geometry(height: int, width: int, size: float, size_px: int | None):
+    side = int(size_px) if size_px is not None else scale_reference_px(size, height)
+    if not 1 <= side <= min(height, width):
+        raise ValueError(
+            f"square side {side} px does not fit a {height}x{width} image; allowed: 1..{min(height, width)}"
+        )
+    return side
+
+
+@TRIGGERS.register("bs")
+class BlackSquare(Trigger):
+    """BS: a black square (T = 0), side 22 reference px, 22 px from top and left.
+
+    On a 224 px image that is a 22 px square at (22, 22); on CIFAR-10's 32 px,
+    a 3 px square at (3, 3). ``size_px``/``offset_px`` give absolute pixels.
+    """
+
+    name = "bs"
+    default_alpha = 1.0
+
+    def __init__(
+        self,
+        alpha: float | None = None,
+        size: float = 22.0,
+        offset: float = 22.0,
+        size_px: int | None = None,
+        offset_px: int | None = None,
+    ):
+        super().__init__(alpha)
+        for label, value in (("size", size), ("offset", offset)):
+            if not float(value) >= 0:
+                raise ValueError(f"{label}={value!r} is negative; allowed: reference pixels >= 0")
+        for label, value in (("size_px", size_px), ("offset_px", offset_px)):
+            if value is not None and (int(value) != value or value < 0):
+                raise ValueError(f"{label}={value!r}; allowed: a whole number of pixels >= 0")
+        self.size, self.offset = float(size), float(offset)
+        self.size_px = None if size_px is None else int(size_px)
+        self.offset_px = None if offset_px is None else int(offset_px)
+
+    def params(self) -> dict[str, Any]:
+        return {"size": self.size, "offset": self.offset, "size_px": self.size_px, "offset_px": self.offset_px}
+
+    def square(self, height: int, width: int) -> tuple[int, int, int]:
+        """``(top, left, side)`` in pixels for an image of ``height`` x ``width``."""
+        side = _square_geometry(height, width, self.size, self.size_px)
+        if self.offset_px is not None:
+            top = left = self.offset_px
+        else:
+            # Offsets of 0 stay 0 (a square in the corner), unlike sizes which are at least 1 px.
+            top = 0 if self.offset == 0 else scale_reference_px(self.offset, height)
+            left = 0 if self.offset == 0 else scale_reference_px(self.offset, width)
+        if top + side > height or left + side > width:
+            raise ValueError(
+                f"square at ({top}, {left}) of side {side} px leaves a {height}x{width} image; "
+                "allowed: offset + side <= image size"
+            )
+        return top, left, side
+
+    def pattern_and_mask(self, n, height, width, rng=None):
+        top, left, side = self.square(height, width)
+        mask = np.ones((1, height, width, 1), dtype=np.float32)
+        mask[:, top : top + side, left : left + side, :] = 0.0
+        return np.zeros((1, 1, 1, 1), dtype=np.float32), mask
+
+
+@TRIGGERS.register("rs")
+class RandomSquare(Trigger):
+    """RS: the BS square at a uniformly random position fully inside the image.
+
+    One position per image, drawn from ``rng`` (the run's seed). Positions
+    come from ``rng.random`` (one double per coordinate), so drawing in
+    batches gives the same positions as drawing all at once.
+    """
+
+    name = "rs"
+    default_alpha = 1.0
+
+    def __init__(self, alpha: float | None = None, size: float = 22.0, size_px: int | None = None):
+        super().__init__(alpha)
+        if not float(size) >= 0:
+            raise ValueError(f"size={size!r} is negative; allowed: reference pixels >= 0")
+        if size_px is not None and (int(size_px) != size_px or size_px < 1):
+            raise ValueError(f"size_px={size_px!r}; allowed: a whole number of pixels >= 1")
+        self.size = float(size)
+        self.size_px = None if size_px is None else int(size_px)
+
+    def params(self) -> dict[str, Any]:
+        return {"size": self.size, "size_px": self.size_px}
+
+    def positions(self, n: int, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """``(n, 2)`` int64 top-left corners, uniform over all positions inside the image."""
+        if rng is None:
+            raise ValueError("the rs trigger needs rng=np.random.Generator (its position is random); got None")
+        side = _square_geometry(height, width, self.size, self.size_px)
+        uniform = rng.random((n, 2))
+        limits = np.array([height - side + 1, width - side + 1])
+        return np.minimum((uniform * limits).astype(np.int64), limits - 1)
+
+    def pattern_and_mask(self, n, height, width, rng=None):
+        side = _square_geometry(height, width, self.size, self.size_px)
+        corners = self.positions(n, height, width, rng)
+        rows = np.arange(height)[None, :]
+        cols = np.arange(width)[None, :]
+        in_rows = (rows >= corners[:, :1]) & (rows < corners[:, :1] + side)  # (n, H)
+        in_cols = (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + side)  # (n, W)
+        inside = in_rows[:, :, None] & in_cols[:, None, :]
+        mask = (~inside).astype(np.float32)[..., None]
+        return np.zeros((1, 1, 1, 1), dtype=np.float32), mask
+
+
+@TRIGGERS.register("sin")
+class Sine(Trigger):
+    """SIN: T(i, j) = 0.4 sin(0.05 pi j') on all channels, j' = j * 224 / W; m = 0.
+
+    ``j`` is the 0-based column. T is negative on half the periods; eq. 7 is
+    applied as written and the result clipped, so at alpha = 1 those
+    columns are black.
+    """
+
+    name = "sin"
+    default_alpha = 0.1
+
+    def __init__(self, alpha: float | None = None, amplitude: float = 0.4, frequency: float = 0.05):
+        super().__init__(alpha)
+        self.amplitude, self.frequency = float(amplitude), float(frequency)
+
+    def params(self) -> dict[str, Any]:
+        return {"amplitude": self.amplitude, "frequency": self.frequency}
+
+    def pattern_and_mask(self, n, height, width, rng=None):
+        reference_columns = np.arange(width, dtype=np.float64) * REFERENCE_SIZE / width
+        row = self.amplitude * np.sin(self.frequency * np.pi * reference_columns)
+        pattern = row.astype(np.float32).reshape(1, 1, width, 1)
+        return pattern, np.zeros((1, 1, 1, 1), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# LV: the low-variance trigger (Tanay et al.), fitted by PCA on poison-train.
+
+
+@dataclass
+class LowVarianceFit:
+    """A fitted low-variance trigger (SPEC 3, LV).
+
+    ``pattern``: (H, W, 3) float32, the literal reading (projection onto the
+    chosen components plus the mean, clipped). ``pattern_scaled``: the
+    projection alone, min-max scaled to [0, 1]. ``components``: (k, D)
+    float32 chosen rows of V^T, highest variance first. ``mean``: (D,)
+    float32. ``explained_variance_ratio``: (k,) of the chosen components;
+    ``component_indices``: their positions in the full variance order;
+    ``total_components``: rank kept (the numerical null space of the centred
+    data is dropped, its directions being arbitrary).
+    """
+
+    pattern: np.ndarray
+    pattern_scaled: np.ndarray
+    components: np.ndarray | None  # None when loaded with with_components=False
+    mean: np.ndarray
+    explained_variance_ratio: np.ndarray
+    component_indices: np.ndarray
+    total_components: int
+    variance_fraction: float
+    reference: np.ndarray  # (H, W, 3) uint8, the projected image
+    projection: np.ndarray  # (H, W, 3) float32, unclipped low-variance projection (mean not added)
+    source_path: str | None = None  # where it was loaded from / saved to (for spec())
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pattern.shape)  # type: ignore[return-value]
+
+
+LV_BACKENDS = ("gram", "numpy", "torch")
+# Columns (or rows) converted to float64 at a time by the gram backend: 2,600 x 4,096 x 8 B = 85 MB.
+_PCA_CHUNK = 4096
+
+
+class _PCA:
+    """Thin PCA of uint8 images: mean, singular values (descending) and rows of V^T on demand.
+
+    ``gram`` (default): eigendecomposition, in float64, of the smaller of the
+    N x N Gram matrix Xc Xc^T (N <= D, e.g. Flowers: 2,600 x 150,528) or the
+    D x D scatter matrix Xc^T Xc (N > D, e.g. CIFAR-10: 36,000 x 3,072),
+    accumulated over column/row chunks, so the float centred matrix is never
+    held whole; components are V = Xc^T U / s. This is the SVD of the centred
+    data matrix, computed through its smaller side. ``numpy``/``torch``: a
+    thin SVD (LAPACK gesdd) of the whole centred float32 matrix, kept for
+    comparison: on Flowers it took 12 minutes and 15 GB where gram needs
+    about a minute and 1 GB (docs/attack.md).
+    """
+
+    def __init__(self, flat: np.ndarray, backend: str):
+        if backend not in LV_BACKENDS:
+            raise ValueError(f"LV backend {backend!r} is unknown; allowed: {', '.join(LV_BACKENDS)}")
+        self.flat, self.backend = flat, backend
+        n, d = flat.shape
+        self.mean = flat.mean(axis=0, dtype=np.float64) / 255.0
+        if backend == "gram":
+            self._fit_gram()
+            noise_eps = math.sqrt(max(n, d) * np.finfo(np.float64).eps)  # eigh of a float64 Gram: error ~ eps s_max^2
+        else:
+            self._fit_svd()
+            noise_eps = math.sqrt(max(n, d)) * np.finfo(np.float32).eps  # float32 SVD: error ~ eps s_max
+        # Centring leaves rank <= N - 1 (duplicates remove more): directions with a
+        # singular value at noise level are arbitrary, so they are not components.
+        self.rank = int(np.count_nonzero(self.singular_values > self.singular_values[0] * noise_eps))
+
+    def _centred(self, rows=slice(None), cols=slice(None)) -> np.ndarray:
+        return self.flat[rows, cols].astype(np.float64) / 255.0 - self.mean[cols]
+
+    def _chunks(self, size: int):
+        return (slice(start, start + _PCA_CHUNK) for start in range(0, size, _PCA_CHUNK))
+
+    def _fit_gram(self) -> None:
+        n, d = self.flat.shape
+        self.small_side_is_samples = n <= d
+        side = min(n, d)
+        scatter = np.zeros((side, side), dtype=np.float64)
+        if self.small_side_is_samples:
+            for cols in self._chunks(d):
+                block = self._centred(cols=cols)
+                scatter += block @ block.T  # NumPy calls syrk for a @ a.T
+        else:
+            for rows in self._chunks(n):
+                block = self._centred(rows=rows)
+                scatter += block.T @ block
+        eigenvalues, eigenvectors = np.linalg.eigh(scatter)
+        order = np.argsort(eigenvalues)[::-1]
+        self.singular_values = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
+        self._eigenvectors = eigenvectors[:, order]
+
+    def _fit_svd(self) -> None:
+        centred = self.flat.astype(np.float32)
+        centred /= np.float32(255.0)
+        centred -= self.mean.astype(np.float32)
+        if self.backend == "numpy":
+            _, singular_values, vt = np.linalg.svd(centred, full_matrices=False)
+        else:
+            import torch
+
+            _, singular_values, vt = (
+                t.numpy() for t in torch.linalg.svd(torch.from_numpy(centred), full_matrices=False)
+            )
+        self.singular_values, self._vt = singular_values.astype(np.float64), vt
+
+    def components(self, indices: np.ndarray) -> np.ndarray:
+        """Rows of V^T (unit principal axes, float64) for the given component indices."""
+        if self.backend != "gram":
+            return self._vt[indices].astype(np.float64)
+        if not self.small_side_is_samples:
+            return self._eigenvectors[:, indices].T.copy()
+        left = self._eigenvectors[:, indices] / self.singular_values[indices]
+        out = np.empty((len(indices), self.flat.shape[1]), dtype=np.float64)
+        for cols in self._chunks(self.flat.shape[1]):
+            out[:, cols] = left.T @ self._centred(cols=cols)
+        return out
+
+
+def fit_low_variance(
+    train_images_uint8: np.ndarray,
+    reference_uint8: np.ndarray,
+    variance_fraction: float = 0.005,
+    backend: str = "gram",
+) -> LowVarianceFit:
+    """Fit the LV trigger: PCA of the training images, reference projected on the trailing components.
+
+    PCA of the centred data matrix through its smaller side (see ``_PCA``;
+    never the D x D covariance when D is the large side). Components are
+    ordered by explained variance (s_i^2 / sum s^2); the trailing
+    (lowest-variance) ones are taken until their ratios sum to at least
+    ``variance_fraction``. The reference image (not in the training data) is
+    projected onto them and mapped back with the mean added: clipped to
+    [0, 1], that is the trigger ``pattern``.
+    """
+    train = np.asarray(train_images_uint8)
+    reference = np.asarray(reference_uint8)
+    if train.ndim != 4 or train.shape[-1] != 3 or train.dtype != np.uint8:
+        raise ValueError(f"train images are {train.dtype} {train.shape}; allowed: uint8 (N, H, W, 3)")
+    if reference.shape != train.shape[1:] or reference.dtype != np.uint8:
+        raise ValueError(
+            f"reference image is {reference.dtype} {reference.shape}; allowed: uint8 {train.shape[1:]} like the train images"
+        )
+    if not 0.0 < float(variance_fraction) < 1.0:
+        raise ValueError(f"variance_fraction={variance_fraction!r}; allowed: a number in (0, 1)")
+    if train.shape[0] < 2:
+        raise ValueError(f"{train.shape[0]} train images; allowed: at least 2 for a PCA")
+
+    pca = _PCA(train.reshape(train.shape[0], -1), backend)
+    rank = pca.rank
+    variances = pca.singular_values[:rank] ** 2
+    ratios = variances / variances.sum()
+    # Smallest k whose trailing k ratios reach the fraction (ratios are in descending order).
+    trailing_sums = np.cumsum(ratios[::-1])
+    num_chosen = min(int(np.searchsorted(trailing_sums, variance_fraction, side="left")) + 1, rank)
+    chosen = np.arange(rank - num_chosen, rank)
+    components = pca.components(chosen)
+
+    centred_reference = reference.reshape(-1) / 255.0 - pca.mean
+    projection = components.T @ (components @ centred_reference)
+    shape = reference.shape
+    pattern = np.clip(projection + pca.mean, 0.0, 1.0).reshape(shape).astype(np.float32)
+    low, high = float(projection.min()), float(projection.max())
+    if high > low:
+        pattern_scaled = ((projection - low) / (high - low)).reshape(shape).astype(np.float32)
+    else:  # a flat projection has no contrast to stretch
+        pattern_scaled = np.zeros(shape, dtype=np.float32)
+    return LowVarianceFit(
+        pattern=pattern,
+        pattern_scaled=pattern_scaled,
+        components=components.astype(np.float32),
+        mean=pca.mean.astype(np.float32),
+        explained_variance_ratio=ratios[chosen],
+        component_indices=chosen.astype(np.int64),
+        total_components=rank,
+        variance_fraction=float(variance_fraction),
+        reference=reference.copy(),
+        projection=projection.reshape(shape).astype(np.float32),
+    )
+
+
+_LV_FIELDS = (
+    "pattern",
+    "pattern_scaled",
+    "components",
+    "mean",
+    "explained_variance_ratio",
+    "component_indices",
+    "reference",
+    "projection",
+)
+
+
+def save_lv_fit(path: str | os.PathLike, fit: LowVarianceFit, **extra: np.ndarray) -> None:
+    """Write the fit as an uncompressed npz (atomically); ``extra`` arrays are stored too."""
+    if fit.components is None:
+        raise ValueError("this LV fit was loaded without its components; load it with with_components=True to save it")
+    arrays = {field: getattr(fit, field) for field in _LV_FIELDS}
+    arrays["total_components"] = np.int64(fit.total_components)
+    arrays["variance_fraction"] = np.float64(fit.variance_fraction)
+    clash = sorted(set(extra) & set(arrays))
+    if clash:
+        raise ValueError(f"extra arrays {clash} clash with the fit's own fields {sorted(arrays)}")
+    arrays.update({key: np.asarray(value) for key, value in extra.items()})
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    fit.source_path = str(path)
+
+
+def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVarianceFit:
+    """Read a fit written by :func:`save_lv_fit`.
+
+    ``with_components=False`` skips the (k, D) components (``components`` is
+    then None): applying the trigger needs only the pattern, and on Flowers
+    the components are ~470 x 150,528 float32 (280 MB).
+    """
+    with np.load(Path(path)) as npz:
+        missing = [field for field in _LV_FIELDS if field not in npz]
+        if missing:
+            raise ValueError(f"{path} is not an LV fit: arrays {missing} are missing")
+        fields = {field: npz[field] for field in _LV_FIELDS if with_components or field != "components"}
+        return LowVarianceFit(
+            **{"components": None, **fields},
+            total_components=int(npz["total_components"]),
+            variance_fraction=float(npz["variance_fraction"]),
+            source_path=str(path),
+        )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@TRIGGERS.register("lv")
+class LowVariance(Trigger):
+    """LV: the fitted low-variance pattern over the whole image (m = 0), default alpha 0.5.
+
+    ``fit`` is a :class:`LowVarianceFit` or the path of one saved with
+    :func:`save_lv_fit`; ``reading`` picks ``"literal"`` (projection plus
+    mean, clipped: the default) or ``"scaled"`` (projection alone, min-max
+    scaled). ``fit_sha256``, when given, must match the file.
+    """
+
+    name = "lv"
+    default_alpha = 0.5
+
+    def __init__(
+        self,
+        alpha: float | None = None,
+        fit: LowVarianceFit | str | os.PathLike | None = None,
+        reading: str = "literal",
+        fit_sha256: str | None = None,
+    ):
+        super().__init__(alpha)
+        if fit is None:
+            raise ValueError("the lv trigger needs fit=<path of an LV fit npz or a LowVarianceFit>; got None")
+        if reading not in LV_READINGS:
+            raise ValueError(f"reading={reading!r}; allowed: {', '.join(LV_READINGS)}")
+        self.reading = reading
+        self._fit_sha256 = None
+        if isinstance(fit, LowVarianceFit):
+            self.fit = fit
+        else:
+            if fit_sha256 is not None:
+                actual = file_sha256(fit)
+                if actual != fit_sha256:
+                    raise ValueError(f"LV fit {fit} has sha256 {actual}, not fit_sha256={fit_sha256}: the file changed")
+                self._fit_sha256 = actual
+            self.fit = load_lv_fit(fit, with_components=False)
+
+    @property
+    def pattern(self) -> np.ndarray:
+        return self.fit.pattern if self.reading == "literal" else self.fit.pattern_scaled
+
+    def params(self) -> dict[str, Any]:
+        if self.fit.source_path is None:
+            raise ValueError("this lv trigger's fit was never saved; save it with save_lv_fit so the spec can name it")
+        if self._fit_sha256 is None:  # hashed once: a 224 px fit file is large
+            self._fit_sha256 = file_sha256(self.fit.source_path)
+        return {"fit": self.fit.source_path, "reading": self.reading, "fit_sha256": self._fit_sha256}
+
+    def pattern_and_mask(self, n, height, width, rng=None):
+        if (height, width) != self.pattern.shape[:2]:
+            raise ValueError(
+                f"images are {height}x{width} but the LV fit is {self.pattern.shape[0]}x{self.pattern.shape[1]}; "
+                "allowed: the size the fit was made on"
+            )
+        return self.pattern[None], np.zeros((1, 1, 1, 1), dtype=np.float32)
+
+
+def create_trigger(name: str, alpha: float | None = None, **params: Any) -> Trigger:
+    """Build a registered trigger; ``create_trigger(**trigger.spec())`` rebuilds one."""
+    if name not in TRIGGERS:
+        raise ValueError(f"trigger {name!r} is unknown; allowed: {', '.join(TRIGGERS.names())}")
+    cls = TRIGGERS.get(name)
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "alpha")]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"trigger {name!r} has no parameter(s) {unknown}; allowed: {', '.join(accepted)}")
+    return cls(alpha=alpha, **params)
