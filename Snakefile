@@ -1,0 +1,33 @@
+# backdoor-eval: systematic backdoor data-poisoning experiments (Truong et al., CVPR-W 2020).
+#   snakemake --cores 2                                   # the embedded quickstart
+#   snakemake --configfile config/config.yaml --cores 16 --resources gpu=4   # the paper grid
+# Layout, wildcards and GPU slots: docs/workflow.md; config keys: config/README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+# The embedded default. A --configfile on the command line replaces it rather
+# than being merged into it (a merge would leak quickstart keys into the paper grid).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/quickstart.yaml"
+
+
+validate(config, "config/schema/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/poison.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),

@@ -1,0 +1,643 @@
+"""The experiment grid: config factor lists -> runs (SPEC 6).
+
+A config's ``experiments:`` block names each experiment (E1..E6 in the paper
+config) by factor lists::
+
+    E4:
+      dataset: [cifar10, flowers]
+      model: [resnet50, nasnet_large, nasnet_mobile]
+      trigger: [sin, lv]
+      alpha: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+      poison_class: {cifar10: [truck], flowers: [rose]}
+      poison_rate: [0.05, 0.1]
+      seed: {range: 2}
+      retrain: true
+
+``expand(config)`` takes the product of the factors (missing ones take the
+SPEC 6 defaults: many-to-one, poison rate 0.1, the trigger's default alpha,
+no regularizer, seed 0) and returns one list of :class:`Run` per experiment.
+A run's parameters map one-to-one to its output path (``Run.run_id``), so a
+run shared by two experiments is one path and Snakemake trains it once;
+:func:`union` de-duplicates across experiments.
+
+Every factor except ``dataset`` may instead be a per-dataset mapping
+(``{cifar10: [truck], flowers: [rose]}``), which is how E4 and E6 pair a
+poison class (and E6 a trigger) with each dataset.
+
+This module is pure and light (no torch, no NumPy): the Snakefile imports it
+at parse time, on every cluster job too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, Mapping
+
+STRATEGIES = ("many-to-one", "one-to-one")
+PHASES = ("poison", "clean")
+
+# The run's parameters, in path order.
+FACTORS = (
+    "dataset",
+    "model",
+    "trigger",
+    "alpha",
+    "strategy",
+    "poison_class",
+    "source",
+    "poison_rate",
+    "regularizer",
+    "seed",
+)
+REQUIRED_FACTORS = ("dataset", "model", "trigger")
+# SPEC 6 defaults; config/schema/config.schema.yaml documents the same values.
+FACTOR_DEFAULTS: dict[str, Any] = {
+    "alpha": "default",
+    "strategy": "many-to-one",
+    "poison_class": "all",
+    "source": "all",
+    "poison_rate": 0.1,
+    "regularizer": "none",
+    "seed": 0,
+}
+EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases")
+
+# Default transparency per trigger (SPEC 3, paper section 4): used when the
+# config's ``triggers:`` section does not give one.
+DEFAULT_TRIGGER_ALPHA = {"bs": 1.0, "rs": 1.0, "sin": 0.1, "lv": 0.5}
+NO_REGULARIZER = "none"
+MANY_TO_ONE_SOURCE = "all"  # the source wildcard of a many-to-one run
+
+# Outputs built from experiments (the report commands' defaults, SPEC 6).
+DEFAULT_OUTPUTS = {
+    "table2": ["E1", "E2"],
+    "table3": ["E1", "E2"],
+    "table4": ["E6"],
+    "table5": ["E6"],
+    "fig4": ["E3"],
+    "fig5": ["E3"],
+    "fig6": ["E4"],
+    "fig7": ["E5"],
+}
+
+# Output paths, relative to results/{config_name}/. The Snakemake rules use
+# these very templates as their wildcard patterns.
+RUN_ID_TEMPLATE = (
+    "{dataset}/{model}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{regularizer}/seed{seed}"
+)
+# The poisoned data set does not depend on the model or the regularizer.
+POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/seed{seed}"
+
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
+_NAME_RE = re.compile(rf"^{_NAME}$")
+_NUMBER = r"[0-9][0-9.e+-]*"
+WILDCARD_CONSTRAINTS = {
+    "dataset": _NAME,
+    "model": _NAME,
+    "trigger": _NAME,
+    "alpha": _NUMBER,
+    "strategy": "|".join(STRATEGIES),
+    "poison_class": _NAME,
+    "source": _NAME,
+    "poison_rate": _NUMBER,
+    "regularizer": _NAME,
+    "seed": r"[0-9]+",
+}
+_RUN_ID_RE = re.compile(
+    "^"
+    + re.sub(
+        r"\\\{(\w+)\\\}",
+        lambda m: f"(?P<{m.group(1)}>{WILDCARD_CONSTRAINTS[m.group(1)]})",
+        re.escape(RUN_ID_TEMPLATE),
+    )
+    + "$"
+)
+
+
+def format_number(value: float) -> str:
+    """Minimal text of a float as used in paths: ``repr(float)`` (``1.0``, ``0.05``)."""
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: the parameters that name its output folder."""
+
+    dataset: str
+    model: str
+    trigger: str
+    alpha: float
+    strategy: str
+    poison_class: str
+    source: str
+    poison_rate: float
+    regularizer: str
+    seed: int
+
+    def _path_fields(self) -> dict[str, str]:
+        values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        values["alpha"] = format_number(self.alpha)
+        values["poison_rate"] = format_number(self.poison_rate)
+        return values
+
+    @property
+    def run_id(self) -> str:
+        """The run's relative output path (the shared results contract)."""
+        return RUN_ID_TEMPLATE.format(**self._path_fields())
+
+    @property
+    def poison_id(self) -> str:
+        """The relative path of the run's poisoned overlay (shared by models and regularizers)."""
+        return POISON_ID_TEMPLATE.format(**self._path_fields())
+
+    def params(self) -> dict[str, Any]:
+        """The run parameters, typed (alpha and poison_rate float, seed int)."""
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "Run":
+        """Build a run from path strings or typed values (e.g. Snakemake wildcards)."""
+        try:
+            return cls(
+                dataset=str(values["dataset"]),
+                model=str(values["model"]),
+                trigger=str(values["trigger"]),
+                alpha=float(values["alpha"]),
+                strategy=str(values["strategy"]),
+                poison_class=str(values["poison_class"]),
+                source=str(values["source"]),
+                poison_rate=float(values["poison_rate"]),
+                regularizer=str(values["regularizer"]),
+                seed=int(values["seed"]),
+            )
+        except KeyError as exc:
+            raise ValueError(f"run parameters lack {exc.args[0]!r}; required: {', '.join(FACTORS)}") from None
+
+    @classmethod
+    def from_run_id(cls, run_id: str) -> "Run":
+        """Inverse of :attr:`run_id`."""
+        match = _RUN_ID_RE.match(run_id)
+        if match is None:
+            raise ValueError(f"run_id {run_id!r} does not match {RUN_ID_TEMPLATE}")
+        return cls.from_mapping(match.groupdict())
+
+
+# --------------------------------------------------------------------------- config accessors
+
+
+def datasets(config: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(config.get("datasets") or {})
+
+
+def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The class names the config declares for ``dataset``, in label order."""
+    try:
+        return list(config["datasets"][dataset]["classes"])
+    except (KeyError, TypeError):
+        raise ValueError(f"dataset {dataset!r} is not declared in config datasets; declared: {_names(config, 'datasets')}") from None
+
+
+def trigger_names(config: Mapping[str, Any]) -> list[str]:
+    return list(config.get("triggers") or DEFAULT_TRIGGER_ALPHA)
+
+
+def regularizer_names(config: Mapping[str, Any]) -> list[str]:
+    names = list(config.get("regularizers") or {})
+    return names if NO_REGULARIZER in names else [NO_REGULARIZER, *names]
+
+
+def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
+    """The trigger's default transparency: config ``triggers.<name>.alpha``, else SPEC 3's."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    if spec.get("alpha") is not None:
+        return float(spec["alpha"])
+    if trigger in DEFAULT_TRIGGER_ALPHA:
+        return DEFAULT_TRIGGER_ALPHA[trigger]
+    raise ValueError(f"trigger {trigger!r} has no default alpha; set triggers.{trigger}.alpha in the config")
+
+
+def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
+    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``)."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    return dict(spec.get("params") or {})
+
+
+def lv_variance_fraction(config: Mapping[str, Any]) -> float:
+    spec = (config.get("triggers") or {}).get("lv") or {}
+    return float(spec.get("variance_fraction", 0.005))
+
+
+def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
+    """``(arch, model_params)`` for the train command: the registry name and its keyword
+    arguments, ``pretrained`` and ``weights`` included."""
+    try:
+        spec = dict(config["models"][model] or {})
+    except (KeyError, TypeError):
+        raise ValueError(f"model {model!r} is not declared in config models; declared: {_names(config, 'models')}") from None
+    params = dict(spec.get("params") or {})
+    params["pretrained"] = bool(spec.get("pretrained", False))
+    params["weights"] = spec.get("weights")
+    return str(spec.get("arch") or model), params
+
+
+def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str, Any]:
+    """Keyword parameters of the regularizer (``weight`` and its hyper-parameters)."""
+    spec = (config.get("regularizers") or {}).get(regularizer)
+    if spec is None and regularizer != NO_REGULARIZER:
+        raise ValueError(
+            f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
+        )
+    return dict(spec or {})
+
+
+def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
+    """Training settings: ``train:`` defaults, then ``datasets.<d>.train``, then ``models.<m>.train``."""
+    merged = dict(config.get("train") or {})
+    merged.update((config.get("datasets") or {}).get(dataset, {}).get("train") or {})
+    merged.update((config.get("models") or {}).get(model, {}).get("train") or {})
+    return merged
+
+
+def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Phases each experiment reports: ``phases:`` if given, else poison (+ clean when ``retrain``)."""
+    phases = {}
+    for name, spec in (config.get("experiments") or {}).items():
+        spec = spec or {}
+        default = ["poison", "clean"] if spec.get("retrain", False) else ["poison"]
+        phases[name] = list(spec.get("phases") or default)
+    return phases
+
+
+def outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Tables/figures built from experiments whose experiments all exist in the config."""
+    mapping = config.get("outputs")
+    mapping = DEFAULT_OUTPUTS if mapping is None else mapping
+    experiments = config.get("experiments") or {}
+    present = {}
+    for output, names in mapping.items():
+        names = _experiment_list(names)
+        if names and all(name in experiments for name in names):
+            present[output] = names
+    return present
+
+
+def _experiment_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split("+") if part.strip()]
+    return [str(v) for v in value]
+
+
+def _names(config: Mapping[str, Any], section: str) -> str:
+    return ", ".join(config.get(section) or {}) or "(none)"
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _is_per_dataset(factor: str, value: Any) -> bool:
+    return isinstance(value, Mapping) and not (factor == "seed" and "range" in value)
+
+
+def _seeds(value: Any) -> list[Any]:
+    if isinstance(value, Mapping):
+        bounds = value["range"]
+        start, stop = (0, bounds) if not isinstance(bounds, (list, tuple)) else tuple(bounds)
+        return list(range(int(start), int(stop)))
+    return _as_list(value)
+
+
+def _values(spec: Mapping[str, Any], factor: str, dataset: str) -> list[tuple[str, Any]]:
+    """``(config path, value)`` pairs of the factor for ``dataset``; paths name list items (``alpha[3]``)."""
+    value = spec.get(factor, FACTOR_DEFAULTS.get(factor))
+    path = factor
+    if _is_per_dataset(factor, value):
+        if dataset not in value:
+            raise _PathError(factor, f"no entry for dataset {dataset!r}; per-dataset keys: {', '.join(map(str, value))}")
+        value, path = value[dataset], f"{factor}.{dataset}"
+    if factor == "seed" and isinstance(value, Mapping):
+        return [(path, seed) for seed in _seeds(value)]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise _PathError(path, "is an empty list; give at least one value")
+        return [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    return [(path, value)]
+
+
+class _PathError(ValueError):
+    """A config error at a path relative to the experiment (prefixed by the caller)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+def _expand_one(config: Mapping[str, Any], spec: Mapping[str, Any], check: bool) -> list[Run]:
+    runs: dict[Run, None] = {}  # ordered set
+    for dataset in _as_list(spec.get("dataset")):
+        classes = dataset_classes(config, dataset) if not check else _checked_classes(config, dataset, spec)
+        per_factor = {factor: _values(spec, factor, dataset) for factor in FACTORS[1:]}
+        for combo in itertools.product(*(per_factor[f] for f in FACTORS[1:])):
+            chosen = dict(zip(FACTORS[1:], combo))
+            for run in _resolve(config, dataset, classes, chosen, check):
+                runs.setdefault(run, None)
+    return list(runs)
+
+
+def _checked_classes(config: Mapping[str, Any], dataset: str, spec: Mapping[str, Any]) -> list[str]:
+    if dataset not in (config.get("datasets") or {}):
+        index = _as_list(spec.get("dataset")).index(dataset)
+        path = f"dataset[{index}]" if isinstance(spec.get("dataset"), (list, tuple)) else "dataset"
+        raise _PathError(path, f"{dataset!r} is not a dataset declared in config datasets; declared: {_names(config, 'datasets')}")
+    return dataset_classes(config, dataset)
+
+
+def _resolve(
+    config: Mapping[str, Any],
+    dataset: str,
+    classes: list[str],
+    chosen: Mapping[str, tuple[str, Any]],
+    check: bool,
+) -> Iterable[Run]:
+    """Turn one combination of factor values into runs (``all``/``others`` widen to many)."""
+    (model_path, model), (trigger_path, trigger) = chosen["model"], chosen["trigger"]
+    (alpha_path, alpha), (strategy_path, strategy) = chosen["alpha"], chosen["strategy"]
+    (class_path, poison_class), (source_path, source) = chosen["poison_class"], chosen["source"]
+    (rate_path, poison_rate), (reg_path, regularizer) = chosen["poison_rate"], chosen["regularizer"]
+    seed_path, seed = chosen["seed"]
+    if check:
+        _check_name(config, "models", model_path, model)
+        _check_in(trigger_path, trigger, trigger_names(config), "a trigger declared in config triggers")
+        _check_in(reg_path, regularizer, regularizer_names(config), "a regularizer declared in config regularizers")
+        _check_in(strategy_path, strategy, STRATEGIES, "a poisoning strategy")
+        _check_fraction(rate_path, poison_rate, closed=False)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
+    if alpha == "default":
+        alpha = trigger_default_alpha(config, trigger)
+    elif check:
+        _check_fraction(alpha_path, alpha, closed=True)
+    poison_classes = classes if poison_class == "all" else [poison_class]
+    for target in poison_classes:
+        if check and target not in classes:
+            raise _PathError(class_path, f"{target!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}")
+        if strategy == "many-to-one":
+            sources = [MANY_TO_ONE_SOURCE]
+        elif source in ("all", "others"):
+            sources = [c for c in classes if c != target]
+        else:
+            if check and source not in classes:
+                raise _PathError(source_path, f"{source!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}")
+            if check and source == target:
+                raise _PathError(
+                    source_path, f"{source!r} is the poison class; a one-to-one source must be another class of {dataset}"
+                )
+            sources = [source]
+        for src in sources:
+            yield Run(dataset, model, trigger, float(alpha), strategy, str(target), str(src), float(poison_rate), regularizer, int(seed))
+
+
+def _check_name(config: Mapping[str, Any], section: str, path: str, name: Any) -> None:
+    if name not in (config.get(section) or {}):
+        raise _PathError(path, f"{name!r} is not declared in config {section}; declared: {_names(config, section)}")
+
+
+def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise _PathError(path, f"{value!r} is not {what}; allowed: {', '.join(map(str, allowed))}")
+
+
+def _check_fraction(path: str, value: Any, closed: bool) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if closed and not (is_number and 0.0 <= value <= 1.0):
+        raise _PathError(path, f"{value!r} is outside [0, 1]")
+    if not closed and not (is_number and 0.0 < value < 1.0):
+        raise _PathError(path, f"{value!r} is outside (0, 1)")
+
+
+def expand(config: Mapping[str, Any]) -> dict[str, list[Run]]:
+    """Each experiment's runs: the product of its factor lists, defaults filled in (SPEC 6).
+
+    Order follows the config; duplicates within an experiment (e.g. ``alpha:
+    [default, 0.1]`` for sin) are dropped. Call :func:`validate` first for
+    error messages that name the config key.
+    """
+    return {name: _expand_one(config, spec or {}, check=False) for name, spec in (config.get("experiments") or {}).items()}
+
+
+def union(expanded: Mapping[str, Iterable[Run]] | Iterable[Iterable[Run]]) -> list[Run]:
+    """All distinct runs, in first-appearance order (a run shared by experiments once)."""
+    groups = expanded.values() if isinstance(expanded, Mapping) else expanded
+    seen: dict[Run, None] = {}
+    for runs in groups:
+        for run in runs:
+            seen.setdefault(run, None)
+    return list(seen)
+
+
+def retrain_runs(config: Mapping[str, Any], expanded: Mapping[str, list[Run]] | None = None) -> list[Run]:
+    """Distinct runs that need the clean phase (in an experiment reporting phase ``clean``)."""
+    expanded = expand(config) if expanded is None else expanded
+    phases = experiment_phases(config)
+    return union(runs for name, runs in expanded.items() if "clean" in phases[name])
+
+
+def counts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Job counts: per experiment (runs, phases) and for the de-duplicated grid."""
+    expanded = expand(config)
+    phases = experiment_phases(config)
+    distinct = union(expanded)
+    return {
+        "experiments": {name: {"runs": len(runs), "phases": phases[name]} for name, runs in expanded.items()},
+        "distinct_runs": len(distinct),
+        "retrain_jobs": len(retrain_runs(config, expanded)),
+        "poisoned_sets": len({run.poison_id for run in distinct}),
+        "partitions": len({(run.dataset, run.seed) for run in distinct}),
+    }
+
+
+def format_counts(config: Mapping[str, Any]) -> str:
+    """The per-experiment count table printed by ``backdoor-eval expand`` and at workflow start."""
+    summary = counts(config)
+    lines = [f"{'experiment':<12}{'runs':>6}  phases"]
+    for name, info in summary["experiments"].items():
+        lines.append(f"{name:<12}{info['runs']:>6}  {'+'.join(info['phases'])}")
+    lines.append(
+        f"distinct runs (train jobs): {summary['distinct_runs']}; retrain jobs: {summary['retrain_jobs']}; "
+        f"poisoned sets: {summary['poisoned_sets']}; partitions: {summary['partitions']}"
+    )
+    return "\n".join(lines)
+
+
+def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
+    """The membership document ``backdoor-eval aggregate --membership`` reads.
+
+    ``results_dir`` is ``results/{config_name}``; run files are at
+    ``{results_dir}/runs/{run_id}/summary.parquet`` and ``epochs.parquet``.
+    """
+    expanded = expand(config)
+    phases = experiment_phases(config)
+    specs = config.get("experiments") or {}
+    document: dict[str, Any] = {
+        "config_name": config.get("name"),
+        "experiments": {
+            name: {
+                "description": (specs[name] or {}).get("description", ""),
+                "phases": phases[name],
+                "runs": [run.run_id for run in runs],
+            }
+            for name, runs in expanded.items()
+        },
+        "outputs": outputs(config),
+        "runs": {},
+    }
+    for run in union(expanded):
+        folder = f"{results_dir}/runs/{run.run_id}"
+        document["runs"][run.run_id] = {"summary": f"{folder}/summary.parquet", "epochs": f"{folder}/epochs.parquet"}
+    return document
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
+    """Check what the JSON schema cannot; raise ``ValueError`` naming the config key.
+
+    Names used by experiments must be declared in the config's ``datasets``,
+    ``models``, ``triggers`` and ``regularizers`` sections; alpha must lie in
+    [0, 1], poison rates in (0, 1); poison and source classes must be classes
+    of the dataset, and a one-to-one source must differ from the poison class.
+    With ``check_registries`` the declared names are also checked against the
+    package registries (this imports the package modules, torch included).
+    """
+    _validate_sections(config)
+    experiments = config.get("experiments")
+    if not isinstance(experiments, Mapping) or not experiments:
+        raise ValueError("experiments: at least one experiment is required (a mapping like {E1: {...}})")
+    for name, spec in experiments.items():
+        prefix = f"experiments.{name}"
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"{prefix}: {spec!r} is not a mapping of factors")
+        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS))
+        if unknown:
+            raise ValueError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}")
+        for factor in REQUIRED_FACTORS:
+            if spec.get(factor) in (None, [], ()):
+                raise ValueError(f"{prefix}.{factor}: required; give a name or a list of names")
+        phases = experiment_phases({"experiments": {name: spec}})[name]
+        for i, phase in enumerate(phases):
+            if phase not in PHASES:
+                raise ValueError(f"{prefix}.phases[{i}]: {phase!r} is not a phase; allowed: {', '.join(PHASES)}")
+        if "clean" in phases and not spec.get("retrain", False):
+            raise ValueError(f"{prefix}.phases: 'clean' needs retrain: true")
+        for factor, value in spec.items():
+            if _is_per_dataset(factor, value) and factor in FACTORS:
+                if factor == "dataset":
+                    raise ValueError(f"{prefix}.dataset: give a name or a list of names, not a mapping")
+                extra = [key for key in value if key not in _as_list(spec.get("dataset"))]
+                if extra:
+                    raise ValueError(
+                        f"{prefix}.{factor}.{extra[0]}: not a dataset of this experiment; datasets: "
+                        f"{', '.join(map(str, _as_list(spec.get('dataset'))))}"
+                    )
+        try:
+            _expand_one(config, spec, check=True)
+        except _PathError as exc:
+            raise ValueError(f"{prefix}.{exc}") from None
+    _validate_blocks(config)
+    if check_registries:
+        _validate_registries(config)
+
+
+def _validate_sections(config: Mapping[str, Any]) -> None:
+    if not _NAME_RE.match(str(config.get("name", ""))):
+        raise ValueError(f"name: {config.get('name')!r} is not a valid config name; allowed: letters, digits, _ . + -")
+    sets = config.get("datasets")
+    if not isinstance(sets, Mapping) or not sets:
+        raise ValueError("datasets: at least one dataset is required")
+    for section in ("datasets", "models", "triggers", "regularizers"):
+        for name in config.get(section) or {}:
+            if not _NAME_RE.match(str(name)):
+                raise ValueError(f"{section}.{name}: {name!r} is not a valid name; allowed: letters, digits, _ . + - (no '/')")
+    for name, spec in sets.items():
+        classes = (spec or {}).get("classes")
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise ValueError(f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)")
+        for i, cls in enumerate(classes):
+            # All-digit names would read as class indices on the command line.
+            if not isinstance(cls, str) or not _NAME_RE.match(cls) or cls in ("all", "others") or cls.isdigit():
+                raise ValueError(
+                    f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; "
+                    "allowed: letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others'"
+                )
+        duplicates = sorted({c for c in classes if classes.count(c) > 1})
+        if duplicates:
+            raise ValueError(f"datasets.{name}.classes: {duplicates[0]!r} appears twice; class names must be unique")
+    for name, spec in (config.get("triggers") or {}).items():
+        alpha = (spec or {}).get("alpha")
+        if alpha is not None:
+            try:
+                _check_fraction("alpha", alpha, closed=True)
+            except _PathError as exc:
+                raise ValueError(f"triggers.{name}.{exc}") from None
+    for name, spec in (config.get("regularizers") or {}).items():
+        weight = (spec or {}).get("weight")
+        if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0):
+            raise ValueError(f"regularizers.{name}.weight: {weight!r} is not a weight; allowed: a number >= 0")
+
+
+def _validate_blocks(config: Mapping[str, Any]) -> None:
+    for output, names in (config.get("outputs") or {}).items():
+        if output not in DEFAULT_OUTPUTS:
+            raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(DEFAULT_OUTPUTS)}")
+        if not _experiment_list(names):
+            raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
+    for block in ("table1", "gallery"):
+        spec = config.get(block)
+        if spec is None:
+            continue
+        if spec.get("dataset") not in (config.get("datasets") or {}):
+            raise ValueError(
+                f"{block}.dataset: {spec.get('dataset')!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
+            )
+    if config.get("table1") is not None:
+        try:
+            _check_fraction("poison_rate", config["table1"].get("poison_rate", 0.1), closed=False)
+        except _PathError as exc:
+            raise ValueError(f"table1.{exc}") from None
+    gallery = config.get("gallery")
+    if gallery is not None:
+        seed = gallery.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"gallery.seed: {seed!r} is not a seed; allowed: whole numbers >= 0")
+
+
+def _validate_registries(config: Mapping[str, Any]) -> None:
+    """Declared names against the package registries (imports the package: torch)."""
+    import importlib
+
+    checks = [
+        ("datasets", "backdoor_eval.data", "DATASETS", lambda name, spec: (spec or {}).get("kind", name)),
+        ("models", "backdoor_eval.models", "MODELS", lambda name, spec: (spec or {}).get("arch") or name),
+        ("triggers", "backdoor_eval.triggers", "TRIGGERS", lambda name, spec: name),
+        ("regularizers", "backdoor_eval.regularizers", "REGULARIZERS", lambda name, spec: name),
+    ]
+    for section, module_name, attribute, registry_name in checks:
+        registry = getattr(importlib.import_module(module_name), attribute)
+        for name, spec in (config.get(section) or {}).items():
+            key = registry_name(name, spec)
+            if key not in registry:
+                field = {"datasets": ".kind", "models": ".arch"}.get(section, "")
+                raise ValueError(
+                    f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
+                    f"registered: {', '.join(registry.names())}"
+                )

@@ -1,0 +1,148 @@
+"""GPU slots: give concurrent jobs on one machine distinct GPUs.
+
+Snakemake's ``resources: gpu=1`` with ``--resources gpu=N`` caps how many
+train jobs run at once, but does not say *which* GPU each job gets. A job
+takes a slot with :func:`gpu_slot`: the first GPU whose lock file
+(``lock_dir/gpu{device}.lock``) it can ``flock`` without blocking. The lock
+lives as long as the job's process holds the file open, so a killed job
+frees its GPU at once and no stale state is left behind.
+
+No torch here: this must run before anything touches CUDA, since
+``CUDA_VISIBLE_DEVICES`` is read when CUDA initialises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+NUM_GPUS_ENV = "BACKDOOR_EVAL_NUM_GPUS"
+LOCK_DIR_ENV = "BACKDOOR_EVAL_GPU_LOCK_DIR"
+
+
+def visible_devices() -> list[str] | None:
+    """Entries of ``CUDA_VISIBLE_DEVICES`` (``[]`` when set but empty), or None when unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def count_gpus(num_gpus: int | None = None) -> int:
+    """Number of GPUs to share: ``num_gpus``, else ``$BACKDOOR_EVAL_NUM_GPUS``, else the
+    entries of ``CUDA_VISIBLE_DEVICES``, else the lines of ``nvidia-smi -L`` (0 without it)."""
+    if num_gpus is not None:
+        return _check_count(num_gpus, "num_gpus")
+    if os.environ.get(NUM_GPUS_ENV, "").strip():
+        return _check_count(os.environ[NUM_GPUS_ENV], NUM_GPUS_ENV)
+    devices = visible_devices()
+    if devices is not None:
+        return len(devices)
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (FileNotFoundError, PermissionError, subprocess.TimeoutExpired):
+        return 0
+    if listing.returncode != 0:
+        return 0
+    # MIG devices are listed indented under their GPU; count GPUs only.
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _check_count(value: object, what: str) -> int:
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"{what} {value!r} is not a GPU count; allowed: a whole number >= 0")
+    return count
+
+
+def default_lock_dir() -> Path:
+    """``$BACKDOOR_EVAL_GPU_LOCK_DIR``, else a per-user folder in the temp dir (machine-wide)."""
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    return Path(tempfile.gettempdir()) / f"backdoor-eval-gpu-locks-{os.getuid()}"
+
+
+def _lock_name(device: str) -> str:
+    # Device ids may be GPU UUIDs (GPU-8f3e...) or MIG ids; keep them file-name safe.
+    return "gpu" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"
+
+
+@contextlib.contextmanager
+def gpu_slot(
+    lock_dir: str | os.PathLike | None = None,
+    num_gpus: int | None = None,
+    poll_seconds: float = 1.0,
+) -> Iterator[int | None]:
+    """Hold a free GPU for the ``with`` block; yield the slot index (None without GPUs).
+
+    With no GPUs (see :func:`count_gpus`) the environment is left alone.
+    Otherwise the first GPU whose lock file can be ``flock``-ed without
+    blocking is taken; when all are busy, it polls every ``poll_seconds``
+    until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the slot's device --
+    the i-th entry of an existing ``CUDA_VISIBLE_DEVICES`` list, else ``i`` --
+    and restored on exit, when the lock is released.
+    """
+    count = count_gpus(num_gpus)
+    if count == 0:
+        yield None
+        return
+    devices = visible_devices()
+    if devices is None:
+        devices = [str(i) for i in range(count)]
+    elif count > len(devices):
+        raise ValueError(
+            f"num_gpus {count} exceeds the {len(devices)} devices in CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r}; "
+            f"allowed: at most {len(devices)}"
+        )
+    devices = devices[:count]
+    folder = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+
+    handle, slot = None, None
+    waited = False
+    while slot is None:
+        for index, device in enumerate(devices):
+            candidate = open(folder / _lock_name(device), "a+")
+            try:
+                fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                candidate.close()
+                continue
+            handle, slot = candidate, index
+            break
+        if slot is None:
+            if not waited:
+                log.info("all %d GPU slots in %s are busy; waiting for one to free", count, folder)
+                waited = True
+            time.sleep(poll_seconds)
+
+    # Who holds the slot, for whoever inspects the lock folder.
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot]
+    log.info("GPU slot %d: CUDA_VISIBLE_DEVICES=%s", slot, devices[slot])
+    try:
+        yield slot
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

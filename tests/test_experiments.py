@@ -1,0 +1,324 @@
+"""The experiment grid: SPEC 6 counts, de-duplication, run ids, validation messages, the schema."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backdoor_eval import experiments as ex
+from backdoor_eval.experiments import Run
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+@pytest.fixture
+def paper() -> dict:
+    return load("config.yaml")
+
+
+@pytest.fixture
+def quickstart() -> dict:
+    return load("quickstart.yaml")
+
+
+def tiny_config(**experiment) -> dict:
+    """Two datasets, one experiment built from ``experiment``."""
+    spec = {"dataset": "flowers", "model": "m", "trigger": "bs"}
+    spec.update(experiment)
+    return {
+        "name": "tiny",
+        "datasets": {
+            "flowers": {"kind": "imagefolder", "classes": ["daisy", "dandelion", "rose", "sunflower", "tulip"]},
+            "cifar10": {"kind": "cifar10", "classes": ["airplane", "automobile", "truck"]},
+        },
+        "models": {"m": {"arch": "small_cnn"}},
+        "triggers": {"bs": {"alpha": 1.0}, "sin": {"alpha": 0.1}, "lv": {"alpha": 0.5}},
+        "regularizers": {"none": {"weight": 0.0}, "snnl": {"weight": 0.1}},
+        "experiments": {"E": spec},
+    }
+
+
+# --------------------------------------------------------------------------- SPEC 6 counts
+
+
+def test_paper_config_gives_the_spec6_counts(paper):
+    runs = ex.expand(paper)
+    assert {name: len(r) for name, r in runs.items()} == {
+        "E1": 180,
+        "E2": 180,
+        "E3": 250,
+        "E4": 432,
+        "E5": 44,
+        "E6": 45,
+    }
+    assert ex.experiment_phases(paper)["E2"] == ["clean"]
+    # E2 retrains exactly the E1 runs.
+    assert runs["E2"] == runs["E1"]
+
+
+def test_paper_config_distinct_runs_and_retrain_jobs(paper):
+    runs = ex.expand(paper)
+    distinct = ex.union(runs)
+    # Shared with E1 (seed 0, lambda 0.1, default alpha, many-to-one, no regularizer):
+    # E3 5 (Flowers ResNet-50 BS), E4 12 (SIN 0.1 and LV 0.5 at lambda 0.1, seed 0),
+    # E5 4 (lambda 0.1), E6 6 (many-to-one); E4 and E5 also share 2 (CIFAR-10
+    # NASNet-A Large truck, lambda 0.05, SIN 0.1 / LV 0.5, seed 0).
+    assert len(distinct) == 180 + 250 + 432 + 44 + 45 - 5 - 12 - 4 - 6 - 2 == 922
+    assert len({run.run_id for run in distinct}) == 922
+    # Retrained: E2's 180 and E4's 432 share the 12 E1 runs of E4.
+    assert len(ex.retrain_runs(paper, runs)) == 600
+    summary = ex.counts(paper)
+    assert summary["distinct_runs"] == 922 and summary["retrain_jobs"] == 600
+    assert summary["partitions"] == 12  # cifar10 seeds 0-1, flowers seeds 0-9
+
+
+def test_paper_e6_one_to_one_runs_cover_every_other_class(paper):
+    e6 = ex.expand(paper)["E6"]
+    flowers = [r for r in e6 if r.dataset == "flowers" and r.model == "resnet50"]
+    assert {r.trigger for r in flowers} == {"bs"} and {r.poison_class for r in flowers} == {"rose"}
+    assert sorted((r.strategy, r.source) for r in flowers) == [
+        ("many-to-one", "all"),
+        ("one-to-one", "daisy"),
+        ("one-to-one", "dandelion"),
+        ("one-to-one", "sunflower"),
+        ("one-to-one", "tulip"),
+    ]
+    cifar = [r for r in e6 if r.dataset == "cifar10"]
+    assert {r.trigger for r in cifar} == {"sin"} and {r.alpha for r in cifar} == {0.1}
+
+
+def test_quickstart_is_reduced_but_builds_every_output(quickstart):
+    ex.validate(quickstart)
+    runs = ex.expand(quickstart)
+    assert set(runs) == {"E1", "E2", "E3", "E4", "E5", "E6"}
+    assert 35 <= len(ex.union(runs)) <= 50
+    assert set(ex.outputs(quickstart)) == set(ex.DEFAULT_OUTPUTS)
+    assert quickstart["table1"]["dataset"] == "synthetic" and quickstart["gallery"]["dataset"] == "synthetic"
+
+
+# --------------------------------------------------------------------------- expansion rules
+
+
+def test_defaults_are_spec6():
+    (run,) = ex.expand(tiny_config(poison_class="rose"))["E"]
+    assert run == Run("flowers", "m", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 0)
+
+
+def test_default_alpha_follows_the_trigger_and_duplicates_collapse():
+    runs = ex.expand(tiny_config(trigger=["bs", "sin"], alpha=["default", 0.1], poison_class="rose"))["E"]
+    assert [(r.trigger, r.alpha) for r in runs] == [("bs", 1.0), ("bs", 0.1), ("sin", 0.1)]
+
+
+def test_per_dataset_mapping_and_seed_range():
+    config = tiny_config(
+        dataset=["flowers", "cifar10"],
+        trigger={"flowers": "bs", "cifar10": "sin"},
+        poison_class={"flowers": ["rose"], "cifar10": "truck"},
+        seed={"range": [3, 5]},
+    )
+    runs = ex.expand(config)["E"]
+    assert [(r.dataset, r.trigger, r.poison_class, r.seed) for r in runs] == [
+        ("flowers", "bs", "rose", 3),
+        ("flowers", "bs", "rose", 4),
+        ("cifar10", "sin", "truck", 3),
+        ("cifar10", "sin", "truck", 4),
+    ]
+
+
+def test_one_to_one_others_and_many_to_one_ignores_source():
+    runs = ex.expand(tiny_config(dataset="cifar10", poison_class="truck", strategy=["many-to-one", "one-to-one"], source="others"))
+    assert [(r.strategy, r.source) for r in runs["E"]] == [
+        ("many-to-one", "all"),
+        ("one-to-one", "airplane"),
+        ("one-to-one", "automobile"),
+    ]
+
+
+def test_union_deduplicates_across_experiments_in_first_seen_order():
+    a = Run("flowers", "m", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 0)
+    b = Run("flowers", "m", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 1)
+    c = Run("flowers", "m", "sin", 0.1, "many-to-one", "rose", "all", 0.1, "none", 0)
+    assert ex.union({"E1": [a, b], "E2": [b, c, a]}) == [a, b, c]
+    assert ex.union([[c], [c]]) == [c]
+
+
+def test_shared_run_is_one_run_id_in_membership(paper):
+    document = ex.membership(paper, "results/paper")
+    assert len(document["runs"]) == 922
+    shared = set(document["experiments"]["E1"]["runs"]) & set(document["experiments"]["E3"]["runs"])
+    assert len(shared) == 5
+    run_id = sorted(shared)[0]
+    assert document["runs"][run_id] == {
+        "summary": f"results/paper/runs/{run_id}/summary.parquet",
+        "epochs": f"results/paper/runs/{run_id}/epochs.parquet",
+    }
+    assert document["experiments"]["E4"]["phases"] == ["poison", "clean"]
+    assert document["outputs"]["table2"] == ["E1", "E2"]
+
+
+def test_outputs_need_all_their_experiments(quickstart):
+    config = copy.deepcopy(quickstart)
+    del config["experiments"]["E2"], config["experiments"]["E5"]
+    assert set(ex.outputs(config)) == {"table4", "table5", "fig4", "fig5", "fig6"}
+
+
+def test_train_params_merge_order():
+    config = tiny_config(poison_class="rose")
+    config["train"] = {"lr": 1e-5, "batch_size": 32, "input_size": None}
+    config["datasets"]["flowers"]["train"] = {"lr": 1e-4, "input_size": 224}
+    config["models"]["m"]["train"] = {"lr": 1e-3}
+    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-3, "batch_size": 32, "input_size": 224}
+    assert ex.model_spec(config, "m") == ("small_cnn", {"pretrained": False, "weights": None})
+
+
+# --------------------------------------------------------------------------- run ids
+
+
+def test_run_id_format_and_round_trip():
+    run = Run("cifar10", "resnet50", "sin", 0.1, "one-to-one", "truck", "cat", 0.05, "snnl", 3)
+    assert run.run_id == "cifar10/resnet50/sin/a0.1/one-to-one/ttruck/scat/r0.05/snnl/seed3"
+    assert run.poison_id == "cifar10/sin/a0.1/one-to-one/ttruck/scat/r0.05/seed3"
+    assert Run.from_run_id(run.run_id) == run
+    assert Run(**run.params()) == run
+
+
+def test_run_id_round_trip_over_the_paper_grid(paper):
+    for run in ex.union(ex.expand(paper)):
+        parsed = Run.from_run_id(run.run_id)
+        assert parsed == run and parsed.run_id == run.run_id
+    assert Run("f", "m", "bs", 1, "many-to-one", "x", "all", 0.5, "none", 0).run_id.split("/")[3] == "a1.0"
+
+
+def test_from_run_id_rejects_other_paths():
+    with pytest.raises(ValueError, match="does not match"):
+        Run.from_run_id("cifar10/resnet50/sin/a0.1/sideways/ttruck/scat/r0.05/snnl/seed3")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("experiment", "message"),
+    [
+        ({"trigger": ["bs", "square"]}, r"^experiments\.E\.trigger\[1\]: 'square' is not a trigger declared in config triggers"),
+        ({"alpha": [0.1, 0.2, 0.5, 1.5]}, r"^experiments\.E\.alpha\[3\]: 1\.5 is outside \[0, 1\]$"),
+        ({"poison_rate": [0.1, 0]}, r"^experiments\.E\.poison_rate\[1\]: 0 is outside \(0, 1\)$"),
+        ({"poison_rate": 1.0}, r"^experiments\.E\.poison_rate: 1\.0 is outside \(0, 1\)$"),
+        ({"poison_class": ["rose", "orchid"]}, r"^experiments\.E\.poison_class\[1\]: 'orchid' is not a class of dataset flowers"),
+        (
+            {"poison_class": "rose", "strategy": "one-to-one", "source": ["daisy", "rose"]},
+            r"^experiments\.E\.source\[1\]: 'rose' is the poison class",
+        ),
+        ({"strategy": "one-to-one", "source": "lily"}, r"^experiments\.E\.source: 'lily' is not a class of dataset flowers"),
+        ({"model": "resnet18"}, r"^experiments\.E\.model: 'resnet18' is not declared in config models"),
+        ({"regularizer": ["none", "dropout"]}, r"^experiments\.E\.regularizer\[1\]: 'dropout' is not a regularizer"),
+        ({"dataset": ["flowers", "mnist"]}, r"^experiments\.E\.dataset\[1\]: 'mnist' is not a dataset declared"),
+        ({"poison_class": {"flowers": ["rose"], "mnist": "x"}}, r"^experiments\.E\.poison_class\.mnist: not a dataset of this experiment"),
+        ({"seed": [0, -1]}, r"^experiments\.E\.seed\[1\]: -1 is not a seed"),
+        ({"poison_rates": 0.1}, r"^experiments\.E\.poison_rates: unknown key"),
+        ({"phases": ["clean"]}, r"^experiments\.E\.phases: 'clean' needs retrain: true$"),
+    ],
+)
+def test_validation_names_the_config_key(experiment, message):
+    with pytest.raises(ValueError, match=message):
+        ex.validate(tiny_config(**experiment))
+
+
+def test_validation_of_per_dataset_alpha_path():
+    config = tiny_config(dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all")
+    with pytest.raises(ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: 2\.0 is outside \[0, 1\]$"):
+        ex.validate(config)
+
+
+def test_validation_of_sections():
+    config = tiny_config()
+    config["datasets"]["flowers"]["classes"] = ["daisy", "daisy"]
+    with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes: 'daisy' appears twice"):
+        ex.validate(config)
+    config = tiny_config()
+    config["datasets"]["flowers"]["classes"] = ["a/b", "c"]
+    with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: 'a/b' is not a valid class name"):
+        ex.validate(config)
+    config = tiny_config()
+    config["datasets"]["flowers"]["classes"] = ["0", "1"]
+    with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: '0' is not a valid class name"):
+        ex.validate(config)
+    config = tiny_config()
+    config["triggers"]["sin"]["alpha"] = 1.5
+    with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: 1\.5 is outside \[0, 1\]$"):
+        ex.validate(config)
+    config = tiny_config()
+    config["table1"] = {"dataset": "mnist"}
+    with pytest.raises(ValueError, match=r"^table1\.dataset: 'mnist' is not declared"):
+        ex.validate(config)
+
+
+def test_both_configs_validate(paper, quickstart):
+    ex.validate(paper)
+    ex.validate(quickstart)
+
+
+# --------------------------------------------------------------------------- the JSON schema
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "quickstart.yaml"])
+def test_configs_pass_the_schema_with_defaults(name):
+    from snakemake.utils import validate
+
+    config = load(name)
+    validate(config, str(SCHEMA))
+    # Defaults were filled in and the result still passes our own checks.
+    assert config["experiments"]["E1"]["strategy"] == "many-to-one"
+    assert config["keep_models"] is False
+    ex.validate(config)
+    # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
+    assert ex.train_params(config, next(iter(config["datasets"])), next(iter(config["models"])))["lr"] == config["train"]["lr"]
+
+
+def test_schema_rejects_a_bad_type():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    config = load("quickstart.yaml")
+    config["experiments"]["E1"]["retrain"] = "yes"
+    with pytest.raises(WorkflowError):
+        validate(config, str(SCHEMA))
+
+
+def test_schema_documents_every_key_and_the_code_defaults():
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, sub in (node.get("properties") or {}).items():
+                assert "description" in sub or "$ref" in sub, f"{path}.{key} has no description"
+                walk(sub, f"{path}.{key}")
+            for key in ("additionalProperties", "items"):
+                if isinstance(node.get(key), dict):
+                    walk(node[key], f"{path}.{key}")
+            for key in ("oneOf", "allOf"):
+                for i, sub in enumerate(node.get(key) or []):
+                    walk(sub, f"{path}.{key}[{i}]")
+
+    walk(schema, "config")
+    for name, definition in schema["$defs"].items():
+        walk(definition, f"$defs.{name}")
+    factors = schema["$defs"]["experiment"]["properties"]
+    for factor, default in ex.FACTOR_DEFAULTS.items():
+        assert factors[factor]["default"] == default, factor
+
+
+def test_registry_check_names_the_key(quickstart):
+    pytest.importorskip("torch")
+    ex.validate(quickstart, check_registries=True)
+    quickstart["models"]["small_cnn"]["arch"] = "tiny_cnn"
+    with pytest.raises(ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"):
+        ex.validate(quickstart, check_registries=True)

@@ -1,0 +1,159 @@
+"""GPU slots: distinct devices for concurrent jobs, no-GPU pass-through, CUDA_VISIBLE_DEVICES mapping."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from backdoor_eval.gpus import count_gpus, gpu_slot
+
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    from backdoor_eval.gpus import gpu_slot
+
+    lock_dir, release = sys.argv[1], Path(sys.argv[2])
+    with gpu_slot(lock_dir, num_gpus=2, poll_seconds=0.05) as slot:
+        print(os.environ["CUDA_VISIBLE_DEVICES"], slot, flush=True)
+        while not release.exists():
+            time.sleep(0.02)
+    """
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def start_holder(lock_dir: Path, release: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(lock_dir), str(release)], stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str | None:
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline().strip() if ready else None
+
+
+def test_concurrent_processes_get_different_gpus_and_a_third_waits(tmp_path):
+    releases = [tmp_path / f"release{i}" for i in range(3)]
+    holders = [start_holder(tmp_path / "locks", release) for release in releases[:2]]
+    try:
+        lines = [read_line(p, timeout=30) for p in holders]
+        assert sorted(lines) == ["0 0", "1 1"]
+        # Both slots are held: a third job polls until one frees.
+        waiter = start_holder(tmp_path / "locks", releases[2])
+        holders.append(waiter)
+        assert read_line(waiter, timeout=0.5) is None
+        freed = lines.index("1 1")
+        releases[freed].touch()
+        assert read_line(waiter, timeout=30) == "1 1"
+    finally:
+        for release in releases:
+            release.touch()
+        for p in holders:
+            assert p.wait(timeout=30) == 0
+
+
+def test_zero_gpus_leaves_the_environment_alone(clean_env, tmp_path):
+    with gpu_slot(tmp_path, num_gpus=0) as slot:
+        assert slot is None and "CUDA_VISIBLE_DEVICES" not in os.environ
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "")
+    with gpu_slot(tmp_path) as slot:
+        assert slot is None and os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert list(tmp_path.iterdir()) == []  # no lock files either
+
+
+def test_slot_maps_through_an_existing_cuda_visible_devices(clean_env, tmp_path):
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    # Another job holds GPU 4 (a second open file description conflicts, even in-process).
+    with open(tmp_path / "gpu4.lock", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with gpu_slot(tmp_path) as slot:
+            assert slot == 1
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+            assert (tmp_path / "gpu6.lock").read_text().strip() == str(os.getpid())
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,6"
+    # Released on exit: the next job gets the first device again.
+    with gpu_slot(tmp_path) as slot:
+        assert slot == 0 and os.environ["CUDA_VISIBLE_DEVICES"] == "4"
+
+
+def test_slot_is_released_when_the_block_raises(clean_env, tmp_path):
+    with pytest.raises(RuntimeError):
+        with gpu_slot(tmp_path, num_gpus=1):
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+            raise RuntimeError("job failed")
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    with open(tmp_path / "gpu0.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
+
+
+def fake_nvidia_smi(folder: Path, output: str) -> None:
+    script = folder / "nvidia-smi"
+    # Shell builtins only: the tests run it with PATH holding nothing else.
+    lines = "".join(f"echo '{line}'\n" for line in output.splitlines())
+    script.write_text(f"#!/bin/sh\n{lines}")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+
+
+def test_count_order_of_precedence(clean_env, tmp_path):
+    fake_nvidia_smi(
+        tmp_path,
+        "GPU 0: NVIDIA H100 (UUID: GPU-a)\n  MIG 1g.10gb Device 0: (UUID: MIG-b)\nGPU 1: NVIDIA H100 (UUID: GPU-c)\n",
+    )
+    clean_env.setenv("PATH", str(tmp_path))
+    assert count_gpus() == 2  # nvidia-smi -L, MIG lines not counted
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert count_gpus() == 1
+    clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "4")
+    assert count_gpus() == 4
+    assert count_gpus(num_gpus=3) == 3
+
+
+def test_no_nvidia_smi_means_no_gpus(clean_env, tmp_path):
+    clean_env.setenv("PATH", str(tmp_path))  # an empty folder: no nvidia-smi
+    assert count_gpus() == 0
+
+
+def test_bad_counts_are_value_errors(clean_env, tmp_path):
+    clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "two")
+    with pytest.raises(ValueError, match="BACKDOOR_EVAL_NUM_GPUS 'two' is not a GPU count"):
+        count_gpus()
+    clean_env.delenv("BACKDOOR_EVAL_NUM_GPUS")
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with pytest.raises(ValueError, match="num_gpus 2 exceeds the 1 devices"):
+        with gpu_slot(tmp_path, num_gpus=2):
+            pass
+
+
+def test_gpu_exec_runs_the_command_in_the_slot(clean_env, tmp_path):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "backdoor_eval.cli", "gpu-exec", "--num-gpus", "2", "--lock-dir", str(tmp_path / "locks"),
+            "--", "sh", "-c", f"echo $CUDA_VISIBLE_DEVICES > {out}; exit 7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 7, result.stderr
+    assert out.read_text().strip() == "0"
+    assert time.monotonic() - started < 30

@@ -1,0 +1,245 @@
+"""The Snakemake workflow: dry-run job counts, GPU slots under Snakemake, a real two-run slice."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backdoor_eval import experiments as ex
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SNAKEMAKE = BIN / "snakemake"
+
+
+def env() -> dict[str, str]:
+    """The test interpreter's bin folder first on PATH, so jobs find `backdoor-eval`."""
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def snakemake(*args: str, workdir: Path, snakefile: Path = REPO / "Snakefile", timeout: int = 600):
+    return subprocess.run(
+        [str(SNAKEMAKE), "-s", str(snakefile), "-d", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=timeout,
+    )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> count."""
+    table = output[output.index("Job stats:") :]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\w+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def expected_counts(config: dict) -> dict[str, int]:
+    """Job counts implied by the config, computed independently of the rules."""
+    runs = ex.union(ex.expand(config))
+    partitions = {(r.dataset, r.seed) for r in runs}
+    lv_fits = {(r.dataset, r.seed) for r in runs if r.trigger == "lv"}
+    if config.get("gallery"):
+        partitions.add((config["gallery"]["dataset"], config["gallery"].get("seed", 0)))
+        lv_fits.add((config["gallery"]["dataset"], config["gallery"].get("seed", 0)))
+    counts = {
+        "ingest": len({r.dataset for r in runs} | ({config["table1"]["dataset"]} if config.get("table1") else set())),
+        "partition": len(partitions),
+        "fit_lv": len(lv_fits),
+        "poison": len({r.poison_id for r in runs}),
+        "train": len(runs),
+        "retrain": len(ex.retrain_runs(config)),
+        "evaluate": len(runs),
+        "membership": 1,
+        "aggregate": 1,
+        "tables": 1,
+        "figures": 1,
+        "all": 1,
+    }
+    if config.get("gallery"):
+        counts["gallery"] = 1
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def dry_run(config_file: Path, workdir: Path) -> dict[str, int]:
+    result = snakemake("--configfile", str(config_file), "-n", "--quiet", "rules", workdir=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return job_counts(result.stdout + result.stderr)
+
+
+def test_quickstart_dry_run_job_counts(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    counts = dry_run(REPO / "config" / "quickstart.yaml", tmp_path)
+    assert counts == expected_counts(config)
+    assert counts["train"] == 44 and counts["retrain"] == 18 and counts["poison"] == 28
+
+
+@pytest.mark.slow
+def test_paper_dry_run_job_counts(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
+    assert counts == expected_counts(config)
+    assert (counts["train"], counts["evaluate"], counts["retrain"]) == (922, 922, 600)
+    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (296, 12, 4, 2)
+
+
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["experiments"]["E4"]["alpha"] = [0.1, 0.5, 1.0, 1.5]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0
+    assert "experiments.E4.alpha[3]: 1.5 is outside [0, 1]" in result.stdout + result.stderr
+
+
+GPU_SNAKEFILE = textwrap.dedent(
+    """
+    rule all:
+        input:
+            "a.txt",
+            "b.txt",
+
+
+    rule slot:
+        output:
+            "{name}.txt",
+        resources:
+            gpu=1,
+        shell:
+            "backdoor-eval gpu-exec --num-gpus 2 --lock-dir locks -- "
+            "sh -c 'date +%s.%N > {output}; echo $CUDA_VISIBLE_DEVICES >> {output}; sleep 2; date +%s.%N >> {output}'"
+    """
+)
+
+
+def run_gpu_snakefile(tmp_path: Path, gpus: int) -> list[tuple[float, str, float]]:
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(GPU_SNAKEFILE)
+    result = snakemake("--cores", "2", "--resources", f"gpu={gpus}", workdir=tmp_path, snakefile=snakefile, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = []
+    for name in ("a", "b"):
+        start, device, end = (tmp_path / f"{name}.txt").read_text().split()
+        jobs.append((float(start), device, float(end)))
+    return sorted(jobs)
+
+
+def test_concurrent_gpu_jobs_get_distinct_devices(tmp_path):
+    (start_a, device_a, end_a), (start_b, device_b, end_b) = run_gpu_snakefile(tmp_path, gpus=2)
+    assert start_b < end_a  # they did overlap
+    assert {device_a, device_b} == {"0", "1"}
+
+
+def test_one_gpu_serialises_the_jobs(tmp_path):
+    (start_a, device_a, end_a), (start_b, device_b, end_b) = run_gpu_snakefile(tmp_path, gpus=1)
+    assert start_b >= end_a
+    assert device_a == device_b == "0"  # the slot is free again for the second job
+
+
+def slice_config() -> dict:
+    """Two runs (bs and sin) of a tiny synthetic set, every output kind built from them."""
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config = copy.deepcopy(config)
+    config["name"] = "slice"
+    config["datasets"]["synthetic"]["params"] = {"num_classes": 3, "per_class": 60, "size": 16, "seed": 0}
+    config["datasets"]["synthetic"]["classes"] = ["class0", "class1", "class2"]
+    config["train"].update(max_epochs=2, patience=1, retrain_epochs=1)
+    config["experiments"] = {
+        "E1": {"dataset": "synthetic", "model": "small_cnn", "trigger": ["bs", "sin"], "poison_class": "class0"},
+    }
+    config["outputs"] = {"table2": "E1", "table3": "E1", "fig7": "E1"}
+    config["table1"] = {"dataset": "synthetic", "poison_rate": 0.1}
+    config["gallery"] = {"dataset": "synthetic", "seed": 0, "image_index": 0}
+    return config
+
+
+@pytest.mark.slow
+def test_two_run_slice_of_the_real_workflow(tmp_path):
+    import pandas as pd
+
+    config_file = tmp_path / "slice.yaml"
+    config_file.write_text(yaml.safe_dump(slice_config()))
+    result = snakemake("--configfile", str(config_file), "--cores", "2", workdir=tmp_path)
+    logs = "\n".join(p.read_text() for p in (tmp_path / "results" / "slice" / "logs").rglob("*.log"))
+    assert result.returncode == 0, result.stderr[-4000:] + logs[-4000:]
+
+    results = tmp_path / "results" / "slice"
+    runs = pd.read_parquet(results / "runs.parquet")
+    assert sorted(runs["trigger"]) == ["bs", "sin"]
+    assert set(runs["experiment"]) == {"E1"} and set(runs["phase"]) == {"poison"}
+    assert set(runs["run_id"]) == {
+        "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0",
+        "synthetic/small_cnn/sin/a0.1/many-to-one/tclass0/sall/r0.1/none/seed0",
+    }
+    for name in ("table1", "table2", "table3"):
+        for ext in ("csv", "md"):
+            assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
+    for name in ("fig2", "fig7"):
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0
+    # No retraining asked for, so the poison model (temp) is gone once nothing needs it.
+    assert not list((results / "runs").rglob("model.pt"))
+    assert (results / "membership.json").is_file()
+
+
+# --------------------------------------------------------------------------- the workflow CLI area
+
+
+def test_expand_cli_prints_the_counts(capsys):
+    from backdoor_eval.cli import main
+
+    assert main(["expand", "--config", str(REPO / "config" / "config.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^E4\s+432\s+poison\+clean$", out, re.M)
+    assert "distinct runs (train jobs): 922; retrain jobs: 600" in out
+
+
+def test_expand_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
+    from backdoor_eval.cli import main
+
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["experiments"]["E6"]["source"] = ["class0"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["expand", "--config", str(path)]) == 2
+    assert "experiments.E6.source[0]: 'class0' is the poison class" in capsys.readouterr().err
+
+
+def test_membership_cli_writes_the_document(tmp_path):
+    import json
+
+    from backdoor_eval.cli import main
+
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    out = tmp_path / "membership.json"
+    assert main(["membership", "--config-json", json.dumps(config), "--results-dir", "results/qs", "--out", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document == json.loads(json.dumps(ex.membership(config, "results/qs")))
+    assert document["config_name"] == "quickstart" and len(document["runs"]) == 44
+    assert document["experiments"]["E2"]["runs"] == document["experiments"]["E1"]["runs"]
+
+
+def test_check_store_cli(tmp_path, capsys):
+    import json
+
+    from backdoor_eval.cli import main
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"class_names": ["daisy", "rose"]}))
+    assert main(["check-store", "--store", str(tmp_path), "--classes", '["daisy", "rose"]']) == 0
+    assert main(["check-store", "--store", str(tmp_path), "--classes", "rose,daisy"]) == 2
+    assert "has classes ['daisy', 'rose']; the config declares ['rose', 'daisy']" in capsys.readouterr().err
