@@ -436,3 +436,18 @@ def test_tables_command_table1_from_store(monkeypatch, tmp_path):
                  "--table1-store", "store", "--table1-rate", "0.1"]) == 0
     table1 = pd.read_csv(out / "table1.csv")
     assert table1["num_poisoned"].tolist() == PAPER_FLOOR
+
+
+def test_tables_command_table1_with_given_counts_overrides_the_store(monkeypatch, tmp_path):
+    # A store with the full Flowers release counts; the config gives the paper's training-set counts.
+    labels = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
+    store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
+    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
+    out = tmp_path / "tables"
+    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
+                 "--table1-store", "store", "--table1-counts", ",".join(map(str, FLOWERS_COUNTS))]) == 0
+    table1 = pd.read_csv(out / "table1.csv")
+    assert table1["num_poisoned"].tolist() == PAPER_FLOOR
+    assert "as given in the config (710,980,734,675,904)" in (out / "table1.md").read_text()
+    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
+                 "--table1-store", "store", "--table1-counts", "710,980"]) == 2

@@ -236,14 +236,15 @@ def table1_input():
 def table1_options(wildcards, input):
     if not config.get("table1"):
         return ""
-    return shlex.join(
-        [
-            "--table1-store",
-            input.table1_store,
-            "--table1-rate",
-            str(config["table1"]["poison_rate"]),
-        ]
-    )
+    options = [
+        "--table1-store",
+        input.table1_store,
+        "--table1-rate",
+        str(config["table1"]["poison_rate"]),
+    ]
+    if config["table1"].get("class_counts"):
+        options += ["--table1-counts", ",".join(map(str, config["table1"]["class_counts"]))]
+    return shlex.join(options)
 
 
 def gallery_input():

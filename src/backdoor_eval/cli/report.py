@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-dir", required=True)
     p.add_argument("--table1-store", help="store dir whose class counts make Table 1 (skipped without it)")
     p.add_argument("--table1-rate", type=float, default=0.1, help="poison rate of Table 1 (default 0.1)")
+    p.add_argument("--table1-counts", help="comma-separated class counts to use instead of the store's "
+                   "(the paper's Flowers counts: 710,980,734,675,904); class names still come from the store")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(TABLES)}")
     p.add_argument("--outputs", help='JSON {"table2": "E1+E2", ...}: the experiment(s) each output is built from')
     p.set_defaults(func=cmd_tables)
@@ -186,8 +188,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
     if "table1" in wanted:
         if args.table1_store:
-            frame = _table1_from_store(args.table1_store, args.table1_rate)
-            note = tables.TABLE_NOTES["table1"] + f" Class counts: all images of the store {args.table1_store}."
+            frame, counted = _table1_from_store(args.table1_store, args.table1_rate, args.table1_counts)
+            note = tables.TABLE_NOTES["table1"] + f" Class counts: {counted}."
             tables.write_table(frame, out_dir / "table1", decimals=tables.table1_decimals(frame),
                                title=f"Table 1: poison statistics, poison rate {args.table1_rate:g}", note=note)
             log.info("tables: wrote table1 (.csv, .md) to %s", out_dir)
@@ -233,16 +235,29 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table1_from_store(store_dir: str, poison_rate: float):
+def _table1_from_store(store_dir: str, poison_rate: float, counts: str | None = None):
     import numpy as np
 
     from backdoor_eval.data import open_store
     from backdoor_eval.tables import table1
 
     store = open_store(store_dir)
-    # Counting the labels needs no assumption about the manifest's layout.
-    class_counts = np.bincount(np.asarray(store.labels), minlength=len(store.class_names))
-    return table1([int(c) for c in class_counts], list(store.class_names), poison_rate)
+    names = list(store.class_names)
+    if counts:
+        try:
+            class_counts = [int(c) for c in counts.split(",")]
+        except ValueError:
+            raise ValueError(f"--table1-counts {counts!r} is not a comma-separated list of integers") from None
+        if len(class_counts) != len(names):
+            raise ValueError(
+                f"--table1-counts gives {len(class_counts)} counts but the store has {len(names)} classes ({', '.join(names)})"
+            )
+        counted = f"as given in the config ({counts})"
+    else:
+        # Counting the labels needs no assumption about the manifest's layout.
+        class_counts = [int(c) for c in np.bincount(np.asarray(store.labels), minlength=len(names))]
+        counted = f"all images of the store {store_dir}"
+    return table1(class_counts, names, poison_rate), counted
 
 
 # --------------------------------------------------------------------------- figures
