@@ -15,19 +15,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-RUN_PARAMETERS = (
-    "run_id",
-    "dataset",
-    "model",
-    "trigger",
-    "alpha",
-    "strategy",
-    "poison_class",
-    "source",
-    "poison_rate",
-    "regularizer",
-    "seed",
-)
+from .experiments import FACTORS
+
+RUN_PARAMETERS = ("run_id", *FACTORS)
 SUMMARY_METRICS = (
     "train_loss",
     "poison_val_accuracy",

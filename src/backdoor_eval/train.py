@@ -27,14 +27,13 @@ what an uninterrupted one would.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,14 +49,7 @@ log = logging.getLogger(__name__)
 
 PHASES = ("poison", "clean")
 
-METRIC_COLUMNS = (
-    "train_loss",
-    "poison_val_accuracy",
-    "clean_val_accuracy",
-    "adversarial_success_rate",
-    "adversarial_success_rate_source",
-    "poison_class_rate_clean",
-)
+METRIC_COLUMNS = metrics.SUMMARY_METRICS
 
 
 # --------------------------------------------------------------------------- config
@@ -227,13 +219,11 @@ class BatchPreparer:
 @dataclass
 class PhaseResult:
     history: list[dict[str, Any]]
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    kept_epoch: int
+    best_state: dict[str, torch.Tensor]  # the kept weights
+    kept_epoch: int  # poison: the best epoch; clean: the last
     epochs_run: int
     stopped_early: bool
     resumed_from: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -400,7 +390,6 @@ class Engine:
         return PhaseResult(
             history=history,
             best_state=best_state,
-            best_epoch=kept,
             kept_epoch=kept,
             epochs_run=history[-1]["epoch"],
             stopped_early=stopped_early,
@@ -458,6 +447,3 @@ def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-
-def copy_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return copy.deepcopy(state)

@@ -8,10 +8,11 @@ are imported inside the handlers so ``poison-stats`` needs no store.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
+
+from .common import json_object
 
 import numpy as np
 
@@ -23,18 +24,6 @@ def _class_ref(value: str | None) -> int | str | None:
     if value is None:
         return None
     return int(value) if value.strip().isdigit() else value
-
-
-def _json_object(text: str | None, option: str) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{option} {text!r} is not valid JSON ({exc.msg}); allowed: a JSON object") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{option} {text!r} is not a JSON object; allowed: a JSON object like '{{\"size\": 22}}'")
-    return value
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -75,7 +64,7 @@ def poison(args: argparse.Namespace) -> int:
     from backdoor_eval.poison import check_poison_rate, check_strategy, materialize
     from backdoor_eval.triggers import create_trigger
 
-    params = _json_object(args.trigger_params, "--trigger-params")
+    params = json_object(args.trigger_params, "--trigger-params")
     if args.lv_fit is not None:
         if args.trigger != "lv":
             raise ValueError(f"--lv-fit was given for trigger {args.trigger!r}; allowed: only with --trigger lv")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from .common import json_object
 import logging
 import sys
 import time
@@ -41,21 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     partition.set_defaults(func=run_partition)
 
 
-def parse_json_object(text: str, option: str) -> dict:
-    """``text`` as a JSON object, or a ``ValueError`` naming the option and the text."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{option} {text!r} is not valid JSON ({exc.msg}); expected a JSON object") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{option} {text!r} is not a JSON object; expected e.g. '{{\"size\": 224}}'")
-    return value
-
-
 def run_ingest(args: argparse.Namespace) -> int:
     from backdoor_eval.data import describe, ingest
 
-    params = parse_json_object(args.params, "--params")
+    params = json_object(args.params, "--params")
     start = time.perf_counter()
     store = ingest(args.dataset, params, args.out, progress=sys.stderr.isatty())
     log.info("%s in %.1f s -> %s", describe(store), time.perf_counter() - start, args.out)

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from .common import json_object
+
 log = logging.getLogger("backdoor_eval.engine")
-
-
-def _json_arg(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if text else {}
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--partitions", required=True, type=Path, help="partitions .npz of the run's seed")
         p.add_argument("--poisoned", required=True, type=Path, help="poison overlay folder")
         p.add_argument("--model", required=True, help="model name (MODELS registry)")
-        p.add_argument("--model-params", type=_json_arg, default={}, help="JSON: pretrained, weights, model kwargs")
+        p.add_argument("--model-params", default="", help="JSON: pretrained, weights, model kwargs")
         p.add_argument("--regularizer", default="none", help="regularizer name (REGULARIZERS registry)")
-        p.add_argument("--regularizer-params", type=_json_arg, default={}, help="JSON: weight and hyper-parameters")
-        p.add_argument("--train-params", type=_json_arg, default={}, help="JSON: TrainConfig fields")
+        p.add_argument("--regularizer-params", default="", help="JSON: weight and hyper-parameters")
+        p.add_argument("--train-params", default="", help="JSON: TrainConfig fields")
         p.add_argument("--seed", required=True, type=int)
         p.add_argument("--out", required=True, type=Path, help="output folder (model.pt, epochs.parquet, final.json)")
         p.add_argument("--checkpoints", type=Path, help="folder for per-epoch checkpoints (resume)")
@@ -57,13 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="collect a run's phases into its tidy summary and epochs tables")
     p.add_argument("--poison", required=True, type=Path, help="the poison phase's output folder")
     p.add_argument("--clean", type=Path, help="the clean-retraining phase's output folder, if any")
-    p.add_argument("--run-params", required=True, type=_json_arg, help="JSON of the run parameters")
+    p.add_argument("--run-params", required=True, help="JSON of the run parameters")
     p.add_argument("--out", required=True, type=Path, help="summary .parquet (one row per phase)")
     p.add_argument("--out-epochs", type=Path, help="epochs .parquet (default: epochs.parquet beside --out)")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_phase(args: argparse.Namespace) -> int:
+    for option in ("model_params", "regularizer_params", "train_params"):
+        setattr(args, option, json_object(getattr(args, option), "--" + option.replace("_", "-")))
     gpu_context: contextlib.AbstractContextManager = contextlib.nullcontext(None)
     if args.gpu_lock_dir is not None:
         from ..gpus import gpu_slot
@@ -146,7 +139,7 @@ def run_phase(args: argparse.Namespace, gpu_slot_index: int | None = None) -> in
     final = {
         "phase": args.phase,
         "epoch": result.kept_epoch,
-        "best_epoch": result.best_epoch,
+        "best_epoch": result.kept_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
         "resumed_from_epoch": result.resumed_from,
@@ -189,13 +182,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import summarize
     from ..io import read_json, write_parquet
 
+    run_params = json_object(args.run_params, "--run-params")
     phases = []
     for folder in [args.poison] + ([args.clean] if args.clean else []):
         final_path = folder / "final.json"
         if not final_path.exists():
             raise FileNotFoundError(f"{final_path} does not exist: the phase in {folder} has not finished")
         phases.append((read_json(final_path), pd.read_parquet(folder / "epochs.parquet")))
-    summary, epochs = summarize(args.run_params, phases)
+    summary, epochs = summarize(run_params, phases)
     write_parquet(args.out, summary)
     write_parquet(args.out_epochs or args.out.with_name("epochs.parquet"), epochs)
     return 0
