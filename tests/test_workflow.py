@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import subprocess
@@ -189,6 +190,18 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     for name in ("table1", "table2", "table3"):
         for ext in ("csv", "md"):
             assert (results / "tables" / f"{name}.{ext}").stat().st_size > 0
+    # The tables are computed from the runs: Table 2's cells are the runs' ASRs, Table 3's their accuracies.
+    table2 = pd.read_csv(results / "tables" / "table2.csv")
+    table3 = pd.read_csv(results / "tables" / "table3.csv")
+    by_trigger = runs.set_index("trigger")
+    for trigger, column in (("bs", "small_cnn / Square"), ("sin", "small_cnn / Sine")):
+        assert table2[column].iloc[0] == pytest.approx(by_trigger.loc[trigger, "adversarial_success_rate"])
+        clean_row = table3[table3["Split"] == "Clean"].iloc[0]
+        assert clean_row[column] == pytest.approx(by_trigger.loc[trigger, "clean_val_accuracy"])
+    # ... and the runs' rows are their final.json metrics.
+    for run_id, row in runs.set_index("run_id").iterrows():
+        final = json.loads((results / "runs" / run_id / "poison" / "final.json").read_text())
+        assert row["adversarial_success_rate"] == pytest.approx(final["adversarial_success_rate"])
     for name in ("fig2", "fig7"):
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{name}.{ext}").stat().st_size > 0
