@@ -6,10 +6,8 @@ results); each figure's numbers are checked on ``fig.computed``.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import logging
-import sys
 import types
 
 import numpy as np
@@ -215,17 +213,6 @@ def test_fig2_with_the_real_triggers():
 # --------------------------------------------------------------------------- commands
 
 
-def patch_module(monkeypatch, name: str, **attributes) -> None:
-    """Point ``name``'s attributes at test stand-ins (a stand-in module if it does not exist yet)."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        module = types.ModuleType(name)
-        monkeypatch.setitem(sys.modules, name, module)
-    for attribute, value in attributes.items():
-        monkeypatch.setattr(module, attribute, value, raising=False)
-
-
 def test_figures_command_writes_present_and_skips_absent(e3_runs, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     runs_path, epochs_path = tmp_path / "runs.parquet", tmp_path / "epochs.parquet"
@@ -257,9 +244,9 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
         seen["image"] = image
         return real_gallery(image, triggers, rng)
 
-    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
-    patch_module(monkeypatch, "backdoor_eval.splits", load_partitions=lambda path: {"clean_val": np.array([0, 3, 4])})
-    patch_module(monkeypatch, "backdoor_eval.triggers", create_trigger=create_trigger)
+    monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
+    monkeypatch.setattr("backdoor_eval.splits.load_partitions", lambda path: {"clean_val": np.array([0, 3, 4])})
+    monkeypatch.setattr("backdoor_eval.triggers.create_trigger", create_trigger)
     monkeypatch.setattr(figures, "fig2_trigger_gallery", spy_gallery)
     for name in ("store", "parts.npz", "lv.npz"):
         (tmp_path / name).touch()

@@ -6,11 +6,9 @@ values (not results), so each table cell can be checked exactly.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import statistics
-import sys
 import types
 
 import numpy as np
@@ -75,17 +73,6 @@ def markdown_rows(text: str) -> list[list[str]]:
     """The cells of every table row of Markdown ``text`` (header and separator excluded)."""
     lines = [line for line in text.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
-
-
-def patch_module(monkeypatch, name: str, **attributes) -> None:
-    """Point ``name``'s attributes at test stand-ins (a stand-in module if it does not exist yet)."""
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        module = types.ModuleType(name)
-        monkeypatch.setitem(sys.modules, name, module)
-    for attribute, value in attributes.items():
-        monkeypatch.setattr(module, attribute, value, raising=False)
 
 
 # --------------------------------------------------------------------------- Table 2
@@ -280,22 +267,7 @@ def test_table1_flowers_counts_match_the_paper():
     assert "0.0245" in text and "21.1" in text
 
 
-def stand_in_poison_stats(class_counts, poison_rate, strategy="many-to-one", source=None, class_names=None):
-    """Test stand-in for poison.poison_stats (eqs. 8-9, many-to-one)."""
-    counts = np.asarray(class_counts)
-    rows = []
-    for t, name in enumerate(class_names):
-        num = int(np.floor(poison_rate * counts[t]))
-        others = counts.sum() - counts[t]
-        row = {"poison_class": name, "num_poisoned": num}
-        row.update({f"P_{c}": (0.0 if c == name else num * counts[i] / others) for i, c in enumerate(class_names)})
-        row["effective_poisoning_rate"] = num / counts.sum()
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(monkeypatch, tmp_path):
-    patch_module(monkeypatch, "backdoor_eval.poison", poison_stats=stand_in_poison_stats)
+def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(tmp_path):
     table = tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES, 0.1)
     _, md_path = tables.write_table(table, tmp_path / "table1", decimals=tables.table1_decimals(table),
                                     note=tables.TABLE_NOTES["table1"])
@@ -429,8 +401,7 @@ def test_tables_command_writes_present_tables_and_skips_absent(grid_runs, strate
 def test_tables_command_table1_from_store(monkeypatch, tmp_path):
     labels = np.repeat(np.arange(5), FLOWERS_COUNTS)
     store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
-    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
-    patch_module(monkeypatch, "backdoor_eval.poison", poison_stats=stand_in_poison_stats)
+    monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
     out = tmp_path / "tables"
     assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
                  "--table1-store", "store", "--table1-rate", "0.1"]) == 0
@@ -442,7 +413,7 @@ def test_tables_command_table1_with_given_counts_overrides_the_store(monkeypatch
     # A store with the full Flowers release counts; the config gives the paper's training-set counts.
     labels = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
     store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
-    patch_module(monkeypatch, "backdoor_eval.data", open_store=lambda path: store)
+    monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
     out = tmp_path / "tables"
     assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
                  "--table1-store", "store", "--table1-counts", ",".join(map(str, FLOWERS_COUNTS))]) == 0
