@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from .common import json_object
 
@@ -129,7 +129,7 @@ def run_phase(args: argparse.Namespace, gpu_slot_index: int | None = None) -> in
     checkpoint = args.checkpoints / f"{args.phase}.pt" if args.checkpoints else None
     key = engine.fingerprint(
         args.phase, str(args.poisoned.resolve()), args.model, args.model_params, args.regularizer,
-        args.regularizer_params, dataclasses_asdict(cfg), args.seed, str(device),
+        args.regularizer_params, dataclasses.asdict(cfg), args.seed, str(device),
         str(args.init.resolve()) if args.phase == "clean" else None,
     )
     result = run.run_phase(args.phase, train_set, sets, checkpoint, key)
@@ -149,7 +149,7 @@ def run_phase(args: argparse.Namespace, gpu_slot_index: int | None = None) -> in
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpu_slot": gpu_slot_index,
         "seconds_total": time.perf_counter() - tic,
-        "train_params": dataclasses_asdict(cfg),
+        "train_params": dataclasses.asdict(cfg),
         "model": args.model,
         "regularizer": args.regularizer,
         "regularizer_config": getattr(regularizer, "config", None),
@@ -168,12 +168,6 @@ def run_phase(args: argparse.Namespace, gpu_slot_index: int | None = None) -> in
         checkpoint.unlink()  # the phase is done; its outputs replace the checkpoint
     log.info("%s phase done: kept epoch %d, ASR %.4f", args.phase, result.kept_epoch, final["adversarial_success_rate"])
     return 0
-
-
-def dataclasses_asdict(cfg) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
