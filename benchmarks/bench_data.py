@@ -1,10 +1,12 @@
-"""Benchmark the data stage: decode rate (threads vs processes) and full ingests of the shared zips.
+"""Benchmark the data stage: decode rate (threads vs processes) and full ingests of the real dataset zips.
 
     .venv/bin/python benchmarks/bench_data.py [--datasets DIR] [--subset 12000] [--workers 2]
         [--skip-ingest] [--out-dir DIR]
 
 Prints figures; writes stores only into a temporary folder (removed after).
-Skips, saying why, when ../shared/datasets holds no zips.
+Skips, saying why, when the datasets folder (``--datasets``; by default
+``$BACKDOOR_EVAL_SHARED_DATASETS``, else the folder the tests read, see
+docs/data.md) holds neither zip.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from backdoor_eval.data import _available_cpus, _list_zip, _scan_layout, decode_images, ingest, make_synthetic
+from backdoor_eval.data import decode_images, ingest, make_synthetic
+from backdoor_eval.data.decode import available_cpus
+from backdoor_eval.data.readers.image_folder import list_zip, scan_layout
 from backdoor_eval.splits import make_partitions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +35,7 @@ def store_size(path: Path) -> int:
 
 def decode_rate(zip_path: Path, subset: int, workers: int, executor: str, size: int | None) -> float:
     with zipfile.ZipFile(zip_path) as archive:
-        layout = _scan_layout(*_list_zip(archive, zip_path), where=str(zip_path), splits=None)
+        layout = scan_layout(*list_zip(archive, zip_path), where=str(zip_path), splits=None)
     # An even spread over classes, so the subset is representative.
     entries = layout.entries[:: max(1, len(layout.entries) // subset)][:subset]
     start = time.perf_counter()
@@ -41,15 +45,15 @@ def decode_rate(zip_path: Path, subset: int, workers: int, executor: str, size: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS, help="folder holding the shared zips")
+    parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS, help="folder holding the dataset zips")
     parser.add_argument("--subset", type=int, default=12000, help="CIFAR images per decode-rate measurement")
-    parser.add_argument("--workers", type=int, default=_available_cpus(), help="decoding workers")
+    parser.add_argument("--workers", type=int, default=available_cpus(), help="decoding workers")
     parser.add_argument("--repeats", type=int, default=2, help="decode-rate repeats (best is reported)")
     parser.add_argument("--skip-ingest", action="store_true", help="only the decode-rate comparison")
     parser.add_argument("--out-dir", type=Path, default=None, help="where temporary stores go (default: system temp)")
     args = parser.parse_args()
 
-    print(f"CPUs available: {_available_cpus()}, workers: {args.workers}")
+    print(f"CPUs available: {available_cpus()}, workers: {args.workers}")
     start = time.perf_counter()
     make_synthetic()
     print(f"synthetic (10 x 300, 32x32): {time.perf_counter() - start:.3f} s")

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     partition = sub.add_parser(
         "partition",
-        help="split a store 76/19/5 then 80/20, stratified (SPEC 1)",
+        help="split a store 76/19/5 then 80/20, stratified (docs/decisions.md#partitions)",
         description="Write the seeded poison/clean/adversarial-test partitions of a store as one npz file.",
     )
     partition.add_argument("--store", required=True, metavar="DIR", help="store folder written by `ingest`")

@@ -1,0 +1,69 @@
+"""Downloads into a local cache, and md5 checks of archives."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import urllib.parse
+import urllib.request
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from backdoor_eval.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "resources/downloads"
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "md5").hexdigest()
+
+
+def check_md5(path: str | os.PathLike, expected: str | None) -> str:
+    """md5 of ``path``; raises ``ValueError`` naming both sums when ``expected`` differs."""
+    actual = file_md5(path)
+    if expected is not None and actual != expected.lower():
+        raise ValueError(f"md5 mismatch for {path}: expected {expected.lower()}, got {actual}")
+    return actual
+
+
+def download(url: str, cache_dir: str | os.PathLike, md5: str | None = None, progress: bool = True) -> Path:
+    """Fetch ``url`` into ``cache_dir`` (atomically; reused when already there) and check its md5."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise ValueError(f"cannot derive a file name from url {url!r}; expected a URL ending in the archive's name")
+    target = Path(cache_dir) / name
+    if target.is_file():
+        check_md5(target, md5)
+        return target
+    log.info("downloading %s -> %s", url, target)
+    digest = hashlib.md5()
+    with atomic_path(target) as tmp, urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        out.close()
+        # Checked before the rename, so a bad download never lands in the cache.
+        if md5 is not None and digest.hexdigest() != md5.lower():
+            raise ValueError(f"md5 mismatch for {url}: expected {md5.lower()}, got {digest.hexdigest()}")
+    return target
+
+
+def check_md5_param(md5: Any) -> str | None:
+    if md5 is None:
+        return None
+    if not isinstance(md5, str) or not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        raise ValueError(f"md5 {md5!r} is not valid; expected 32 hex digits or null (no check)")
+    return md5.lower()
+
+
+__all__ = ["DEFAULT_CACHE_DIR", "file_md5", "check_md5", "check_md5_param", "download"]
