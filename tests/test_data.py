@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import pickle
+import re
 import tarfile
 import zipfile
 from pathlib import Path
@@ -98,6 +100,21 @@ def md5_of(path: Path) -> str:
 # --------------------------------------------------------------------------- #
 def test_registry_holds_the_four_datasets():
     assert DATASETS.names() == ["cifar10", "flowers", "imagefolder", "synthetic"]
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_registered_dataset_is_built_by_the_factory(name, tmp_path):
+    """Generated datasets load offline; file-based ones name a missing ``path`` on load."""
+    parameters = [p for p in inspect.signature(DATASETS.get(name).__init__).parameters if p != "self"]
+    if "path" not in parameters:
+        dataset = create_dataset(name)
+        assert isinstance(dataset.load(progress=False), RawDataset)
+    else:
+        missing = str(tmp_path / "absent.zip")
+        dataset = create_dataset(name, {"path": missing})
+        with pytest.raises(ValueError, match=re.escape(repr(missing)) + " does not exist"):
+            dataset.load(progress=False)
+    assert sorted(dataset.params) == sorted(parameters)  # the manifest records every parameter
 
 
 def test_unknown_dataset_and_parameter_are_named():
@@ -470,7 +487,7 @@ def test_cifar10_refuses_foreign_pickles_and_missing_members(tmp_path):
 
 
 # --------------------------------------------------------------------------- #
-# the real datasets (../shared/datasets)
+# the real datasets (found by conftest.shared_dataset; skipped when absent)
 # --------------------------------------------------------------------------- #
 @pytest.mark.datasets
 @pytest.mark.slow
