@@ -2,7 +2,9 @@
 #   snakemake --cores 2                                   # the embedded quickstart
 #   snakemake --configfile config/config.yaml --cores 16 --resources gpu=4   # the paper grid
 # Layout, wildcards and GPU slots: docs/workflow.md; config keys: config/README.md.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from backdoor_eval.config import prepare_config
 
 min_version("9.0")
 
@@ -14,7 +16,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/quickstart.yaml"
 
 
-validate(config, "config/schema/config.schema.yaml")
+# The package's one loader: the schema (workflow/schemas/config.schema.yaml,
+# shipped inside the package) with its defaults, then every check that can be
+# made from the config alone, registry names included, before any job.
+prepare_config(config)
 
 
 report: "workflow/report/workflow.rst"

@@ -1,4 +1,4 @@
-"""The experiment grid: config factor lists -> runs (SPEC 6).
+"""The experiment grid: config factor lists -> runs (docs/decisions.md#experiment-grid).
 
 A config's ``experiments:`` block names each experiment (E1..E6 in the paper
 config) by factor lists::
@@ -14,18 +14,18 @@ config) by factor lists::
       retrain: true
 
 ``expand(config)`` takes the product of the factors (missing ones take the
-SPEC 6 defaults: many-to-one, poison rate 0.1, the trigger's default alpha,
-no regularizer, seed 0) and returns one list of :class:`Run` per experiment.
-A run's parameters map one-to-one to its output path (``Run.run_id``), so a
-run shared by two experiments is one path and Snakemake trains it once;
-:func:`union` de-duplicates across experiments.
+schema's defaults: many-to-one, poison rate 0.1, the trigger's default
+alpha, no regularizer, seed 0) and returns one list of :class:`Run` per
+experiment. A run's parameters map one-to-one to its output path
+(``Run.run_id``), so a run shared by two experiments is one path and
+Snakemake trains it once; :func:`union` de-duplicates across experiments.
 
 Every factor except ``dataset`` may instead be a per-dataset mapping
 (``{cifar10: [truck], flowers: [rose]}``), which is how E4 and E6 pair a
 poison class (and E6 a trigger) with each dataset.
 
-This module is pure and light (no torch, no NumPy): the Snakefile imports it
-at parse time, on every cluster job too.
+This module is light (no torch, no pandas): the Snakefile imports it at
+parse time, on every cluster job too.
 """
 
 from __future__ import annotations
@@ -36,60 +36,29 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterable, Mapping
 
-STRATEGIES = ("many-to-one", "one-to-one")
-PHASES = ("poison", "clean")
-
-# The run's parameters, in path order.
-FACTORS = (
-    "dataset",
-    "model",
-    "trigger",
-    "alpha",
-    "strategy",
-    "poison_class",
-    "source",
-    "poison_rate",
-    "regularizer",
-    "seed",
+from backdoor_eval.config import schema_default
+from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval.names import (
+    ALL_CLASSES,
+    CLEAN_PHASE,
+    FACTORS,
+    MANY_TO_ONE,
+    NO_REGULARIZER,
+    OTHER_CLASSES,
+    OUTPUTS,
+    PHASES,
+    POISON_PHASE,
+    STRATEGIES,
+    experiment_list,
 )
+
 REQUIRED_FACTORS = ("dataset", "model", "trigger")
-# SPEC 6 defaults; config/schema/config.schema.yaml documents the same values.
-FACTOR_DEFAULTS: dict[str, Any] = {
-    "alpha": "default",
-    "strategy": "many-to-one",
-    "poison_class": "all",
-    "source": "all",
-    "poison_rate": 0.1,
-    "regularizer": "none",
-    "seed": 0,
-}
+# Factor defaults and the outputs mapping are the schema's (one definition).
+FACTOR_DEFAULTS: dict[str, Any] = {factor: schema_default("experiment", factor) for factor in FACTORS[3:]}
+DEFAULT_OUTPUTS: dict[str, list[str]] = {name: experiment_list(value) for name, value in schema_default("outputs").items()}
 EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases")
-
-# Default transparency per trigger (SPEC 3, paper section 4): used when the
-# config's ``triggers:`` section does not give one.
-DEFAULT_TRIGGER_ALPHA = {"bs": 1.0, "rs": 1.0, "sin": 0.1, "lv": 0.5}
-NO_REGULARIZER = "none"
-MANY_TO_ONE_SOURCE = "all"  # the source wildcard of a many-to-one run
-
-# Outputs built from experiments (the report commands' defaults, SPEC 6).
-DEFAULT_OUTPUTS = {
-    "table2": ["E1", "E2"],
-    "table3": ["E1", "E2"],
-    "table4": ["E6"],
-    "table5": ["E6"],
-    "fig4": ["E3"],
-    "fig5": ["E3"],
-    "fig6": ["E4"],
-    "fig7": ["E5"],
-}
-
-# Output paths, relative to results/{config_name}/. The Snakemake rules use
-# these very templates as their wildcard patterns.
-RUN_ID_TEMPLATE = (
-    "{dataset}/{model}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{regularizer}/seed{seed}"
-)
-# The poisoned data set does not depend on the model or the regularizer.
-POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/seed{seed}"
+# ``alpha: default`` in a factor list: the trigger's default transparency.
+DEFAULT_ALPHA = FACTOR_DEFAULTS["alpha"]
 
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
 _NAME_RE = re.compile(rf"^{_NAME}$")
@@ -201,7 +170,12 @@ def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
 
 
 def trigger_names(config: Mapping[str, Any]) -> list[str]:
-    return list(config.get("triggers") or DEFAULT_TRIGGER_ALPHA)
+    """The config's triggers; without a ``triggers:`` block, every registered trigger."""
+    if config.get("triggers"):
+        return list(config["triggers"])
+    from backdoor_eval.triggers import TRIGGERS
+
+    return TRIGGERS.names()
 
 
 def regularizer_names(config: Mapping[str, Any]) -> list[str]:
@@ -210,12 +184,14 @@ def regularizer_names(config: Mapping[str, Any]) -> list[str]:
 
 
 def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
-    """The trigger's default transparency: config ``triggers.<name>.alpha``, else SPEC 3's."""
+    """The trigger's default transparency: config ``triggers.<name>.alpha``, else the trigger's own."""
     spec = (config.get("triggers") or {}).get(trigger) or {}
     if spec.get("alpha") is not None:
         return float(spec["alpha"])
-    if trigger in DEFAULT_TRIGGER_ALPHA:
-        return DEFAULT_TRIGGER_ALPHA[trigger]
+    from backdoor_eval.triggers import TRIGGERS
+
+    if trigger in TRIGGERS:
+        return float(TRIGGERS.get(trigger).default_alpha)
     raise ValueError(f"trigger {trigger!r} has no default alpha; set triggers.{trigger}.alpha in the config")
 
 
@@ -225,9 +201,11 @@ def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
     return dict(spec.get("params") or {})
 
 
-def lv_variance_fraction(config: Mapping[str, Any]) -> float:
+def lv_variance_fraction(config: Mapping[str, Any]) -> float | None:
+    """``triggers.lv.variance_fraction``, or ``None`` for the LV fit's own default."""
     spec = (config.get("triggers") or {}).get("lv") or {}
-    return float(spec.get("variance_fraction", 0.005))
+    value = spec.get("variance_fraction")
+    return None if value is None else float(value)
 
 
 def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
@@ -266,7 +244,7 @@ def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
     phases = {}
     for name, spec in (config.get("experiments") or {}).items():
         spec = spec or {}
-        default = ["poison", "clean"] if spec.get("retrain", False) else ["poison"]
+        default = [POISON_PHASE, CLEAN_PHASE] if spec.get("retrain", False) else [POISON_PHASE]
         phases[name] = list(spec.get("phases") or default)
     return phases
 
@@ -278,18 +256,10 @@ def outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
     experiments = config.get("experiments") or {}
     present = {}
     for output, names in mapping.items():
-        names = _experiment_list(names)
+        names = experiment_list(names)
         if names and all(name in experiments for name in names):
             present[output] = names
     return present
-
-
-def _experiment_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split("+") if part.strip()]
-    return [str(v) for v in value]
 
 
 def _names(config: Mapping[str, Any], section: str) -> str:
@@ -381,17 +351,17 @@ def _resolve(
         _check_fraction(rate_path, poison_rate, closed=False)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
-    if alpha == "default":
+    if alpha == DEFAULT_ALPHA:
         alpha = trigger_default_alpha(config, trigger)
     elif check:
         _check_fraction(alpha_path, alpha, closed=True)
-    poison_classes = classes if poison_class == "all" else [poison_class]
+    poison_classes = classes if poison_class == ALL_CLASSES else [poison_class]
     for target in poison_classes:
         if check and target not in classes:
             raise _PathError(class_path, f"{target!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}")
-        if strategy == "many-to-one":
-            sources = [MANY_TO_ONE_SOURCE]
-        elif source in ("all", "others"):
+        if strategy == MANY_TO_ONE:
+            sources = [ALL_CLASSES]
+        elif source in (ALL_CLASSES, OTHER_CLASSES):
             sources = [c for c in classes if c != target]
         else:
             if check and source not in classes:
@@ -425,7 +395,7 @@ def _check_fraction(path: str, value: Any, closed: bool) -> None:
 
 
 def expand(config: Mapping[str, Any]) -> dict[str, list[Run]]:
-    """Each experiment's runs: the product of its factor lists, defaults filled in (SPEC 6).
+    """Each experiment's runs: the product of its factor lists, defaults filled in.
 
     Order follows the config; duplicates within an experiment (e.g. ``alpha:
     [default, 0.1]`` for sin) are dropped. Call :func:`validate` first for
@@ -448,7 +418,7 @@ def retrain_runs(config: Mapping[str, Any], expanded: Mapping[str, list[Run]] | 
     """Distinct runs that need the clean phase (in an experiment reporting phase ``clean``)."""
     expanded = expand(config) if expanded is None else expanded
     phases = experiment_phases(config)
-    return union(runs for name, runs in expanded.items() if "clean" in phases[name])
+    return union(runs for name, runs in expanded.items() if CLEAN_PHASE in phases[name])
 
 
 def counts(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -481,9 +451,11 @@ def format_counts(config: Mapping[str, Any]) -> str:
 def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
     """The membership document ``backdoor-eval aggregate --membership`` reads.
 
-    ``results_dir`` is ``results/{config_name}``; run files are at
-    ``{results_dir}/runs/{run_id}/summary.parquet`` and ``epochs.parquet``.
+    ``results_dir`` is ``results/{config_name}``; each run's files are the
+    ones the workflow's ``evaluate`` rule writes (:class:`backdoor_eval.layout.Layout`),
+    and the ``aggregate`` rule declares exactly these files as its inputs.
     """
+    layout = Layout(results_dir)
     expanded = expand(config)
     phases = experiment_phases(config)
     specs = config.get("experiments") or {}
@@ -501,8 +473,7 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
         "runs": {},
     }
     for run in union(expanded):
-        folder = f"{results_dir}/runs/{run.run_id}"
-        document["runs"][run.run_id] = {"summary": f"{folder}/summary.parquet", "epochs": f"{folder}/epochs.parquet"}
+        document["runs"][run.run_id] = {"summary": layout.run_summary(run.run_id), "epochs": layout.run_epochs(run.run_id)}
     return document
 
 
@@ -537,7 +508,7 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
         for i, phase in enumerate(phases):
             if phase not in PHASES:
                 raise ValueError(f"{prefix}.phases[{i}]: {phase!r} is not a phase; allowed: {', '.join(PHASES)}")
-        if "clean" in phases and not spec.get("retrain", False):
+        if CLEAN_PHASE in phases and not spec.get("retrain", False):
             raise ValueError(f"{prefix}.phases: 'clean' needs retrain: true")
         for factor, value in spec.items():
             if _is_per_dataset(factor, value) and factor in FACTORS:
@@ -574,7 +545,7 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
             raise ValueError(f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)")
         for i, cls in enumerate(classes):
             # All-digit names would read as class indices on the command line.
-            if not isinstance(cls, str) or not _NAME_RE.match(cls) or cls in ("all", "others") or cls.isdigit():
+            if not isinstance(cls, str) or not _NAME_RE.match(cls) or cls in (ALL_CLASSES, OTHER_CLASSES) or cls.isdigit():
                 raise ValueError(
                     f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; "
                     "allowed: letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others'"
@@ -597,9 +568,9 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
 
 def _validate_blocks(config: Mapping[str, Any]) -> None:
     for output, names in (config.get("outputs") or {}).items():
-        if output not in DEFAULT_OUTPUTS:
-            raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(DEFAULT_OUTPUTS)}")
-        if not _experiment_list(names):
+        if output not in OUTPUTS:
+            raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(OUTPUTS)}")
+        if not experiment_list(names):
             raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
     for block in ("table1", "gallery"):
         spec = config.get(block)

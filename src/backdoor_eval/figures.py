@@ -73,16 +73,15 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def save_figure(fig: Figure, stem: str | os.PathLike, dpi: int = PNG_DPI) -> tuple[Path, Path]:
-    """Write ``stem.png`` (at ``dpi``) and ``stem.pdf`` atomically; return both paths."""
-    paths = []
-    for fmt in FIGURE_FORMATS:
-        path = Path(f"{os.fspath(stem)}.{fmt}")
+def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> None:
+    """Write ``fig`` to each path atomically, in the format its suffix names (.png at ``dpi``, .pdf)."""
+    for path in map(Path, paths):
+        fmt = path.suffix.lstrip(".")
+        if fmt not in FIGURE_FORMATS:
+            raise ValueError(f"figure file {path} ends in {path.suffix!r}; allowed: {', '.join('.' + f for f in FIGURE_FORMATS)}")
         with atomic_path(path) as tmp:
             # The temporary name ends in .tmp, so the format is named explicitly.
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        paths.append(path)
-    return paths[0], paths[1]
 
 
 # --------------------------------------------------------------------------- Fig. 2

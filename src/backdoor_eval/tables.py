@@ -507,17 +507,15 @@ def to_markdown(
 
 def write_table(
     frame: pd.DataFrame,
-    stem: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    md_path: str | os.PathLike,
     decimals: int | Mapping[str, int] = 2,
     title: str | None = None,
     note: str | None = None,
-) -> tuple[Path, Path]:
-    """Write ``stem.csv`` (full precision, flat header) and ``stem.md`` atomically; return both paths."""
-    csv_path = Path(f"{os.fspath(stem)}.csv")
-    md_path = Path(f"{os.fspath(stem)}.md")
+) -> None:
+    """Write ``frame`` to ``csv_path`` (full precision, flat header) and ``md_path`` (rounded), atomically."""
     with atomic_path(csv_path) as tmp:
         flatten_columns(frame).to_csv(tmp, index=False)
     text = to_markdown(frame, decimals=decimals, title=title, note=note)
     with atomic_path(md_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    return csv_path, md_path

@@ -1,5 +1,6 @@
-# Config -> targets. The grid logic lives in backdoor_eval.experiments (pure,
-# unit-tested); this file only maps it onto paths, wildcards and arguments.
+# Config -> targets. The grid logic lives in backdoor_eval.experiments and the
+# file layout in backdoor_eval.layout (pure, unit-tested); this file maps them
+# onto wildcards, input functions (get_*) and command-line arguments.
 import json
 import os
 import shlex
@@ -9,35 +10,23 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
+from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval.names import CLEAN_PHASE, ONE_TO_ONE, POISON_PHASE
 
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
 if shutil.which("backdoor-eval") is None:
     shell.prefix(f"PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
-# What the schema cannot check (names, classes, alpha/rate ranges), before any job.
-ex.validate(config)
-
 RESULTS = f"results/{config['name']}"
+PATHS = Layout(RESULTS)
 EXPERIMENTS = ex.expand(config)
 RUNS = ex.union(EXPERIMENTS)
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
 OUTPUTS = ex.outputs(config)
-TABLES = [name for name in ("table2", "table3", "table4", "table5") if name in OUTPUTS]
+RETRAINING_TABLES = [name for name in ("table2", "table3") if name in OUTPUTS]
+STRATEGY_TABLES = [name for name in ("table4", "table5") if name in OUTPUTS]
 FIGURES = [name for name in ("fig4", "fig5", "fig6", "fig7") if name in OUTPUTS]
-if config.get("table1"):
-    TABLES.insert(0, "table1")
-
-# Path patterns; RUN and POISON are the results contract's run_id and overlay key.
-RUN = ex.RUN_ID_TEMPLATE
-POISON = ex.POISON_ID_TEMPLATE
-STORE = f"{RESULTS}/data/{{dataset}}/store"
-PARTITIONS = f"{RESULTS}/data/{{dataset}}/seed{{seed}}/partitions.npz"
-LV_FIT = f"{RESULTS}/data/{{dataset}}/seed{{seed}}/lv_fit.npz"
-POISONED = f"{RESULTS}/poison/{POISON}"
-RUN_DIR = f"{RESULTS}/runs/{RUN}"
-# Resumable-training state; deliberately not a declared output (it must survive a failed attempt).
-CHECKPOINTS = f"{RESULTS}/checkpoints/{RUN}"
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
 
 
@@ -60,27 +49,25 @@ onstart:
 
 def get_final_output():
     """The targets: the tidy results and the tables/figures the config supports."""
-    targets = [f"{RESULTS}/runs.parquet", f"{RESULTS}/epochs.parquet"]
-    targets += table_files() + figure_files() + gallery_files()
+    targets = [PATHS.runs_table, PATHS.epochs_table]
+    if config.get("table1"):
+        targets += [PATHS.table("table1", ext) for ext in ("csv", "md")]
+    for name in RETRAINING_TABLES:
+        targets += [PATHS.table(stem, ext) for stem in (name, f"{name}_n") for ext in ("csv", "md")]
+    for name in STRATEGY_TABLES:
+        targets += [PATHS.table(name, ext) for ext in ("csv", "md")]
+    for name in FIGURES + (["fig2"] if config.get("gallery") else []):
+        targets += [PATHS.figure(name, ext) for ext in ("png", "pdf")]
     return targets
 
 
-def table_files():
-    return [
-        f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")
-    ]
+def as_json(value):
+    return json.dumps(value, sort_keys=True)
 
 
-def figure_files():
-    return [
-        f"{RESULTS}/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")
-    ]
-
-
-def gallery_files():
-    if not config.get("gallery"):
-        return []
-    return [f"{RESULTS}/figures/fig2.png", f"{RESULTS}/figures/fig2.pdf"]
+def one_of(names):
+    """A wildcard constraint matching exactly ``names``."""
+    return "|".join(names) if names else "(?!)"
 
 
 def model_file(path):
@@ -88,59 +75,59 @@ def model_file(path):
     return path if config["keep_models"] else temp(path)
 
 
-def as_json(value):
-    return json.dumps(value, sort_keys=True)
+def job_resource(rule_name, key):
+    """A train/retrain job resource; the schema fills every default."""
+    return config["resources"][rule_name][key]
 
 
-def run_of(wildcards):
-    return ex.Run.from_mapping(wildcards)
+def log_of(rule_name, pattern):
+    return PATHS.log(rule_name, pattern)
 
 
-def job_resource(rule_name, key, default):
-    return (config.get("resources") or {}).get(rule_name, {}).get(key, default)
+def benchmark_of(rule_name, pattern):
+    return PATHS.benchmark(rule_name, pattern)
 
 
 # ---------------------------------------------------------------- data
 
 
-def dataset_kind(wildcards):
+def get_dataset_kind(wildcards):
     return config["datasets"][wildcards.dataset]["kind"]
 
 
-def dataset_params(wildcards):
+def get_dataset_params(wildcards):
     return as_json(config["datasets"][wildcards.dataset].get("params") or {})
 
 
-def dataset_classes(wildcards):
+def get_dataset_classes(wildcards):
     return as_json(ex.dataset_classes(config, wildcards.dataset))
+
+
+def get_lv_fit_options(wildcards):
+    fraction = ex.lv_variance_fraction(config)
+    return "" if fraction is None else shlex.join(["--variance-fraction", str(fraction)])
 
 
 # ---------------------------------------------------------------- poison
 
 
-def poison_input(wildcards):
+def get_poison_input(wildcards):
     """Store and partitions; the lv trigger also needs the split's PCA fit."""
     inputs = {
-        "store": STORE.format(dataset=wildcards.dataset),
-        "partitions": PARTITIONS.format(dataset=wildcards.dataset, seed=wildcards.seed),
+        "store": PATHS.store.format(dataset=wildcards.dataset),
+        "partitions": PATHS.partitions.format(dataset=wildcards.dataset, seed=wildcards.seed),
     }
     if wildcards.trigger == "lv":
-        inputs["lv_fit"] = LV_FIT.format(dataset=wildcards.dataset, seed=wildcards.seed)
+        inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, seed=wildcards.seed)
     return inputs
 
 
-def poison_options(wildcards):
+def get_poison_options(wildcards, input):
     """The optional arguments of `backdoor-eval poison`, shell-quoted."""
-    options = [
-        "--trigger-params",
-        as_json(ex.trigger_params(config, wildcards.trigger)),
-    ]
-    if wildcards.trigger == "lv":
-        options += [
-            "--lv-fit",
-            LV_FIT.format(dataset=wildcards.dataset, seed=wildcards.seed),
-        ]
-    if wildcards.strategy == "one-to-one":
+    options = ["--trigger-params", as_json(ex.trigger_params(config, wildcards.trigger))]
+    if "lv_fit" in input.keys():
+        options += ["--lv-fit", input.lv_fit]
+    if wildcards.strategy == ONE_TO_ONE:
         options += ["--source", wildcards.source]
     return shlex.join(options)
 
@@ -148,62 +135,63 @@ def poison_options(wildcards):
 # ---------------------------------------------------------------- train
 
 
-def train_options(wildcards):
+def get_train_options(wildcards):
     """Model, regularizer and training arguments of `backdoor-eval train/retrain`, shell-quoted.
 
     One function for all of them: Snakemake inspects and calls each params
     function once per job, which is most of a dry run's time on the paper grid.
     """
     arch, model_params = ex.model_spec(config, wildcards.model)
-    return shlex.join(
-        [
-            "--model",
-            arch,
-            "--model-params",
-            as_json(model_params),
-            "--regularizer",
-            wildcards.regularizer,
-            "--regularizer-params",
-            as_json(ex.regularizer_params(config, wildcards.regularizer)),
-            "--train-params",
-            as_json(ex.train_params(config, wildcards.dataset, wildcards.model)),
-        ]
-    )
-
-
-def gpu_option():
-    return shlex.join(["--gpu-lock-dir", GPU_LOCK_DIR]) if GPU_LOCK_DIR else ""
-
-
-# ---------------------------------------------------------------- evaluate and report
-
-
-def evaluate_input(wildcards):
-    """The poison phase's results, plus the clean phase's for runs an experiment retrains."""
-    run_id = run_of(wildcards).run_id
-    run_dir = f"{RESULTS}/runs/{run_id}"
-    inputs = {
-        "poison_final": f"{run_dir}/poison/final.json",
-        "poison_epochs": f"{run_dir}/poison/epochs.parquet",
-    }
-    if run_id in RETRAIN_RUN_IDS:
-        inputs.update(
-            clean_final=f"{run_dir}/clean/final.json",
-            clean_epochs=f"{run_dir}/clean/epochs.parquet",
-        )
-    return inputs
-
-
-def evaluate_options(wildcards):
-    """``--clean DIR`` for retrained runs, and the run parameters, shell-quoted."""
-    run = run_of(wildcards)
-    options = ["--run-params", as_json({"run_id": run.run_id, **run.params()})]
-    if run.run_id in RETRAIN_RUN_IDS:
-        options += ["--clean", f"{RESULTS}/runs/{run.run_id}/clean"]
+    options = [
+        "--model",
+        arch,
+        "--model-params",
+        as_json(model_params),
+        "--regularizer",
+        wildcards.regularizer,
+        "--regularizer-params",
+        as_json(ex.regularizer_params(config, wildcards.regularizer)),
+        "--train-params",
+        as_json(ex.train_params(config, wildcards.dataset, wildcards.model)),
+        "--device",
+        config["device"],
+    ]
+    if GPU_LOCK_DIR:
+        options += ["--gpu-lock-dir", GPU_LOCK_DIR]
     return shlex.join(options)
 
 
-def membership_config():
+def get_checkpoint(phase):
+    """The phase's resumable checkpoint file (not a declared output: it must survive a failed attempt)."""
+    return f"{PATHS.checkpoints}/{phase}.pt"
+
+
+# ---------------------------------------------------------------- summarize and report
+
+
+def get_summarize_input(wildcards):
+    """The poison phase's results, plus the clean phase's for runs an experiment retrains."""
+    run_id = ex.Run.from_mapping(wildcards).run_id
+    inputs = {
+        "poison_final": PATHS.phase_file(POISON_PHASE, "final", run_id),
+        "poison_epochs": PATHS.phase_file(POISON_PHASE, "epochs", run_id),
+    }
+    if run_id in RETRAIN_RUN_IDS:
+        inputs["clean_final"] = PATHS.phase_file(CLEAN_PHASE, "final", run_id)
+        inputs["clean_epochs"] = PATHS.phase_file(CLEAN_PHASE, "epochs", run_id)
+    return inputs
+
+
+def get_summarize_options(wildcards, input):
+    """The run parameters and, for retrained runs, the clean phase's files, shell-quoted."""
+    run = ex.Run.from_mapping(wildcards)
+    options = ["--run-params", as_json({"run_id": run.run_id, **run.params()})]
+    if "clean_final" in input.keys():
+        options += ["--clean-final", input.clean_final, "--clean-epochs", input.clean_epochs]
+    return shlex.join(options)
+
+
+def get_membership_config():
     """The parts of the config membership depends on (so training settings do not re-run it)."""
     return {
         "name": config["name"],
@@ -219,43 +207,36 @@ def membership_config():
     }
 
 
-def run_results():
-    return [
-        f"{RESULTS}/runs/{run.run_id}/{name}"
-        for run in RUNS
-        for name in ("summary.parquet", "epochs.parquet")
-    ]
-
-
-def table1_input():
-    if not config.get("table1"):
-        return {}
-    return {"table1_store": STORE.format(dataset=config["table1"]["dataset"])}
-
-
-def table1_options(wildcards, input):
-    if not config.get("table1"):
-        return ""
-    options = [
-        "--table1-store",
-        input.table1_store,
-        "--table1-rate",
-        str(config["table1"]["poison_rate"]),
-    ]
-    if config["table1"].get("class_counts"):
-        options += ["--table1-counts", ",".join(map(str, config["table1"]["class_counts"]))]
-    return shlex.join(options)
-
-
-def gallery_input():
-    spec = config["gallery"]
+def get_run_results(wildcards):
+    """Every run's summary and epochs files: exactly the files the membership document lists."""
     return {
-        "store": STORE.format(dataset=spec["dataset"]),
-        "partitions": PARTITIONS.format(dataset=spec["dataset"], seed=spec["seed"]),
-        "lv_fit": LV_FIT.format(dataset=spec["dataset"], seed=spec["seed"]),
+        "summaries": [PATHS.run_summary(run.run_id) for run in RUNS],
+        "epochs": [PATHS.run_epochs(run.run_id) for run in RUNS],
     }
 
 
-def gallery_options():
+def get_output_experiments(wildcards):
+    """The experiments a table or figure is built from, as "E1+E2"."""
+    return "+".join(OUTPUTS[wildcards.get("table") or wildcards.get("figure")])
+
+
+def get_table1_options():
+    spec = config["table1"]
+    options = ["--poison-rate", str(spec["poison_rate"])]
+    if spec.get("class_counts"):
+        options += ["--class-counts", ",".join(map(str, spec["class_counts"]))]
+    return shlex.join(options)
+
+
+def get_gallery_input():
+    spec = config["gallery"]
+    return {
+        "store": PATHS.store.format(dataset=spec["dataset"]),
+        "partitions": PATHS.partitions.format(dataset=spec["dataset"], seed=spec["seed"]),
+        "lv_fit": PATHS.lv_fit.format(dataset=spec["dataset"], seed=spec["seed"]),
+    }
+
+
+def get_gallery_options():
     index = config["gallery"].get("image_index")
     return "" if index is None else shlex.join(["--image-index", str(index)])

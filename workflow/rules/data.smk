@@ -1,4 +1,5 @@
-# Data: the canonical store, the per-seed partitions (SPEC 1) and the LV fit (SPEC 3).
+# Data: the canonical store, the per-seed partitions (docs/decisions.md#partitions)
+# and the LV fit (docs/decisions.md#low-variance-trigger).
 
 
 localrules:
@@ -8,52 +9,53 @@ localrules:
 rule ingest:
     # Runs on the head node: it may download the official archive.
     output:
-        directory(STORE),
+        store=directory(PATHS.store),
     log:
-        f"{RESULTS}/logs/ingest/{{dataset}}.log",
+        log_of("ingest", "{dataset}"),
     benchmark:
-        f"{RESULTS}/benchmarks/ingest/{{dataset}}.tsv"
+        benchmark_of("ingest", "{dataset}")
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
-        kind=dataset_kind,
-        dataset_params=dataset_params,
-        classes=dataset_classes,
+        kind=get_dataset_kind,
+        dataset_params=get_dataset_params,
+        classes=get_dataset_classes,
     shell:
-        "(backdoor-eval ingest --dataset {params.kind:q} --params {params.dataset_params:q} --out {output:q}"
-        " && backdoor-eval check-store --store {output:q} --classes {params.classes:q}) > {log:q} 2>&1"
+        "(backdoor-eval ingest --dataset {params.kind:q} --params {params.dataset_params:q} --out {output.store:q}"
+        " && backdoor-eval check-store --store {output.store:q} --classes {params.classes:q}) > {log:q} 2>&1"
 
 
 rule partition:
     input:
-        store=STORE,
+        store=PATHS.store,
     output:
-        PARTITIONS,
+        partitions=PATHS.partitions,
     log:
-        f"{RESULTS}/logs/partition/{{dataset}}/seed{{seed}}.log",
+        log_of("partition", "{dataset}/seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/partition/{{dataset}}/seed{{seed}}.tsv"
+        benchmark_of("partition", "{dataset}/seed{seed}")
     conda:
         "../../envs/backdoor-eval.yaml"
     shell:
-        "backdoor-eval partition --store {input.store:q} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+        "backdoor-eval partition --store {input.store:q} --seed {wildcards.seed}"
+        " --out {output.partitions:q} > {log:q} 2>&1"
 
 
 rule fit_lv:
     # Only lv runs and the gallery need it; every run of the split reuses it.
     input:
-        store=STORE,
-        partitions=PARTITIONS,
+        store=PATHS.store,
+        partitions=PATHS.partitions,
     output:
-        LV_FIT,
+        lv_fit=PATHS.lv_fit,
     log:
-        f"{RESULTS}/logs/fit_lv/{{dataset}}/seed{{seed}}.log",
+        log_of("fit_lv", "{dataset}/seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/fit_lv/{{dataset}}/seed{{seed}}.tsv"
+        benchmark_of("fit_lv", "{dataset}/seed{seed}")
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
-        variance_fraction=ex.lv_variance_fraction(config),
+        options=get_lv_fit_options,
     shell:
         "backdoor-eval fit-lv --store {input.store:q} --partitions {input.partitions:q} --seed {wildcards.seed}"
-        " --variance-fraction {params.variance_fraction} --out {output:q} > {log:q} 2>&1"
+        " {params.options} --out {output.lv_fit:q} > {log:q} 2>&1"

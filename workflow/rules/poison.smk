@@ -1,22 +1,23 @@
-# Poisoning (SPEC 2): one overlay per (dataset, trigger, alpha, strategy, poison
-# class, source, poison rate, seed), shared by every model and regularizer.
+# Poisoning (docs/decisions.md#poison-sampling): one overlay per (dataset, trigger,
+# alpha, strategy, poison class, source, poison rate, seed), shared by every
+# model and regularizer.
 
 
 rule poison:
     input:
-        unpack(poison_input),
+        unpack(get_poison_input),
     output:
-        directory(POISONED),
+        poisoned=directory(PATHS.poisoned),
     log:
-        f"{RESULTS}/logs/poison/{POISON}.log",
+        log_of("poison", POISON_ID_TEMPLATE),
     benchmark:
-        f"{RESULTS}/benchmarks/poison/{POISON}.tsv"
+        benchmark_of("poison", POISON_ID_TEMPLATE)
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
-        options=poison_options,
+        options=get_poison_options,
     shell:
         "backdoor-eval poison --store {input.store:q} --partitions {input.partitions:q}"
         " --trigger {wildcards.trigger:q} --alpha {wildcards.alpha} --poison-class {wildcards.poison_class:q}"
         " --poison-rate {wildcards.poison_rate} --strategy {wildcards.strategy} --seed {wildcards.seed}"
-        " {params.options} --out {output:q} > {log:q} 2>&1"
+        " {params.options} --out {output.poisoned:q} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
 # Results: membership (which run belongs to which experiment), the tidy
-# runs/epochs tables, and the paper's tables and figures.
+# runs/epochs tables, and the paper's tables and figures. Each table and
+# figure is one job with its files named here.
 
 
 localrules:
@@ -9,32 +10,33 @@ localrules:
 rule membership:
     # Written from the config alone; re-run when the experiments change (params).
     output:
-        f"{RESULTS}/membership.json",
+        membership=PATHS.membership,
     log:
-        f"{RESULTS}/logs/membership.log",
+        log_of("membership", "membership"),
     benchmark:
-        f"{RESULTS}/benchmarks/membership.tsv"
+        benchmark_of("membership", "membership")
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
-        config=as_json(membership_config()),
-        results=lambda wildcards, output: os.path.dirname(output[0]),
+        config=as_json(get_membership_config()),
+        results=RESULTS,
     shell:
         "backdoor-eval membership --config-json {params.config:q} --results-dir {params.results:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --out {output.membership:q} > {log:q} 2>&1"
 
 
 rule aggregate:
+    # Reads the run files the membership document lists: the same files as its inputs.
     input:
-        membership=f"{RESULTS}/membership.json",
-        runs=run_results(),
+        unpack(get_run_results),
+        membership=PATHS.membership,
     output:
-        runs=f"{RESULTS}/runs.parquet",
-        epochs=f"{RESULTS}/epochs.parquet",
+        runs=PATHS.runs_table,
+        epochs=PATHS.epochs_table,
     log:
-        f"{RESULTS}/logs/aggregate.log",
+        log_of("aggregate", "aggregate"),
     benchmark:
-        f"{RESULTS}/benchmarks/aggregate.tsv"
+        benchmark_of("aggregate", "aggregate")
     conda:
         "../../envs/backdoor-eval.yaml"
     shell:
@@ -42,87 +44,111 @@ rule aggregate:
         " --out-epochs {output.epochs:q} > {log:q} 2>&1"
 
 
-if TABLES:
+if config.get("table1"):
 
-    rule tables:
+    rule table1:
         input:
-            **table1_input(),
-            runs=f"{RESULTS}/runs.parquet",
+            store=PATHS.store.format(dataset=config["table1"]["dataset"]),
         output:
-            [
-                report(
-                    path,
-                    caption=f"../report/{os.path.basename(path).split('.')[0]}.rst",
-                    category="Tables",
-                )
-                for path in table_files()
-            ],
+            csv=PATHS.table("table1", "csv"),
+            md=report(PATHS.table("table1", "md"), caption="../report/table1.rst", category="Tables"),
         log:
-            f"{RESULTS}/logs/tables.log",
+            log_of("table1", "table1"),
         benchmark:
-            f"{RESULTS}/benchmarks/tables.tsv"
+            benchmark_of("table1", "table1")
         conda:
             "../../envs/backdoor-eval.yaml"
         params:
-            out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-            only=",".join(TABLES),
-            outputs=as_json(OUTPUTS),
-            table1=table1_options,
+            options=get_table1_options(),
         shell:
-            "backdoor-eval tables --runs {input.runs:q} --out-dir {params.out_dir:q} --only {params.only}"
-            " --outputs {params.outputs:q} {params.table1} > {log:q} 2>&1"
+            "backdoor-eval table1 --store {input.store:q} {params.options}"
+            " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
-if FIGURES:
+rule retraining_table:
+    # Tables 2 and 3: before ("No") and after ("Yes") clean retraining, with run counts per cell.
+    input:
+        runs=PATHS.runs_table,
+    output:
+        csv=PATHS.table("{table}", "csv"),
+        md=report(PATHS.table("{table}", "md"), caption="../report/table.rst", category="Tables"),
+        counts_csv=PATHS.table("{table}_n", "csv"),
+        counts_md=PATHS.table("{table}_n", "md"),
+    wildcard_constraints:
+        table=one_of(RETRAINING_TABLES),
+    log:
+        log_of("table", "{table}"),
+    benchmark:
+        benchmark_of("table", "{table}")
+    conda:
+        "../../envs/backdoor-eval.yaml"
+    params:
+        experiments=get_output_experiments,
+    shell:
+        "backdoor-eval table --name {wildcards.table} --experiments {params.experiments:q} --runs {input.runs:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q}"
+        " --out-counts-csv {output.counts_csv:q} --out-counts-md {output.counts_md:q} > {log:q} 2>&1"
 
-    rule figures:
-        input:
-            runs=f"{RESULTS}/runs.parquet",
-            epochs=f"{RESULTS}/epochs.parquet",
-        output:
-            [
-                report(
-                    path,
-                    caption=f"../report/{os.path.basename(path).split('.')[0]}.rst",
-                    category="Figures",
-                )
-                for path in figure_files()
-            ],
-        log:
-            f"{RESULTS}/logs/figures.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/figures.tsv"
-        conda:
-            "../../envs/backdoor-eval.yaml"
-        params:
-            out_dir=lambda wildcards, output: os.path.dirname(output[0]),
-            only=",".join(FIGURES),
-            outputs=as_json(OUTPUTS),
-        shell:
-            "backdoor-eval figures --runs {input.runs:q} --epochs {input.epochs:q} --out-dir {params.out_dir:q}"
-            " --only {params.only} --outputs {params.outputs:q} > {log:q} 2>&1"
+
+rule strategy_table:
+    # Tables 4 and 5: one-to-one against many-to-one.
+    input:
+        runs=PATHS.runs_table,
+    output:
+        csv=PATHS.table("{table}", "csv"),
+        md=report(PATHS.table("{table}", "md"), caption="../report/table.rst", category="Tables"),
+    wildcard_constraints:
+        table=one_of(STRATEGY_TABLES),
+    log:
+        log_of("table", "{table}"),
+    benchmark:
+        benchmark_of("table", "{table}")
+    conda:
+        "../../envs/backdoor-eval.yaml"
+    params:
+        experiments=get_output_experiments,
+    shell:
+        "backdoor-eval table --name {wildcards.table} --experiments {params.experiments:q} --runs {input.runs:q}"
+        " --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
+
+
+rule figure:
+    input:
+        runs=PATHS.runs_table,
+    output:
+        png=report(PATHS.figure("{figure}", "png"), caption="../report/figure.rst", category="Figures"),
+        pdf=PATHS.figure("{figure}", "pdf"),
+    wildcard_constraints:
+        figure=one_of(FIGURES),
+    log:
+        log_of("figure", "{figure}"),
+    benchmark:
+        benchmark_of("figure", "{figure}")
+    conda:
+        "../../envs/backdoor-eval.yaml"
+    params:
+        experiments=get_output_experiments,
+    shell:
+        "backdoor-eval figure --name {wildcards.figure} --experiments {params.experiments:q} --runs {input.runs:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
 if config.get("gallery"):
 
     rule gallery:
         input:
-            **gallery_input(),
+            **get_gallery_input(),
         output:
-            png=report(
-                f"{RESULTS}/figures/fig2.png",
-                caption="../report/fig2.rst",
-                category="Figures",
-            ),
-            pdf=f"{RESULTS}/figures/fig2.pdf",
+            png=report(PATHS.figure("fig2", "png"), caption="../report/fig2.rst", category="Figures"),
+            pdf=PATHS.figure("fig2", "pdf"),
         log:
-            f"{RESULTS}/logs/gallery.log",
+            log_of("gallery", "fig2"),
         benchmark:
-            f"{RESULTS}/benchmarks/gallery.tsv"
+            benchmark_of("gallery", "fig2")
         conda:
             "../../envs/backdoor-eval.yaml"
         params:
-            options=gallery_options(),
+            options=get_gallery_options(),
         shell:
             "backdoor-eval gallery --store {input.store:q} --partitions {input.partitions:q} --lv-fit {input.lv_fit:q}"
-            " {params.options} --out {output.png:q} > {log:q} 2>&1"
+            " {params.options} --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"

@@ -1,97 +1,90 @@
-# Training (SPEC 4): the poison phase with early stopping, clean retraining,
-# and the per-run summary. train/retrain hold one GPU each (resources: gpu=1;
-# cap them with --resources gpu=N) and take a GPU slot via --gpu-lock-dir.
+# Training (docs/decisions.md#training): the poison phase with early stopping,
+# clean retraining, and the per-run summary. train/retrain hold one GPU each
+# (resources: gpu=1; cap them with --resources gpu=N) and take a GPU slot via
+# --gpu-lock-dir.
 
 
 localrules:
-    evaluate,
+    summarize,
 
 
 rule train:
     input:
-        store=STORE,
-        partitions=PARTITIONS,
-        poisoned=POISONED,
+        store=PATHS.store,
+        partitions=PATHS.partitions,
+        poisoned=PATHS.poisoned,
     output:
-        model=model_file(f"{RUN_DIR}/poison/model.pt"),
-        epochs=f"{RUN_DIR}/poison/epochs.parquet",
-        final=f"{RUN_DIR}/poison/final.json",
+        model=model_file(PATHS.phase_file(POISON_PHASE, "model")),
+        epochs=PATHS.phase_file(POISON_PHASE, "epochs"),
+        final=PATHS.phase_file(POISON_PHASE, "final"),
     log:
-        f"{RESULTS}/logs/train/{RUN}.log",
+        log_of("train", RUN_ID_TEMPLATE),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{RUN}.tsv"
+        benchmark_of("train", RUN_ID_TEMPLATE)
     conda:
         "../../envs/backdoor-eval.yaml"
-    threads: job_resource("train", "threads", 1)
+    threads: job_resource("train", "threads")
     resources:
         gpu=1,
-        mem_mb=job_resource("train", "mem_mb", 16000),
-        runtime=job_resource("train", "runtime", 720),
+        mem_mb=job_resource("train", "mem_mb"),
+        runtime=job_resource("train", "runtime"),
     params:
-        out=f"{RUN_DIR}/poison",
-        checkpoints=f"{CHECKPOINTS}/poison",
-        options=train_options,
-        device=config["device"],
-        gpu=gpu_option(),
+        checkpoint=get_checkpoint(POISON_PHASE),
+        options=get_train_options,
     shell:
         "backdoor-eval train --store {input.store:q} --partitions {input.partitions:q} --poisoned {input.poisoned:q}"
-        " {params.options} --seed {wildcards.seed} --out {params.out:q}"
-        " --checkpoints {params.checkpoints:q} --device {params.device} --threads {threads} {params.gpu}"
+        " {params.options} --seed {wildcards.seed} --threads {threads} --checkpoint {params.checkpoint:q}"
+        " --out-model {output.model:q} --out-epochs {output.epochs:q} --out-final {output.final:q}"
         " > {log:q} 2>&1"
 
 
 rule retrain:
     input:
-        store=STORE,
-        partitions=PARTITIONS,
-        poisoned=POISONED,
-        model=f"{RUN_DIR}/poison/model.pt",
-        final=f"{RUN_DIR}/poison/final.json",
+        store=PATHS.store,
+        partitions=PATHS.partitions,
+        poisoned=PATHS.poisoned,
+        model=PATHS.phase_file(POISON_PHASE, "model"),
     output:
-        model=model_file(f"{RUN_DIR}/clean/model.pt"),
-        epochs=f"{RUN_DIR}/clean/epochs.parquet",
-        final=f"{RUN_DIR}/clean/final.json",
+        model=model_file(PATHS.phase_file(CLEAN_PHASE, "model")),
+        epochs=PATHS.phase_file(CLEAN_PHASE, "epochs"),
+        final=PATHS.phase_file(CLEAN_PHASE, "final"),
     log:
-        f"{RESULTS}/logs/retrain/{RUN}.log",
+        log_of("retrain", RUN_ID_TEMPLATE),
     benchmark:
-        f"{RESULTS}/benchmarks/retrain/{RUN}.tsv"
+        benchmark_of("retrain", RUN_ID_TEMPLATE)
     conda:
         "../../envs/backdoor-eval.yaml"
-    threads: job_resource("retrain", "threads", 1)
+    threads: job_resource("retrain", "threads")
     resources:
         gpu=1,
-        mem_mb=job_resource("retrain", "mem_mb", 16000),
-        runtime=job_resource("retrain", "runtime", 120),
+        mem_mb=job_resource("retrain", "mem_mb"),
+        runtime=job_resource("retrain", "runtime"),
     params:
-        init=lambda wildcards, input: os.path.dirname(input.final),
-        out=f"{RUN_DIR}/clean",
-        checkpoints=f"{CHECKPOINTS}/clean",
-        options=train_options,
-        device=config["device"],
-        gpu=gpu_option(),
+        checkpoint=get_checkpoint(CLEAN_PHASE),
+        options=get_train_options,
     shell:
         "backdoor-eval retrain --store {input.store:q} --partitions {input.partitions:q} --poisoned {input.poisoned:q}"
-        " --init {params.init:q} {params.options} --seed {wildcards.seed} --out {params.out:q}"
-        " --checkpoints {params.checkpoints:q} --device {params.device} --threads {threads} {params.gpu}"
+        " --init-model {input.model:q} {params.options} --seed {wildcards.seed} --threads {threads}"
+        " --checkpoint {params.checkpoint:q}"
+        " --out-model {output.model:q} --out-epochs {output.epochs:q} --out-final {output.final:q}"
         " > {log:q} 2>&1"
 
 
-rule evaluate:
+rule summarize:
     # A few seconds of pandas: runs where the results are, not on a cluster node.
     input:
-        unpack(evaluate_input),
+        unpack(get_summarize_input),
     output:
-        summary=f"{RUN_DIR}/summary.parquet",
-        epochs=f"{RUN_DIR}/epochs.parquet",
+        summary=PATHS.run_summary(),
+        epochs=PATHS.run_epochs(),
     log:
-        f"{RESULTS}/logs/evaluate/{RUN}.log",
+        log_of("summarize", RUN_ID_TEMPLATE),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{RUN}.tsv"
+        benchmark_of("summarize", RUN_ID_TEMPLATE)
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
-        poison=f"{RUN_DIR}/poison",
-        options=evaluate_options,
+        options=get_summarize_options,
     shell:
-        "backdoor-eval evaluate --poison {params.poison:q} {params.options}"
-        " --out {output.summary:q} --out-epochs {output.epochs:q} > {log:q} 2>&1"
+        "backdoor-eval summarize --poison-final {input.poison_final:q} --poison-epochs {input.poison_epochs:q}"
+        " {params.options} --out-summary {output.summary:q} --out-epochs {output.epochs:q} > {log:q} 2>&1"

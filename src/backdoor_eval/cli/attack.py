@@ -33,7 +33,7 @@ def _int_list(text: str, option: str) -> list[int]:
         raise ValueError(f"{option} {text!r}; allowed: comma-separated whole numbers like 710,980,734") from None
 
 
-def fit_lv(args: argparse.Namespace) -> int:
+def cmd_fit_lv(args: argparse.Namespace) -> int:
     from backdoor_eval.data import open_store
     from backdoor_eval.poison import derived_rng
     from backdoor_eval.splits import load_partitions
@@ -48,7 +48,7 @@ def fit_lv(args: argparse.Namespace) -> int:
     fit = fit_low_variance(
         np.asarray(store.images[train_indices]),
         np.asarray(store.images[reference_index]),
-        variance_fraction=args.variance_fraction,
+        **({} if args.variance_fraction is None else {"variance_fraction": args.variance_fraction}),
     )
     save_lv_fit(args.out, fit, reference_index=np.int64(reference_index), seed=np.int64(args.seed))
     log.info(
@@ -60,7 +60,7 @@ def fit_lv(args: argparse.Namespace) -> int:
     return 0
 
 
-def poison(args: argparse.Namespace) -> int:
+def cmd_poison(args: argparse.Namespace) -> int:
     from backdoor_eval.poison import check_poison_rate, check_strategy, materialize
     from backdoor_eval.triggers import create_trigger
 
@@ -98,7 +98,7 @@ def poison(args: argparse.Namespace) -> int:
     return 0
 
 
-def poison_stats_command(args: argparse.Namespace) -> int:
+def cmd_poison_stats(args: argparse.Namespace) -> int:
     from backdoor_eval.io import atomic_path
     from backdoor_eval.poison import format_poison_stats, poison_stats
 
@@ -120,7 +120,7 @@ def poison_stats_command(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
-    from backdoor_eval.poison import STRATEGIES
+    from backdoor_eval.names import MANY_TO_ONE, STRATEGIES
 
     p = sub.add_parser("fit-lv", help="fit the low-variance trigger on a split's poison-train images")
     p.add_argument("--store", required=True, help="canonical store directory")
@@ -130,10 +130,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--variance-fraction",
         type=float,
-        default=0.005,
-        help="explained variance of the trailing components (default 0.005)",
+        default=None,
+        help="explained-variance share of the trailing components (default: the fit's, 0.5%%)",
     )
-    p.set_defaults(func=fit_lv)
+    p.set_defaults(func=cmd_fit_lv)
 
     p = sub.add_parser("poison", help="poison poison-train/poison-val and write the overlay")
     p.add_argument("--store", required=True, help="canonical store directory")
@@ -148,13 +148,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default=None, help="one-to-one source class, NAME or 0-based INDEX")
     p.add_argument("--seed", required=True, type=int, help="run seed")
     p.add_argument("--out", required=True, help="output directory (overlay.npz, manifest.json)")
-    p.set_defaults(func=poison)
+    p.set_defaults(func=cmd_poison)
 
     p = sub.add_parser("poison-stats", help="Table 1: poisoned counts per class (eq. 8) and effective poisoning rate")
     p.add_argument("--class-counts", required=True, help="comma-separated class sizes, e.g. 710,980,734,675,904")
     p.add_argument("--rate", required=True, type=float, help="poison rate lambda in (0, 1)")
-    p.add_argument("--strategy", default="many-to-one", choices=STRATEGIES)
+    p.add_argument("--strategy", default=MANY_TO_ONE, choices=STRATEGIES)
     p.add_argument("--source", default=None, help="one-to-one source class, NAME or 0-based INDEX")
     p.add_argument("--class-names", default=None, help="comma-separated class names (default: 1..n as in the paper)")
     p.add_argument("--out", default=None, help="also write the CSV here")
-    p.set_defaults(func=poison_stats_command)
+    p.set_defaults(func=cmd_poison_stats)

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help='dataset parameters as a JSON object, e.g. \'{"path": "flowers.zip", "size": 224}\'',
     )
     ingest.add_argument("--out", required=True, metavar="DIR", help="store folder to write (replaced atomically)")
-    ingest.set_defaults(func=run_ingest)
+    ingest.set_defaults(func=cmd_ingest)
 
     partition = sub.add_parser(
         "partition",
@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     partition.add_argument("--store", required=True, metavar="DIR", help="store folder written by `ingest`")
     partition.add_argument("--seed", required=True, type=int, metavar="N", help="the run's seed")
     partition.add_argument("--out", required=True, metavar="FILE.npz", help="partitions file to write")
-    partition.set_defaults(func=run_partition)
+    partition.set_defaults(func=cmd_partition)
 
 
-def run_ingest(args: argparse.Namespace) -> int:
+def cmd_ingest(args: argparse.Namespace) -> int:
     from backdoor_eval.data import describe, ingest
 
     params = json_object(args.params, "--params")
@@ -52,7 +52,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_partition(args: argparse.Namespace) -> int:
+def cmd_partition(args: argparse.Namespace) -> int:
     from backdoor_eval.data import open_store
     from backdoor_eval.splits import make_partitions, save_partitions
 

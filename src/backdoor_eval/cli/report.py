@@ -1,8 +1,9 @@
-"""CLI subcommands for the report area: aggregate, tables, figures, gallery.
+"""CLI subcommands for the report area: aggregate, table1, table, figure, gallery.
 
 ``aggregate`` turns the per-run summaries into ``runs.parquet`` and
-``epochs.parquet``; ``tables`` and ``figures`` are functions of those files
-only; ``gallery`` draws Fig. 2 from the store. pandas, matplotlib and the
+``epochs.parquet``; each ``table`` and ``figure`` is a function of
+``runs.parquet`` only; ``table1`` and ``gallery`` come from a store. Every
+file written is named on the command line. pandas, matplotlib and the
 package modules are imported inside the handlers so ``backdoor-eval --help``
 stays fast.
 """
@@ -10,29 +11,24 @@ stays fast.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from backdoor_eval.names import FIGURES, TABLES, experiment_list
+
 log = logging.getLogger(__name__)
 
-# Which experiment(s) each output is built from (SPEC 6); the config's
-# `outputs:` mapping, passed as --outputs JSON, overrides these.
-DEFAULT_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "table2": ("E1", "E2"),
-    "table3": ("E1", "E2"),
-    "table4": ("E6",),
-    "table5": ("E6",),
-    "fig4": ("E3",),
-    "fig5": ("E3",),
-    "fig6": ("E4",),
-    "fig7": ("E5",),
-}
-TABLES = ("table1", "table2", "table3", "table4", "table5")
-FIGURES = ("fig4", "fig5", "fig6", "fig7")
 GALLERY_TRIGGERS = (("Square", "bs"), ("RS", "rs"), ("Sine", "sin"), ("LV", "lv"))
+TABLE_TITLES = {
+    "table2": "Table 2: adversarial success before/after clean retraining",
+    "table3": "Table 3: accuracy before/after clean retraining",
+    "table4": "Table 4: accuracy, one-to-one vs many-to-one",
+    "table5": "Table 5: adversarial success, one-to-one vs many-to-one",
+}
+# Tables 2 and 3 compare a poison-phase experiment ("No") with a retraining one ("Yes").
+RETRAINING_TABLES = ("table2", "table3")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,24 +39,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-epochs", required=True, help="epochs.parquet to write")
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("tables", help="write the paper's Tables 1-5 as .csv and .md")
-    p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--table1-store", help="store dir whose class counts make Table 1 (skipped without it)")
-    p.add_argument("--table1-rate", type=float, default=0.1, help="poison rate of Table 1 (default 0.1)")
-    p.add_argument("--table1-counts", help="comma-separated class counts to use instead of the store's "
+    p = sub.add_parser("table1", help="Table 1: poison statistics (eqs. 8-9) on a store's class counts")
+    p.add_argument("--store", required=True, help="store dir whose class names (and counts) make Table 1")
+    p.add_argument("--poison-rate", type=float, default=0.1, help="poison rate lambda (default 0.1)")
+    p.add_argument("--class-counts", help="comma-separated class counts to use instead of the store's "
                    "(the paper's Flowers counts: 710,980,734,675,904); class names still come from the store")
-    p.add_argument("--only", help=f"comma-separated subset of {','.join(TABLES)}")
-    p.add_argument("--outputs", help='JSON {"table2": "E1+E2", ...}: the experiment(s) each output is built from')
-    p.set_defaults(func=cmd_tables)
+    p.add_argument("--out-csv", required=True, help="table .csv to write")
+    p.add_argument("--out-md", required=True, help="table .md to write")
+    p.set_defaults(func=cmd_table1)
 
-    p = sub.add_parser("figures", help="write the paper's Figs. 4-7 as .png and .pdf")
+    p = sub.add_parser("table", help="one of the paper's Tables 2-5 from runs.parquet, as .csv and .md")
+    p.add_argument("--name", required=True, choices=TABLES)
+    p.add_argument("--experiments", required=True, help='the experiment(s) it is built from, e.g. "E1+E2" or "E6"')
     p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
-    p.add_argument("--epochs", required=True, help="epochs.parquet from `aggregate`")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--only", help=f"comma-separated subset of {','.join(FIGURES)}")
-    p.add_argument("--outputs", help='JSON {"fig4": "E3", ...}: the experiment each output is built from')
-    p.set_defaults(func=cmd_figures)
+    p.add_argument("--out-csv", required=True, help="table .csv to write")
+    p.add_argument("--out-md", required=True, help="table .md to write")
+    p.add_argument("--out-counts-csv", help="tables 2-3: the number of runs per cell, .csv")
+    p.add_argument("--out-counts-md", help="tables 2-3: the number of runs per cell, .md")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="one of the paper's Figs. 4-7 from runs.parquet, as .png and .pdf")
+    p.add_argument("--name", required=True, choices=FIGURES)
+    p.add_argument("--experiments", required=True, help='the experiment it is built from, e.g. "E3"')
+    p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
+    p.add_argument("--out-png", required=True, help="figure .png to write")
+    p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
+    p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("gallery", help="Fig. 2: one clean-validation image with each trigger, and each trigger alone")
     p.add_argument("--store", required=True, help="store dir")
@@ -68,47 +72,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lv-fit", required=True, help="LV fit .npz (from `fit-lv`)")
     p.add_argument("--image-index", type=int, default=0, help="position in the clean_val partition (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random square's position (default 0)")
-    p.add_argument("--out", required=True, help="FILE.png (FILE.pdf is written too)")
+    p.add_argument("--out-png", required=True, help="figure .png to write")
+    p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
     p.set_defaults(func=cmd_gallery)
 
 
 # --------------------------------------------------------------------------- argument helpers
 
 
-def parse_only(only: str | None, allowed: tuple[str, ...]) -> list[str]:
-    """The outputs to make: all of ``allowed``, or the comma-separated ``only`` subset (validated)."""
-    if not only:
-        return list(allowed)
-    names = [name.strip() for name in only.split(",") if name.strip()]
-    bad = [name for name in names if name not in allowed]
-    if bad or not names:
-        raise ValueError(f"--only {only!r} names {', '.join(bad) or 'nothing'}; allowed: {', '.join(allowed)}")
-    return [name for name in allowed if name in names]
-
-
-def parse_outputs(text: str | None) -> dict[str, tuple[str, ...]]:
-    """:data:`DEFAULT_OUTPUTS` updated by the JSON mapping ``text`` (values "E1+E2" or ["E1", "E2"])."""
-    outputs = dict(DEFAULT_OUTPUTS)
-    if not text:
-        return outputs
-    try:
-        given = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"--outputs {text!r} is not JSON ({exc}); allowed: a JSON object like {{\"table2\": \"E1+E2\"}}"
-        ) from None
-    if not isinstance(given, dict):
-        raise ValueError(f"--outputs {text!r} is not a JSON object; allowed: {{\"table2\": \"E1+E2\", ...}}")
-    for name, value in given.items():
-        if name not in DEFAULT_OUTPUTS:
-            continue  # outputs of other commands (table1, fig2) are not built from experiments
-        experiments = value.split("+") if isinstance(value, str) else value
-        if not isinstance(experiments, list | tuple) or not experiments or not all(
-            isinstance(e, str) and e.strip() for e in experiments
-        ):
-            raise ValueError(f"--outputs {name}: {value!r}; allowed: \"E1\", \"E1+E2\" or a list of experiment names")
-        outputs[name] = tuple(e.strip() for e in experiments)
-    return outputs
+def parse_experiments(text: str, name: str, count: int) -> list[str]:
+    """``--experiments`` of output ``name``: 1..``count`` experiment names ("E1+E2")."""
+    experiments = experiment_list(text)
+    if not 1 <= len(experiments) <= count:
+        allowed = '"E1" or "E1+E2"' if count == 2 else '"E1"'
+        raise ValueError(f"--experiments {text!r} for {name}; allowed: {allowed}")
+    return experiments
 
 
 def _read_parquet(path: str, what: str):
@@ -117,6 +95,19 @@ def _read_parquet(path: str, what: str):
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} {path} not found")
     return pd.read_parquet(path)
+
+
+def _require_experiments(runs: Any, experiments: list[str], runs_path: str) -> None:
+    held = set(map(str, runs["experiment"].unique())) if "experiment" in runs.columns else set()
+    missing = [name for name in experiments if name not in held]
+    if missing:
+        raise ValueError(
+            f"experiment {missing[0]!r} has no rows in {runs_path}; experiments there: {', '.join(sorted(held)) or '(none)'}"
+        )
+
+
+def _built_from(experiments) -> str:
+    return "Built from experiment(s) " + ", ".join(experiments) + " of runs.parquet."
 
 
 # --------------------------------------------------------------------------- aggregate
@@ -168,70 +159,40 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- tables
 
 
-def _held(runs) -> set[str]:
-    """The experiments that have rows in ``runs``."""
-    return set(map(str, runs["experiment"].unique())) if "experiment" in runs.columns else set()
-
-
-def _built_from(experiments) -> str:
-    return "Built from experiment(s) " + ", ".join(e for e in experiments if e) + " of runs.parquet."
-
-
-def cmd_tables(args: argparse.Namespace) -> int:
-    """Write the selected tables under --out-dir, skipping (logged) those whose experiments are absent."""
+def cmd_table1(args: argparse.Namespace) -> int:
     from backdoor_eval import tables
 
-    wanted = parse_only(args.only, TABLES)
-    outputs = parse_outputs(args.outputs)
-    out_dir = Path(args.out_dir)
-    runs = _read_parquet(args.runs, "runs file") if set(wanted) - {"table1"} else None
+    frame, counted = _table1_from_store(args.store, args.poison_rate, args.class_counts)
+    note = tables.TABLE_NOTES["table1"] + f" Class counts: {counted}."
+    tables.write_table(frame, args.out_csv, args.out_md, decimals=tables.table1_decimals(frame),
+                       title=f"Table 1: poison statistics, poison rate {args.poison_rate:g}", note=note)
+    log.info("table1: wrote %s and %s", args.out_csv, args.out_md)
+    return 0
 
-    if "table1" in wanted:
-        if args.table1_store:
-            frame, counted = _table1_from_store(args.table1_store, args.table1_rate, args.table1_counts)
-            note = tables.TABLE_NOTES["table1"] + f" Class counts: {counted}."
-            tables.write_table(frame, out_dir / "table1", decimals=tables.table1_decimals(frame),
-                               title=f"Table 1: poison statistics, poison rate {args.table1_rate:g}", note=note)
-            log.info("tables: wrote table1 (.csv, .md) to %s", out_dir)
-        else:
-            log.info("tables: skipped table1 (no --table1-store given)")
 
-    for name in ("table2", "table3"):
-        if name not in wanted:
-            continue
-        experiments = outputs[name]
-        no_name = experiments[0]
-        yes_name = experiments[1] if len(experiments) > 1 else None
-        held = _held(runs)
-        no = no_name if no_name in held else None
-        yes = yes_name if yes_name in held else None
-        if no is None and yes is None:
-            log.info("tables: skipped %s (experiments %s not in %s)", name, "+".join(experiments), args.runs)
-            continue
-        for half, requested, got in (("No", no_name, no), ("Yes", yes_name, yes)):
-            if requested and got is None:
-                log.info("tables: %s without its %r rows (experiment %s not in %s)", name, half, requested, args.runs)
-        build = getattr(tables, name)
-        title = "Table 2: adversarial success" if name == "table2" else "Table 3: accuracy"
-        note = tables.TABLE_NOTES[name] + " " + _built_from((no, yes))
-        tables.write_table(build(runs, no=no, yes=yes), out_dir / name, title=f"{title} before/after clean retraining",
-                           note=note)
-        tables.write_table(build(runs, no=no, yes=yes, statistic="count"), out_dir / f"{name}_n",
-                           title=f"{name}: number of runs per cell", note=_built_from((no, yes)))
-        log.info("tables: wrote %s and %s_n (.csv, .md) to %s", name, name, out_dir)
+def cmd_table(args: argparse.Namespace) -> int:
+    """One of Tables 2-5 from the runs of its experiment(s)."""
+    from backdoor_eval import tables
 
-    for name, title in (("table4", "Table 4: accuracy, one-to-one vs many-to-one"),
-                        ("table5", "Table 5: adversarial success, one-to-one vs many-to-one")):
-        if name not in wanted:
-            continue
-        experiment = outputs[name][0]
-        if experiment not in _held(runs):
-            log.info("tables: skipped %s (experiment %s not in %s)", name, experiment, args.runs)
-            continue
-        frame = getattr(tables, name)(runs, experiment=experiment)
-        tables.write_table(frame, out_dir / name, title=title,
-                           note=tables.TABLE_NOTES[name] + " " + _built_from((experiment,)))
-        log.info("tables: wrote %s (.csv, .md) to %s", name, out_dir)
+    retraining = args.name in RETRAINING_TABLES
+    experiments = parse_experiments(args.experiments, args.name, 2 if retraining else 1)
+    wants_counts = args.out_counts_csv is not None or args.out_counts_md is not None
+    if wants_counts and not (retraining and args.out_counts_csv and args.out_counts_md):
+        raise ValueError(f"--out-counts-csv and --out-counts-md go together, and only with {' or '.join(RETRAINING_TABLES)}")
+    runs = _read_parquet(args.runs, "runs file")
+    _require_experiments(runs, experiments, args.runs)
+    build = getattr(tables, args.name)
+    note = tables.TABLE_NOTES[args.name] + " " + _built_from(experiments)
+    if retraining:
+        no, yes = experiments[0], (experiments[1] if len(experiments) > 1 else None)
+        frame = build(runs, no=no, yes=yes)
+        if wants_counts:
+            tables.write_table(build(runs, no=no, yes=yes, statistic="count"), args.out_counts_csv, args.out_counts_md,
+                               title=f"{args.name}: number of runs per cell", note=_built_from(experiments))
+    else:
+        frame = build(runs, experiment=experiments[0])
+    tables.write_table(frame, args.out_csv, args.out_md, title=TABLE_TITLES[args.name], note=note)
+    log.info("table %s: wrote %s and %s", args.name, args.out_csv, args.out_md)
     return 0
 
 
@@ -263,31 +224,22 @@ def _table1_from_store(store_dir: str, poison_rate: float, counts: str | None = 
 # --------------------------------------------------------------------------- figures
 
 
-def cmd_figures(args: argparse.Namespace) -> int:
-    """Write the selected figures under --out-dir, skipping (logged) those whose experiment is absent."""
+def cmd_figure(args: argparse.Namespace) -> int:
+    """One of Figs. 4-7 from the kept-epoch metrics of its experiment's runs."""
     from backdoor_eval import figures
 
-    wanted = parse_only(args.only, FIGURES)
-    outputs = parse_outputs(args.outputs)
+    (experiment,) = parse_experiments(args.experiments, args.name, 1)
     runs = _read_parquet(args.runs, "runs file")
-    # Figs. 4-7 use the kept-epoch metrics; the per-epoch file is checked so the
-    # rule's dependency is real, and is there for per-epoch figures.
-    if not Path(args.epochs).is_file():
-        raise FileNotFoundError(f"epochs file {args.epochs} not found")
+    _require_experiments(runs, [experiment], args.runs)
     builders = {
         "fig4": figures.fig4_regularization_heatmaps,
         "fig5": figures.fig5_regularization_boxplots,
         "fig6": figures.fig6_alpha,
         "fig7": figures.fig7_poison_rate,
     }
-    for name in wanted:
-        experiment = outputs[name][0]
-        if experiment not in _held(runs):
-            log.info("figures: skipped %s (experiment %s not in %s)", name, experiment, args.runs)
-            continue
-        fig = builders[name](runs, experiment=experiment)
-        figures.save_figure(fig, Path(args.out_dir) / name)
-        log.info("figures: wrote %s (.png, .pdf) to %s", name, args.out_dir)
+    fig = builders[args.name](runs, experiment=experiment)
+    figures.save_figure(fig, args.out_png, args.out_pdf)
+    log.info("figure %s: wrote %s and %s", args.name, args.out_png, args.out_pdf)
     return 0
 
 
@@ -303,9 +255,6 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from backdoor_eval.splits import load_partitions
     from backdoor_eval.triggers import create_trigger
 
-    out = Path(args.out)
-    if out.suffix != ".png":
-        raise ValueError(f"--out {args.out!r} does not end in .png; allowed: FILE.png (FILE.pdf is written beside it)")
     for path, what in ((args.store, "store dir"), (args.partitions, "partitions file"), (args.lv_fit, "LV fit file")):
         if not os.path.exists(path):
             raise FileNotFoundError(f"{what} {path} not found")
@@ -322,6 +271,6 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         for label, name in GALLERY_TRIGGERS
     ]
     fig = fig2_trigger_gallery(image, triggers, np.random.default_rng(args.seed))
-    save_figure(fig, out.with_suffix(""))
-    log.info("gallery: wrote %s and %s", out, out.with_suffix(".pdf"))
+    save_figure(fig, args.out_png, args.out_pdf)
+    log.info("gallery: wrote %s and %s", args.out_png, args.out_pdf)
     return 0

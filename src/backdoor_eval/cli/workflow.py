@@ -1,72 +1,58 @@
-"""CLI subcommands for the workflow area: ``gpu-exec``, ``expand``, ``membership``, ``check-store``.
+"""CLI subcommands for the workflow area: ``expand``, ``show-config``, ``membership``, ``check-store``.
 
-Light imports only (no torch, no NumPy at import time): ``gpu-exec`` must set
-``CUDA_VISIBLE_DEVICES`` before anything touches CUDA, and the Snakemake
-rules call these on the head node.
+Light imports only (no torch at import time): the Snakemake rules call these
+on the head node. Configs are read with the package's one loader
+(:mod:`backdoor_eval.config`), the same the Snakefile uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import sys
 from pathlib import Path
 
 
-def _load_config(args: argparse.Namespace) -> dict:
-    import yaml
+def _load_config(args: argparse.Namespace, check_registries: bool = True) -> dict:
+    from backdoor_eval.config import load_config, prepare_config
 
     if args.config_json is not None:
         try:
             config = json.loads(args.config_json)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--config-json is not valid JSON ({exc.msg}); allowed: a JSON object") from None
-    elif args.config is not None:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {args.config!r}: no such file")
-        config = yaml.safe_load(path.read_text())
-    else:
-        raise ValueError("give --config FILE or --config-json JSON")
-    if not isinstance(config, dict):
-        raise ValueError(f"config {args.config or '--config-json'!r} is not a mapping; allowed: a YAML/JSON mapping")
-    return config
+        if not isinstance(config, dict):
+            raise ValueError("--config-json is not a JSON object; allowed: a JSON object")
+        return dict(prepare_config(config, check_registries=check_registries))
+    return load_config(args.config, check_registries=check_registries)
 
 
-def gpu_exec(args: argparse.Namespace) -> int:
-    from backdoor_eval.gpus import gpu_slot
-
-    command = list(args.cmd)
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ValueError("gpu-exec needs a command after '--', e.g. gpu-exec -- python train.py")
-    with gpu_slot(args.lock_dir, num_gpus=args.num_gpus):
-        # The slot's CUDA_VISIBLE_DEVICES is in os.environ, which the child inherits.
-        return subprocess.run(command, check=False).returncode
-
-
-def expand(args: argparse.Namespace) -> int:
+def cmd_expand(args: argparse.Namespace) -> int:
     from backdoor_eval import experiments
 
-    config = _load_config(args)
-    experiments.validate(config, check_registries=args.check_registries)
-    print(experiments.format_counts(config))
+    print(experiments.format_counts(_load_config(args)))
     return 0
 
 
-def membership(args: argparse.Namespace) -> int:
+def cmd_show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    yaml.safe_dump(_load_config(args), sys.stdout, sort_keys=False)
+    return 0
+
+
+def cmd_membership(args: argparse.Namespace) -> int:
     from backdoor_eval import experiments
     from backdoor_eval.io import write_json
 
-    config = _load_config(args)
-    experiments.validate(config)
+    # The workflow passes only the parts of its config membership depends on.
+    config = _load_config(args, check_registries=False)
     results_dir = args.results_dir or f"results/{config.get('name')}"
     write_json(args.out, experiments.membership(config, results_dir))
     return 0
 
 
-def check_store(args: argparse.Namespace) -> int:
+def cmd_check_store(args: argparse.Namespace) -> int:
     """The ingested store's class names must be the config's ``classes`` (same order)."""
     from backdoor_eval.io import read_json
 
@@ -93,33 +79,25 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
     p = sub.add_parser(
-        "gpu-exec",
-        help="run a command holding a free GPU slot (CUDA_VISIBLE_DEVICES set)",
-        description="Take the first free GPU slot (a flock on LOCK_DIR/gpu{i}.lock), run CMD with "
-        "CUDA_VISIBLE_DEVICES set to that GPU, return its exit code. Without GPUs, CMD runs unchanged.",
+        "expand",
+        help="check a config and print its per-experiment and de-duplicated run counts",
+        description="Load a config as the workflow does (schema, defaults, names, registries) and print "
+        "how many runs each experiment has and how many distinct jobs the grid needs.",
     )
-    p.add_argument("--lock-dir", default=None, help="lock-file folder shared by the jobs (default: a per-user temp folder)")
-    p.add_argument("--num-gpus", type=int, default=None, help="GPUs to share (default: $BACKDOOR_EVAL_NUM_GPUS, CUDA_VISIBLE_DEVICES or nvidia-smi -L)")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command to run")
-    p.set_defaults(func=gpu_exec)
-
-    p = sub.add_parser("expand", help="print the per-experiment and de-duplicated run counts of a config")
     _add_config_arguments(p)
-    p.add_argument(
-        "--check-registries",
-        action="store_true",
-        help="also check the declared dataset/model/trigger/regularizer names against the package registries",
-    )
-    p.set_defaults(func=expand)
+    p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("show-config", help="print a config with every schema default filled in (YAML)")
+    _add_config_arguments(p)
+    p.set_defaults(func=cmd_show_config)
 
     p = sub.add_parser("membership", help="write the experiment membership JSON that `aggregate` reads")
     _add_config_arguments(p)
     p.add_argument("--results-dir", default=None, help="results folder of the config (default results/{name})")
     p.add_argument("--out", required=True, help="output JSON file")
-    p.set_defaults(func=membership)
+    p.set_defaults(func=cmd_membership)
 
     p = sub.add_parser("check-store", help="check an ingested store's class names against the config's")
     p.add_argument("--store", required=True, help="store folder (with manifest.json)")
     p.add_argument("--classes", required=True, help="expected class names: a JSON list or comma-separated")
-    p.set_defaults(func=check_store)
-
+    p.set_defaults(func=cmd_check_store)

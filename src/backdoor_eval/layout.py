@@ -1,0 +1,104 @@
+"""Where every result file lives: the one definition of the results folder's layout.
+
+The Snakemake rules take their ``output:`` patterns from :class:`Layout`
+(with ``{wildcard}`` placeholders), and the membership document that
+``aggregate`` reads lists per-run files built by the same methods, so a
+path is spelled once. Commands never choose file names: every file they
+write is an argument that comes from a rule's ``{output}``.
+
+Light (no NumPy, no torch): the Snakefile imports it at parse time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backdoor_eval.names import PHASES
+
+# A run's and a poisoned set's folders, relative to the results folder; the
+# placeholders are the run factors (backdoor_eval.names.FACTORS).
+RUN_ID_TEMPLATE = (
+    "{dataset}/{model}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{regularizer}/seed{seed}"
+)
+# The poisoned data set does not depend on the model or the regularizer.
+POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/seed{seed}"
+
+# Files of one training phase (train or retrain), inside {run}/{phase}/.
+PHASE_FILES = {"model": "model.pt", "epochs": "epochs.parquet", "final": "final.json"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Path patterns under one results folder (``results/<config name>``)."""
+
+    root: str
+
+    # ------------------------------------------------------------------ data
+    @property
+    def store(self) -> str:
+        return f"{self.root}/data/{{dataset}}/store"
+
+    @property
+    def partitions(self) -> str:
+        return f"{self.root}/data/{{dataset}}/seed{{seed}}/partitions.npz"
+
+    @property
+    def lv_fit(self) -> str:
+        return f"{self.root}/data/{{dataset}}/seed{{seed}}/lv_fit.npz"
+
+    @property
+    def poisoned(self) -> str:
+        return f"{self.root}/poison/{POISON_ID_TEMPLATE}"
+
+    # ------------------------------------------------------------------ runs
+    @property
+    def run_dir(self) -> str:
+        return f"{self.root}/runs/{RUN_ID_TEMPLATE}"
+
+    def phase_file(self, phase: str, name: str, run_id: str | None = None) -> str:
+        """A phase's file (``model``, ``epochs`` or ``final``): a pattern, or the run's path given ``run_id``."""
+        if phase not in PHASES:
+            raise ValueError(f"phase {phase!r} is unknown; allowed: {', '.join(PHASES)}")
+        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        return f"{folder}/{phase}/{PHASE_FILES[name]}"
+
+    def run_summary(self, run_id: str | None = None) -> str:
+        """The run's tidy summary (one row per phase)."""
+        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        return f"{folder}/summary.parquet"
+
+    def run_epochs(self, run_id: str | None = None) -> str:
+        """The run's tidy per-epoch rows (both phases)."""
+        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        return f"{folder}/epochs.parquet"
+
+    @property
+    def checkpoints(self) -> str:
+        """Resumable training state; deliberately no declared output (it must outlive a failed attempt)."""
+        return f"{self.root}/checkpoints/{RUN_ID_TEMPLATE}"
+
+    # ------------------------------------------------------------------ report
+    @property
+    def membership(self) -> str:
+        return f"{self.root}/membership.json"
+
+    @property
+    def runs_table(self) -> str:
+        return f"{self.root}/runs.parquet"
+
+    @property
+    def epochs_table(self) -> str:
+        return f"{self.root}/epochs.parquet"
+
+    def table(self, name: str, extension: str) -> str:
+        return f"{self.root}/tables/{name}.{extension}"
+
+    def figure(self, name: str, extension: str) -> str:
+        return f"{self.root}/figures/{name}.{extension}"
+
+    # ------------------------------------------------------------------ bookkeeping
+    def log(self, rule: str, pattern: str) -> str:
+        return f"{self.root}/logs/{rule}/{pattern}.log"
+
+    def benchmark(self, rule: str, pattern: str) -> str:
+        return f"{self.root}/benchmarks/{rule}/{pattern}.tsv"

@@ -1,0 +1,61 @@
+"""The project's shared vocabulary: every name that more than one module spells.
+
+Strategy, phase and partition names, the run factors in path order and the
+names of the paper's outputs live here once and are imported everywhere
+else (the package, the Snakemake rules, the tests). This module imports
+nothing, so the Snakefile can read it at parse time on every cluster job.
+"""
+
+from __future__ import annotations
+
+# Poisoning strategies (paper section 2.5; docs/decisions.md#poison-sampling).
+MANY_TO_ONE = "many-to-one"
+ONE_TO_ONE = "one-to-one"
+STRATEGIES = (MANY_TO_ONE, ONE_TO_ONE)
+# Factor values meaning every class: as poison_class, each class in turn; as
+# source, every class but the poison class (also a many-to-one run's source).
+ALL_CLASSES = "all"
+OTHER_CLASSES = "others"
+
+# Training phases: train on the poisoned set, then fine-tune on clean data.
+POISON_PHASE = "poison"
+CLEAN_PHASE = "clean"
+PHASES = (POISON_PHASE, CLEAN_PHASE)
+
+# The five partitions of a split (docs/decisions.md#partitions), in file order.
+PARTITIONS = ("poison_train", "poison_val", "clean_train", "clean_val", "adv_test")
+POISONED_PARTITIONS = ("poison_train", "poison_val")
+CLEAN_PARTITIONS = ("clean_train", "clean_val")
+
+# No regularizer: plain cross-entropy.
+NO_REGULARIZER = "none"
+
+# A run's parameters, in the order they appear in its output path.
+FACTORS = (
+    "dataset",
+    "model",
+    "trigger",
+    "alpha",
+    "strategy",
+    "poison_class",
+    "source",
+    "poison_rate",
+    "regularizer",
+    "seed",
+)
+
+# The paper's outputs built from runs (Table 1 and Fig. 2 come from data alone).
+TABLES = ("table2", "table3", "table4", "table5")
+FIGURES = ("fig4", "fig5", "fig6", "fig7")
+OUTPUTS = (*TABLES, *FIGURES)
+# How a config names the experiments an output is built from: "E1+E2".
+EXPERIMENT_SEPARATOR = "+"
+
+
+def experiment_list(value: object) -> list[str]:
+    """Experiment names from ``"E1+E2"``, ``["E1", "E2"]`` or ``None`` (-> ``[]``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(EXPERIMENT_SEPARATOR) if part.strip()]
+    return [str(item) for item in value]  # type: ignore[union-attr]

@@ -1,0 +1,194 @@
+"""One training phase of one run, from its input files to its output files.
+
+This is the orchestration behind ``backdoor-eval train`` and ``retrain``: it
+opens the store, the partitions and the poison overlay, builds the model and
+the regularizer from their registries, runs the engine
+(:class:`backdoor_eval.train.Engine`) for the phase, and writes the model,
+the per-epoch metrics and ``final.json`` atomically (``final.json`` last, so
+its presence means the phase finished). The CLI only parses arguments into a
+:class:`PhaseJob`.
+
+Phases (docs/decisions.md#training): ``poison`` trains the freshly built
+model on poison-train with early stopping; ``clean`` fine-tunes the poison
+phase's kept model (``init_model``) on clean-train for a fixed number of
+epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backdoor_eval.names import CLEAN_PHASE, PHASES, POISON_PHASE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseJob:
+    """Everything one phase reads and writes; paths come from the workflow's rules."""
+
+    phase: str
+    store: Path
+    partitions: Path
+    poisoned: Path
+    model: str
+    seed: int
+    out_model: Path
+    out_epochs: Path
+    out_final: Path
+    model_params: dict[str, Any] = field(default_factory=dict)
+    regularizer: str = "none"
+    regularizer_params: dict[str, Any] = field(default_factory=dict)
+    train_params: dict[str, Any] = field(default_factory=dict)
+    init_model: Path | None = None  # the poison phase's model.pt (phase ``clean``)
+    checkpoint: Path | None = None  # resumable state, kept outside the declared outputs
+    device: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:
+            raise ValueError(f"phase {self.phase!r} is unknown; allowed: {', '.join(PHASES)}")
+        if (self.phase == CLEAN_PHASE) != (self.init_model is not None):
+            raise ValueError("the clean phase needs the poison phase's model (init_model), and only it")
+
+
+def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
+    """Run ``job`` and write its three outputs; return the ``final.json`` document."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from backdoor_eval import train as engine
+    from backdoor_eval.data import open_store
+    from backdoor_eval.io import atomic_path, write_json, write_parquet
+    from backdoor_eval.models import create_model
+    from backdoor_eval.poison import load_poisoned
+    from backdoor_eval.regularizers import create_regularizer
+    from backdoor_eval.splits import load_partitions
+
+    tic = time.perf_counter()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    cfg = engine.TrainConfig.from_dict(job.train_params)
+    device = engine.pick_device(job.device)
+    engine.set_determinism(cfg, device)
+
+    store = open_store(job.store)
+    partitions = load_partitions(job.partitions)
+    data = load_poisoned(store, partitions, job.poisoned)
+    num_classes = len(store.class_names)
+
+    model_params = dict(job.model_params)
+    pretrained = model_params.pop("pretrained", False)
+    weights = model_params.pop("weights", None)
+    if job.phase == CLEAN_PHASE:
+        model = _load_model_file(job.init_model, job.model, num_classes, model_params, job.seed)
+    else:
+        # Head initialisation is part of the run: seed it.
+        torch.manual_seed(engine.seed_for(job.seed, "init"))
+        model = create_model(job.model, num_classes=num_classes, pretrained=pretrained, weights=weights, **model_params)
+    regularizer = create_regularizer(job.regularizer, **job.regularizer_params)
+
+    def tensors(name: str):
+        images, labels = data.sets[name]
+        return (
+            engine.to_device_uint8(images, device, cfg.data_on_device),
+            torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device if cfg.data_on_device else "cpu"),
+        )
+
+    adv_clean = engine.to_device_uint8(data.adv_test_images, device, True)
+    sets = engine.EvalSets(
+        poison_val=tensors("poison_val"),
+        clean_val=tensors("clean_val"),
+        adv_clean=adv_clean,
+        adv_triggered=engine.triggered_uint8(data.trigger, adv_clean, data.adv_seed),
+        adv_source_mask=torch.as_tensor(np.asarray(data.adv_test_source_mask, dtype=bool)),
+        poison_class=int(data.poison_class),
+    )
+    train_set = tensors("poison_train" if job.phase == POISON_PHASE else "clean_train")
+
+    runner = engine.Engine(model, regularizer, cfg, num_classes, device, job.seed)
+    key = engine.fingerprint(
+        job.phase,
+        str(job.poisoned.resolve()),
+        job.model,
+        job.model_params,
+        job.regularizer,
+        job.regularizer_params,
+        dataclasses.asdict(cfg),
+        job.seed,
+        str(device),
+        str(job.init_model.resolve()) if job.init_model is not None else None,
+    )
+    result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
+
+    history = pd.DataFrame(result.history)
+    final = final_document(
+        job,
+        result,
+        history,
+        num_train_images=int(len(train_set[1])),
+        device=str(device),
+        gpu_slot=gpu_slot,
+        seconds_total=time.perf_counter() - tic,
+        train_params=dataclasses.asdict(cfg),
+        regularizer_config=getattr(regularizer, "config", None),
+    )
+    with atomic_path(job.out_model) as tmp:
+        torch.save(
+            {"model": job.model, "model_params": model_params, "num_classes": num_classes, "state_dict": result.best_state},
+            tmp,
+        )
+    write_parquet(job.out_epochs, history)
+    write_json(job.out_final, final)
+    if job.checkpoint is not None and job.checkpoint.exists():
+        job.checkpoint.unlink()  # the phase is done; its outputs replace the checkpoint
+    log.info("%s phase done: kept epoch %d, ASR %.4f", job.phase, result.kept_epoch, final["adversarial_success_rate"])
+    return final
+
+
+def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> dict[str, Any]:
+    """The phase's ``final.json``: the kept epoch's metrics and how the phase ran."""
+    from backdoor_eval.train import METRIC_COLUMNS
+
+    kept = history[history["epoch"] == result.kept_epoch].iloc[0].to_dict()
+    return {
+        "phase": job.phase,
+        "epoch": result.kept_epoch,
+        "best_epoch": result.kept_epoch,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "resumed_from_epoch": result.resumed_from,
+        **{metric: kept[metric] for metric in METRIC_COLUMNS},
+        "num_train_images": facts["num_train_images"],
+        "device": facts["device"],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "gpu_slot": facts["gpu_slot"],
+        "seconds_total": facts["seconds_total"],
+        "train_params": facts["train_params"],
+        "model": job.model,
+        "regularizer": job.regularizer,
+        "regularizer_config": facts["regularizer_config"],
+        "seed": job.seed,
+    }
+
+
+def _load_model_file(path: Path, model_name: str, num_classes: int, model_params: dict[str, Any], seed: int):
+    """The poison phase's kept model, rebuilt from its ``model.pt``."""
+    import torch
+
+    from backdoor_eval.models import create_model
+
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("model") != model_name:
+        raise ValueError(f"--init-model {path} holds a {saved.get('model')!r} model, not {model_name!r}")
+    torch.manual_seed(seed)
+    model = create_model(model_name, num_classes=num_classes, pretrained=False, **model_params)
+    model.load_state_dict(saved["state_dict"])
+    return model
