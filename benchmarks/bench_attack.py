@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
 from backdoor_eval.poison import PARTITION_NAMES, load_poisoned, materialize
-from backdoor_eval.triggers import create_trigger, fit_low_variance, save_lv_fit
+from backdoor_eval.triggers import create_trigger
 
 SHARED = Path(
     os.environ.get("BACKDOOR_EVAL_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")

@@ -1,11 +1,14 @@
-"""Shared fixtures: where the real datasets are, and skipping when they are not."""
+"""Shared fixtures: where the real datasets are (skipping when they are not), and a small LV fit."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from backdoor_eval.lv_fit import fit_low_variance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("BACKDOOR_EVAL_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
@@ -30,3 +33,26 @@ def cifar10_zip() -> Path:
 @pytest.fixture
 def flowers_zip() -> Path:
     return shared_dataset("flowers-recognition-256.zip")
+
+
+def make_low_rank_images(n=40, height=6, width=5, seed=0):
+    """uint8 images near mid-grey: a few strong directions plus small noise, far from 0 and 255."""
+    rng = np.random.default_rng(seed)
+    dims = height * width * 3
+    basis = rng.standard_normal((4, dims))
+    data = 128 + (rng.standard_normal((n, 4)) * [20, 10, 5, 2]) @ basis / np.sqrt(dims) * 4
+    data += rng.standard_normal((n, dims)) * 1.5
+    return np.clip(np.rint(data), 0, 255).astype(np.uint8).reshape(n, height, width, 3)
+
+
+@pytest.fixture
+def low_rank_images():
+    """:func:`make_low_rank_images`, for tests that fit the LV trigger on small images."""
+    return make_low_rank_images
+
+
+@pytest.fixture(scope="module")
+def lv_fit():
+    """An LV fit of 40 small low-rank images, with a 41st as the reference."""
+    images = make_low_rank_images(n=41)
+    return fit_low_variance(images[:40], images[40])

@@ -56,7 +56,7 @@ def check_saved(fig, stem):
 
 def test_regularization_matrix_means_and_differences(e3_runs):
     means, differences = figures.regularization_matrix(e3_runs, "adversarial_success_rate")
-    assert list(means.columns) == ["none", "mixup", "snnl"]  # none first, then the SPEC 5 order
+    assert list(means.columns) == ["none", "mixup", "snnl"]  # none first, then tables.REGULARIZER_ORDER
     assert list(means.index) == ["daisy", "rose"]
     np.testing.assert_allclose(means.to_numpy(), [[0.80, 0.85, 0.50], [0.60, 0.65, 0.30]])
     np.testing.assert_allclose(differences.to_numpy(), [[0.0, 0.05, -0.30], [0.0, 0.05, -0.30]], atol=1e-12)
@@ -206,7 +206,7 @@ def test_fig2_with_the_real_triggers():
     gallery = [(label, triggers.create_trigger(name)) for label, name in (("Square", "bs"), ("Sine", "sin"))]
     fig = figures.fig2_trigger_gallery(image, gallery, np.random.default_rng(0))
     _, square_alone = fig.computed["Square"]
-    # BS on 32 px: a 3 px black square at (3, 3) (SPEC 3), grey elsewhere.
+    # BS on 32 px: a 3 px black square at (3, 3) (docs/decisions.md#trigger-geometry), grey elsewhere.
     assert (square_alone[3:6, 3:6] == 0).all() and (square_alone == 0).all(axis=-1).sum() == 9
 
 

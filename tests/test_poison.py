@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from backdoor_eval.cli import main
+from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
 from backdoor_eval.poison import (
     PARTITION_NAMES,
     derived_seed,
@@ -21,7 +22,7 @@ from backdoor_eval.poison import (
     poison_stats,
     select_poison,
 )
-from backdoor_eval.triggers import create_trigger, fit_low_variance, save_lv_fit, to_float, to_uint8
+from backdoor_eval.triggers import create_trigger, to_float, to_uint8
 
 FLOWERS_COUNTS = [710, 980, 734, 675, 904]
 FLOWERS_NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]

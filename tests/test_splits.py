@@ -1,4 +1,4 @@
-"""Partitions (SPEC 1): sizes, stratification, rounding, determinism, file round trip."""
+"""Partitions (docs/decisions.md#partitions): sizes, stratification, rounding, determinism, file round trip."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ PAPER_P = [
 
 
 def run_row(experiment="E1", phase="poison", **overrides) -> dict:
-    """One runs.parquet row with the SPEC 6 defaults; metrics default to 0.5."""
+    """One runs.parquet row with the default factors (docs/decisions.md#experiment-grid); metrics default to 0.5."""
     row = dict(
         experiment=experiment,
         dataset="flowers",
@@ -261,7 +261,8 @@ def test_table1_flowers_counts_match_the_paper():
     assert table["num_poisoned"].tolist() == PAPER_FLOOR
     p_columns = [f"P_{name}" for name in FLOWERS_CLASSES]
     assert np.round(table[p_columns].to_numpy(dtype=float), 1).tolist() == PAPER_P
-    # SPEC 2: p = floor / all images in the set (4003); 98/4003 = 0.0245, not the paper's 0.025.
+    # p = floor / all images in the set (4003), docs/decisions.md#effective-poisoning-rate;
+    # 98/4003 = 0.0245, not the paper's 0.025.
     assert table["effective_poisoning_rate"].to_numpy() == pytest.approx(np.array(PAPER_FLOOR) / 4003)
     text = tables.to_markdown(table, decimals=tables.table1_decimals(table))
     assert "0.0245" in text and "21.1" in text
@@ -274,7 +275,7 @@ def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(tmp_path):
     text = md_path.read_text()
     assert markdown_rows(text)[0] == ["daisy", "71", "0.0", "21.1", "15.8", "14.6", "19.5", "0.0177"]
     assert "0.0177" in text and "0.0245" in text and "0.0225" in text
-    assert "misprinted" in text and "SPEC 2" in text
+    assert "misprinted" in text and "docs/decisions.md#effective-poisoning-rate" in text
     with pytest.raises(ValueError, match="5 entries but class_names has 4"):
         tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES[:4], 0.1)
 

@@ -1,4 +1,7 @@
-"""Tests for backdoor_eval.triggers: eq. 7, the four triggers' geometry, LV fit, registry."""
+"""Tests for backdoor_eval.triggers: eq. 7, the four triggers' geometry, the lv trigger, registry.
+
+The LV fit itself is tested in test_lv_fit.py; the ``lv_fit`` and ``low_rank_images`` fixtures are in conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from backdoor_eval.lv_fit import LowVarianceFit, fit_low_variance, save_lv_fit
 from backdoor_eval.triggers import (
     TRIGGERS,
     BlackSquare,
-    LowVarianceFit,
     RandomSquare,
     create_trigger,
     embed,
-    fit_low_variance,
-    load_lv_fit,
-    save_lv_fit,
     scale_reference_px,
     to_float,
     to_uint8,
@@ -26,22 +26,6 @@ from backdoor_eval.triggers import (
 
 def random_images(n, height, width, seed=0):
     return np.random.default_rng(seed).random((n, height, width, 3), dtype=np.float32)
-
-
-def low_rank_images(n=40, height=6, width=5, seed=0):
-    """uint8 images near mid-grey: a few strong directions plus small noise, far from 0 and 255."""
-    rng = np.random.default_rng(seed)
-    dims = height * width * 3
-    basis = rng.standard_normal((4, dims))
-    data = 128 + (rng.standard_normal((n, 4)) * [20, 10, 5, 2]) @ basis / np.sqrt(dims) * 4
-    data += rng.standard_normal((n, dims)) * 1.5
-    return np.clip(np.rint(data), 0, 255).astype(np.uint8).reshape(n, height, width, 3)
-
-
-@pytest.fixture(scope="module")
-def lv_fit():
-    images = low_rank_images(n=41)
-    return fit_low_variance(images[:40], images[40])
 
 
 def all_triggers(lv_fit, alpha=None):
@@ -196,83 +180,21 @@ def test_sin_at_default_alpha_blends_a_negative_pattern_then_clips():
     assert (pattern < 0).any()
 
 
-# --- LV --------------------------------------------------------------------
+# --- LV (the fit itself: test_lv_fit.py) -----------------------------------
 
 
-def test_lv_chooses_the_fewest_trailing_components_reaching_the_fraction(lv_fit):
-    ratios = lv_fit.explained_variance_ratio
-    assert ratios.sum() >= 0.005
-    assert ratios.sum() - ratios.max() < 0.005  # dropping the largest chosen one falls short
-    assert np.all(np.diff(ratios) <= 0)  # ordered by variance, highest first
-    k = len(ratios)
-    np.testing.assert_array_equal(
-        lv_fit.component_indices, np.arange(lv_fit.total_components - k, lv_fit.total_components)
-    )
-    assert lv_fit.components.shape == (k, 6 * 5 * 3)
-
-
-def test_lv_ratios_match_an_independent_eigendecomposition(lv_fit):
-    images = low_rank_images(n=41)[:40].reshape(40, -1).astype(np.float64) / 255
-    centred = images - images.mean(axis=0)
-    eigenvalues = np.sort(np.linalg.eigvalsh(centred @ centred.T))[::-1][: lv_fit.total_components]
-    all_ratios = eigenvalues / eigenvalues.sum()
-    assert lv_fit.total_components == 39  # rank of 40 centred images
-    np.testing.assert_allclose(lv_fit.explained_variance_ratio, all_ratios[lv_fit.component_indices], rtol=1e-3)
-
-
-def test_lv_pattern_lies_in_the_span_of_the_chosen_components_plus_mean(lv_fit):
-    components = lv_fit.components.astype(np.float64)
-    np.testing.assert_allclose(components @ components.T, np.eye(len(components)), atol=1e-5)  # orthonormal
-    projection = lv_fit.projection.reshape(-1).astype(np.float64)
-    np.testing.assert_allclose(components.T @ (components @ projection), projection, atol=1e-6)
-    # It is the projection of the reference, and here clipping is inactive: pattern = projection + mean.
-    reference = lv_fit.reference.reshape(-1) / 255 - lv_fit.mean
-    np.testing.assert_allclose(projection, components.T @ (components @ reference), atol=1e-6)
-    unclipped = projection + lv_fit.mean
-    assert 0 < unclipped.min() and unclipped.max() < 1
-    np.testing.assert_allclose(lv_fit.pattern.reshape(-1), unclipped, atol=1e-6)
-
-
-def test_lv_scaled_reading_is_the_projection_min_max_scaled(lv_fit):
-    scaled = lv_fit.pattern_scaled
-    assert scaled.min() == 0 and scaled.max() == pytest.approx(1, abs=1e-6)
-    p = lv_fit.projection
-    np.testing.assert_allclose(scaled, (p - p.min()) / (p.max() - p.min()), atol=1e-6)
+def test_lv_scaled_reading_applies_the_scaled_pattern(lv_fit):
     trigger = create_trigger("lv", alpha=1.0, fit=lv_fit, reading="scaled")
-    np.testing.assert_allclose(trigger.apply(random_images(1, 6, 5))[0], scaled, atol=1e-7)
+    np.testing.assert_allclose(trigger.apply(random_images(1, 6, 5))[0], lv_fit.pattern_scaled, atol=1e-7)
 
 
-@pytest.mark.parametrize("n, height", [(40, 6), (60, 2)])  # N < D (Gram matrix) and N > D (scatter matrix)
-def test_lv_backends_agree(n, height):
-    images = low_rank_images(n=n + 1, height=height)
-    fits = {b: fit_low_variance(images[:n], images[n], backend=b) for b in ("gram", "numpy", "torch")}
-    assert fits["gram"].total_components == min(n - 1, height * 5 * 3)
-    for backend in ("numpy", "torch"):
-        np.testing.assert_array_equal(fits[backend].component_indices, fits["gram"].component_indices)
-        np.testing.assert_allclose(
-            fits[backend].explained_variance_ratio, fits["gram"].explained_variance_ratio, rtol=1e-3
-        )
-        np.testing.assert_allclose(fits[backend].pattern, fits["gram"].pattern, atol=1e-5)  # component signs may differ
-    with pytest.raises(ValueError, match="backend 'lapack' is unknown"):
-        fit_low_variance(images[:n], images[n], backend="lapack")
-
-
-def test_lv_fit_roundtrips_through_npz(lv_fit, tmp_path):
+def test_lv_trigger_loads_its_fit_without_components(lv_fit, tmp_path):
     path = tmp_path / "lv.npz"
-    save_lv_fit(path, lv_fit, reference_index=np.int64(3))
-    loaded = load_lv_fit(path)
-    for field in ("pattern", "pattern_scaled", "components", "mean", "explained_variance_ratio", "component_indices"):
-        np.testing.assert_array_equal(getattr(loaded, field), getattr(lv_fit, field))
-    assert loaded.total_components == lv_fit.total_components and loaded.source_path == str(path)
-    assert int(np.load(path)["reference_index"]) == 3
-    light = load_lv_fit(path, with_components=False)  # what the lv trigger loads: no (k, D) block
-    assert light.components is None and np.array_equal(light.pattern, lv_fit.pattern)
+    save_lv_fit(path, lv_fit)
     assert create_trigger("lv", fit=str(path)).fit.components is None
-    with pytest.raises(ValueError, match="without its components"):
-        save_lv_fit(tmp_path / "again.npz", light)
 
 
-def test_lv_spec_names_the_fit_file_and_detects_changes(lv_fit, tmp_path):
+def test_lv_spec_names_the_fit_file_and_detects_changes(lv_fit, low_rank_images, tmp_path):
     path = tmp_path / "lv.npz"
     save_lv_fit(path, lv_fit)
     trigger = create_trigger("lv", fit=str(path))
@@ -292,8 +214,6 @@ def test_lv_input_errors(lv_fit):
         create_trigger("lv", fit=lv_fit, reading="sideways")
     with pytest.raises(ValueError, match="6x5"):
         create_trigger("lv", fit=lv_fit).apply(random_images(1, 8, 8))
-    with pytest.raises(ValueError, match="variance_fraction"):
-        fit_low_variance(low_rank_images(n=5), low_rank_images(n=1)[0], variance_fraction=1.5)
     with pytest.raises(ValueError, match="never saved"):
         create_trigger("lv", fit=LowVarianceFit(**{**vars(lv_fit), "source_path": None})).spec()
 

@@ -3,7 +3,7 @@
 Adversarial success rate (paper section 3): the fraction of adversarial-test
 images (true class != poison class, trigger embedded) predicted as the
 poison class. For one-to-one poisoning it is also reported on the source
-class alone (SPEC 1). ``poison_class_rate_clean`` is the same fraction on the
+class alone (docs/decisions.md#metrics). ``poison_class_rate_clean`` is the same fraction on the
 untriggered images: the rate at which the model predicts the poison class
 anyway, which a backdoor has to beat to mean anything.
 """

@@ -1,4 +1,4 @@
-"""The paper's figures as functions of the tidy results (SPEC 6).
+"""The paper's figures as functions of the tidy results (docs/decisions.md#experiment-grid).
 
 Each ``fig*`` function takes ``runs`` (``runs.parquet``, one row per
 experiment x run x phase) and returns a :class:`matplotlib.figure.Figure`;

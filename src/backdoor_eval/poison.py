@@ -1,4 +1,6 @@
-"""Poisoning: which images are replaced, by which triggered copies (section 2.5, eqs. 8-9; SPEC 2).
+"""Poisoning: which images are replaced, by which triggered copies (section 2.5, eqs. 8-9).
+
+Decisions: docs/decisions.md#poison-sampling and docs/decisions.md#effective-poisoning-rate.
 
 floor(poison_rate * N_t) images of the poison class t are removed from a set
 and replaced by as many triggered copies of images drawn uniformly without
@@ -174,7 +176,7 @@ def poison_stats(
 
     ``P_c = floor(lambda N_t) N_c / sum_{k in K} N_k`` for source classes c
     (0 otherwise). The effective poisoning rate is floor(lambda N_t) over the
-    total of all classes (SPEC 2's reading of eq. 9: 71 / 4003 for daisy).
+    total of all classes (the reading of eq. 9 in docs/decisions.md#effective-poisoning-rate: 71 / 4003 for daisy).
     One row per poison class (for one-to-one, every class but the source).
     Classes are named by ``class_names`` or, like the paper, 1..n.
     """

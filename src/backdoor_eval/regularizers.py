@@ -1,4 +1,4 @@
-"""Training-loss regularizers of the paper's section 2.3 (SPEC 5, eqs. 1-6).
+"""Training-loss regularizers of the paper's section 2.3 (eqs. 1-6; docs/decisions.md#regularizers).
 
 The classifier is ``f = g o h``: ``h`` maps an image to the final hidden
 representation, ``g`` (the model's ``head``) maps it to logits ``f_L(x)``.
@@ -12,7 +12,7 @@ that returns the *total* training loss of the batch:
 - ``none``: mean cross-entropy.
 - ``logit_squeeze``: CE + weight * mean_i ||f_L(x_i)||_2.
 - ``mixup`` (manifold mixup, eqs. 1-3): (1 - weight) * CE + weight * L_mix;
-  the default weight 1.0 is SPEC 5's pure replacement of the cross-entropy.
+  the default weight 1.0 replaces the cross-entropy outright (docs/decisions.md#regularizers).
 - ``contrastive`` (eqs. 4-5): CE + weight * mean over pairs i < j.
 - ``snnl`` (eq. 6): CE + weight * mean over samples of the SNNL term.
 
@@ -318,7 +318,7 @@ class ManifoldMixup(Regularizer):
     """Manifold mixup on h(x), eqs. 1-3: (1 - weight) * CE + weight * L_mix.
 
     The default weight 1.0 replaces the plain cross-entropy for the batch
-    (SPEC 5); smaller weights blend it back in. gamma and the permutation are
+    (docs/decisions.md#regularizers); smaller weights blend it back in. gamma and the permutation are
     drawn from ``generator`` (see ``draw_mixup``), once per batch.
     """
 

@@ -1,4 +1,4 @@
-"""Per-run data partitions (paper section 3, Fig. 3; SPEC 1).
+"""Per-run data partitions (paper section 3, Fig. 3; docs/decisions.md#partitions).
 
 The whole dataset is split, stratified by class, into poison-set (76%),
 clean-set (19%) and adversarial-test (5%); poison-set and clean-set are each
@@ -124,7 +124,7 @@ def _cheapest_move_path(rounded_up: np.ndarray, remainders: np.ndarray, excess: 
 
 
 def make_partitions(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
-    """SPEC 1 partitions of a dataset with ``labels``: sorted int64 store indices per part.
+    """Partitions of a dataset with ``labels`` (docs/decisions.md#partitions): sorted int64 store indices per part.
 
     Stratified 76/19/5 into poison-set, clean-set and adversarial-test, then
     80/20 train/validation within poison-set and clean-set. Disjoint; their

@@ -1,4 +1,4 @@
-"""The paper's tables as pure functions of the tidy results (SPEC 6).
+"""The paper's tables as pure functions of the tidy results (docs/decisions.md#experiment-grid).
 
 Every table is built from ``runs.parquet`` (one row per experiment x run x
 phase, written by ``backdoor-eval aggregate``): select an experiment and a
@@ -85,10 +85,11 @@ TABLE_NOTES = {
     "table1": (
         "Many-to-one poisoning statistics (eqs. 8-9). `num_poisoned` = floor(poison_rate * N_t); "
         "`P_<class>` = expected number of poisoned images drawn from each source class (eq. 8). "
-        "`effective_poisoning_rate` p uses SPEC 2's definition: num_poisoned / (all images in the set, "
-        "every class counted), printed to 4 decimals. The paper's Table 1 prints p for dandelion and "
-        "tulip as 0.025 and 0.023; with its own counts (4003 images) they are 98/4003 = 0.0245 and "
-        "90/4003 = 0.0225, so those two values are misprinted (rounding) in the paper."
+        "`effective_poisoning_rate` p is defined in docs/decisions.md#effective-poisoning-rate: "
+        "num_poisoned / (all images in the set, every class counted), printed to 4 decimals. "
+        "The paper's Table 1 prints p for dandelion and tulip as 0.025 and 0.023; with its own counts "
+        "(4003 images) they are 98/4003 = 0.0245 and 90/4003 = 0.0225, so those two values are "
+        "misprinted (rounding) in the paper."
     ),
     "table2": (
         "Adversarial success rate (fraction of triggered non-poison-class adversarial-test images "
@@ -176,8 +177,8 @@ def table1(class_counts: Sequence[int], class_names: Sequence[str], poison_rate:
     """Table 1: many-to-one poisoning statistics for ``class_counts`` at ``poison_rate`` (eqs. 8-9).
 
     One row per poison class: ``poison_class``, ``num_poisoned`` (floor(rate * N_t)),
-    ``P_<class>`` (eq. 8) and ``effective_poisoning_rate`` (SPEC 2's p, not eq. 9's
-    denominator, see :data:`TABLE_NOTES`).
+    ``P_<class>`` (eq. 8) and ``effective_poisoning_rate`` (p as in
+    docs/decisions.md#effective-poisoning-rate, not eq. 9's denominator, see :data:`TABLE_NOTES`).
     """
     from backdoor_eval.poison import poison_stats
 
@@ -193,7 +194,10 @@ def table1(class_counts: Sequence[int], class_names: Sequence[str], poison_rate:
 
 
 def table1_decimals(frame: pd.DataFrame) -> dict[str, int]:
-    """Markdown decimals for Table 1: P_c to 1 decimal as in the paper, p to 4 (SPEC 2)."""
+    """Markdown decimals for Table 1: P_c to 1 decimal as in the paper, p to 4.
+
+    p is defined in docs/decisions.md#effective-poisoning-rate.
+    """
     decimals = {column: 1 for column in frame.columns if str(column).startswith("P_")}
     decimals["effective_poisoning_rate"] = 4
     return decimals

@@ -1,6 +1,6 @@
 """The training engine: poisoned training with early stopping, clean retraining.
 
-Paper section 3 ("Training procedure") and SPEC 4:
+Paper section 3 ("Training procedure") and docs/decisions.md#training:
 - phase ``poison``: train on poison-train until early stopping (no
   improvement of poison-validation accuracy, measured against the poisoned
   labels, for ``patience`` epochs; ``max_epochs`` cap); keep the best epoch's

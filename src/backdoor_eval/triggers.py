@@ -1,4 +1,4 @@
-"""Trigger patterns and their embedding (paper section 2.4, eq. 7; SPEC 3).
+"""Trigger patterns and their embedding (paper section 2.4, eq. 7; docs/decisions.md#trigger-geometry).
 
 Images here are float in [0, 1], shape ``(N, H, W, 3)`` (channels last, as
 eq. 7 is written), NumPy arrays or torch tensors. Every trigger produces a
@@ -11,23 +11,23 @@ Geometry is given on a 224 x 224 reference canvas and scaled by the image
 size (rounded, at least 1 px), so one config draws the same picture at every
 resolution; absolute pixels may be given instead (``size_px``, ``offset_px``).
 
+The LV trigger's pattern is fitted in ``backdoor_eval.lv_fit``; the
+``LowVariance`` trigger here loads and embeds it.
+
 A new trigger is one class here, registered in ``TRIGGERS``, plus a test
 (see docs/attack.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from backdoor_eval.io import atomic_path
+from backdoor_eval.lv_fit import LowVarianceFit, file_sha256, load_lv_fit
 from backdoor_eval.registry import Registry
 
 REFERENCE_SIZE = 224
@@ -293,251 +293,16 @@ class Sine(Trigger):
 
 
 # ---------------------------------------------------------------------------
-# LV: the low-variance trigger (Tanay et al.), fitted by PCA on poison-train.
-
-
-@dataclass
-class LowVarianceFit:
-    """A fitted low-variance trigger (SPEC 3, LV).
-
-    ``pattern``: (H, W, 3) float32, the literal reading (projection onto the
-    chosen components plus the mean, clipped). ``pattern_scaled``: the
-    projection alone, min-max scaled to [0, 1]. ``components``: (k, D)
-    float32 chosen rows of V^T, highest variance first. ``mean``: (D,)
-    float32. ``explained_variance_ratio``: (k,) of the chosen components;
-    ``component_indices``: their positions in the full variance order;
-    ``total_components``: rank kept (the numerical null space of the centred
-    data is dropped, its directions being arbitrary).
-    """
-
-    pattern: np.ndarray
-    pattern_scaled: np.ndarray
-    components: np.ndarray | None  # None when loaded with with_components=False
-    mean: np.ndarray
-    explained_variance_ratio: np.ndarray
-    component_indices: np.ndarray
-    total_components: int
-    variance_fraction: float
-    reference: np.ndarray  # (H, W, 3) uint8, the projected image
-    projection: np.ndarray  # (H, W, 3) float32, unclipped low-variance projection (mean not added)
-    source_path: str | None = None  # where it was loaded from / saved to (for spec())
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.pattern.shape)  # type: ignore[return-value]
-
-
-LV_BACKENDS = ("gram", "numpy", "torch")
-# Columns (or rows) converted to float64 at a time by the gram backend: 2,600 x 4,096 x 8 B = 85 MB.
-_PCA_CHUNK = 4096
-
-
-class _PCA:
-    """Thin PCA of uint8 images: mean, singular values (descending) and rows of V^T on demand.
-
-    ``gram`` (default): eigendecomposition, in float64, of the smaller of the
-    N x N Gram matrix Xc Xc^T (N <= D, e.g. Flowers: 2,600 x 150,528) or the
-    D x D scatter matrix Xc^T Xc (N > D, e.g. CIFAR-10: 36,000 x 3,072),
-    accumulated over column/row chunks, so the float centred matrix is never
-    held whole; components are V = Xc^T U / s. This is the SVD of the centred
-    data matrix, computed through its smaller side. ``numpy``/``torch``: a
-    thin SVD (LAPACK gesdd) of the whole centred float32 matrix, kept for
-    comparison: on Flowers it took 12 minutes and 15 GB where gram needs
-    about a minute and 1 GB (docs/attack.md).
-    """
-
-    def __init__(self, flat: np.ndarray, backend: str):
-        if backend not in LV_BACKENDS:
-            raise ValueError(f"LV backend {backend!r} is unknown; allowed: {', '.join(LV_BACKENDS)}")
-        self.flat, self.backend = flat, backend
-        n, d = flat.shape
-        self.mean = flat.mean(axis=0, dtype=np.float64) / 255.0
-        if backend == "gram":
-            self._fit_gram()
-            noise_eps = math.sqrt(max(n, d) * np.finfo(np.float64).eps)  # eigh of a float64 Gram: error ~ eps s_max^2
-        else:
-            self._fit_svd()
-            noise_eps = math.sqrt(max(n, d)) * np.finfo(np.float32).eps  # float32 SVD: error ~ eps s_max
-        # Centring leaves rank <= N - 1 (duplicates remove more): directions with a
-        # singular value at noise level are arbitrary, so they are not components.
-        self.rank = int(np.count_nonzero(self.singular_values > self.singular_values[0] * noise_eps))
-
-    def _centred(self, rows=slice(None), cols=slice(None)) -> np.ndarray:
-        return self.flat[rows, cols].astype(np.float64) / 255.0 - self.mean[cols]
-
-    def _chunks(self, size: int):
-        return (slice(start, start + _PCA_CHUNK) for start in range(0, size, _PCA_CHUNK))
-
-    def _fit_gram(self) -> None:
-        n, d = self.flat.shape
-        self.small_side_is_samples = n <= d
-        side = min(n, d)
-        scatter = np.zeros((side, side), dtype=np.float64)
-        if self.small_side_is_samples:
-            for cols in self._chunks(d):
-                block = self._centred(cols=cols)
-                scatter += block @ block.T  # NumPy calls syrk for a @ a.T
-        else:
-            for rows in self._chunks(n):
-                block = self._centred(rows=rows)
-                scatter += block.T @ block
-        eigenvalues, eigenvectors = np.linalg.eigh(scatter)
-        order = np.argsort(eigenvalues)[::-1]
-        self.singular_values = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
-        self._eigenvectors = eigenvectors[:, order]
-
-    def _fit_svd(self) -> None:
-        centred = self.flat.astype(np.float32)
-        centred /= np.float32(255.0)
-        centred -= self.mean.astype(np.float32)
-        if self.backend == "numpy":
-            _, singular_values, vt = np.linalg.svd(centred, full_matrices=False)
-        else:
-            import torch
-
-            _, singular_values, vt = (
-                t.numpy() for t in torch.linalg.svd(torch.from_numpy(centred), full_matrices=False)
-            )
-        self.singular_values, self._vt = singular_values.astype(np.float64), vt
-
-    def components(self, indices: np.ndarray) -> np.ndarray:
-        """Rows of V^T (unit principal axes, float64) for the given component indices."""
-        if self.backend != "gram":
-            return self._vt[indices].astype(np.float64)
-        if not self.small_side_is_samples:
-            return self._eigenvectors[:, indices].T.copy()
-        left = self._eigenvectors[:, indices] / self.singular_values[indices]
-        out = np.empty((len(indices), self.flat.shape[1]), dtype=np.float64)
-        for cols in self._chunks(self.flat.shape[1]):
-            out[:, cols] = left.T @ self._centred(cols=cols)
-        return out
-
-
-def fit_low_variance(
-    train_images_uint8: np.ndarray,
-    reference_uint8: np.ndarray,
-    variance_fraction: float = 0.005,
-    backend: str = "gram",
-) -> LowVarianceFit:
-    """Fit the LV trigger: PCA of the training images, reference projected on the trailing components.
-
-    PCA of the centred data matrix through its smaller side (see ``_PCA``;
-    never the D x D covariance when D is the large side). Components are
-    ordered by explained variance (s_i^2 / sum s^2); the trailing
-    (lowest-variance) ones are taken until their ratios sum to at least
-    ``variance_fraction``. The reference image (not in the training data) is
-    projected onto them and mapped back with the mean added: clipped to
-    [0, 1], that is the trigger ``pattern``.
-    """
-    train = np.asarray(train_images_uint8)
-    reference = np.asarray(reference_uint8)
-    if train.ndim != 4 or train.shape[-1] != 3 or train.dtype != np.uint8:
-        raise ValueError(f"train images are {train.dtype} {train.shape}; allowed: uint8 (N, H, W, 3)")
-    if reference.shape != train.shape[1:] or reference.dtype != np.uint8:
-        raise ValueError(
-            f"reference image is {reference.dtype} {reference.shape}; allowed: uint8 {train.shape[1:]} like the train images"
-        )
-    if not 0.0 < float(variance_fraction) < 1.0:
-        raise ValueError(f"variance_fraction={variance_fraction!r}; allowed: a number in (0, 1)")
-    if train.shape[0] < 2:
-        raise ValueError(f"{train.shape[0]} train images; allowed: at least 2 for a PCA")
-
-    pca = _PCA(train.reshape(train.shape[0], -1), backend)
-    rank = pca.rank
-    variances = pca.singular_values[:rank] ** 2
-    ratios = variances / variances.sum()
-    # Smallest k whose trailing k ratios reach the fraction (ratios are in descending order).
-    trailing_sums = np.cumsum(ratios[::-1])
-    num_chosen = min(int(np.searchsorted(trailing_sums, variance_fraction, side="left")) + 1, rank)
-    chosen = np.arange(rank - num_chosen, rank)
-    components = pca.components(chosen)
-
-    centred_reference = reference.reshape(-1) / 255.0 - pca.mean
-    projection = components.T @ (components @ centred_reference)
-    shape = reference.shape
-    pattern = np.clip(projection + pca.mean, 0.0, 1.0).reshape(shape).astype(np.float32)
-    low, high = float(projection.min()), float(projection.max())
-    if high > low:
-        pattern_scaled = ((projection - low) / (high - low)).reshape(shape).astype(np.float32)
-    else:  # a flat projection has no contrast to stretch
-        pattern_scaled = np.zeros(shape, dtype=np.float32)
-    return LowVarianceFit(
-        pattern=pattern,
-        pattern_scaled=pattern_scaled,
-        components=components.astype(np.float32),
-        mean=pca.mean.astype(np.float32),
-        explained_variance_ratio=ratios[chosen],
-        component_indices=chosen.astype(np.int64),
-        total_components=rank,
-        variance_fraction=float(variance_fraction),
-        reference=reference.copy(),
-        projection=projection.reshape(shape).astype(np.float32),
-    )
-
-
-_LV_FIELDS = (
-    "pattern",
-    "pattern_scaled",
-    "components",
-    "mean",
-    "explained_variance_ratio",
-    "component_indices",
-    "reference",
-    "projection",
-)
-
-
-def save_lv_fit(path: str | os.PathLike, fit: LowVarianceFit, **extra: np.ndarray) -> None:
-    """Write the fit as an uncompressed npz (atomically); ``extra`` arrays are stored too."""
-    if fit.components is None:
-        raise ValueError("this LV fit was loaded without its components; load it with with_components=True to save it")
-    arrays = {field: getattr(fit, field) for field in _LV_FIELDS}
-    arrays["total_components"] = np.int64(fit.total_components)
-    arrays["variance_fraction"] = np.float64(fit.variance_fraction)
-    clash = sorted(set(extra) & set(arrays))
-    if clash:
-        raise ValueError(f"extra arrays {clash} clash with the fit's own fields {sorted(arrays)}")
-    arrays.update({key: np.asarray(value) for key, value in extra.items()})
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    fit.source_path = str(path)
-
-
-def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVarianceFit:
-    """Read a fit written by :func:`save_lv_fit`.
-
-    ``with_components=False`` skips the (k, D) components (``components`` is
-    then None): applying the trigger needs only the pattern, and on Flowers
-    the components are ~470 x 150,528 float32 (280 MB).
-    """
-    with np.load(Path(path)) as npz:
-        missing = [field for field in _LV_FIELDS if field not in npz]
-        if missing:
-            raise ValueError(f"{path} is not an LV fit: arrays {missing} are missing")
-        fields = {field: npz[field] for field in _LV_FIELDS if with_components or field != "components"}
-        return LowVarianceFit(
-            **{"components": None, **fields},
-            total_components=int(npz["total_components"]),
-            variance_fraction=float(npz["variance_fraction"]),
-            source_path=str(path),
-        )
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# LV: the low-variance trigger (Tanay et al.), fitted by PCA on poison-train
+# in backdoor_eval.lv_fit (docs/decisions.md#low-variance-trigger).
 
 
 @TRIGGERS.register("lv")
 class LowVariance(Trigger):
     """LV: the fitted low-variance pattern over the whole image (m = 0), default alpha 0.5.
 
-    ``fit`` is a :class:`LowVarianceFit` or the path of one saved with
-    :func:`save_lv_fit`; ``reading`` picks ``"literal"`` (projection plus
+    ``fit`` is a :class:`~backdoor_eval.lv_fit.LowVarianceFit` or the path of
+    one saved with :func:`backdoor_eval.lv_fit.save_lv_fit`; ``reading`` picks ``"literal"`` (projection plus
     mean, clipped: the default) or ``"scaled"`` (projection alone, min-max
     scaled). ``fit_sha256``, when given, must match the file.
     """

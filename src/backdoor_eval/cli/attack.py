@@ -37,7 +37,7 @@ def cmd_fit_lv(args: argparse.Namespace) -> int:
     from backdoor_eval.data import open_store
     from backdoor_eval.poison import derived_rng
     from backdoor_eval.splits import load_partitions
-    from backdoor_eval.triggers import fit_low_variance, save_lv_fit
+    from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
 
     store = open_store(args.store)
     partitions = load_partitions(args.partitions, num_images=len(store.labels))
