@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
-from backdoor_eval.poison import PARTITION_NAMES, load_poisoned, materialize
+from backdoor_eval.names import PARTITIONS
+from backdoor_eval.poison import load_poisoned, materialize
 from backdoor_eval.triggers import create_trigger
 
 SHARED = Path(
@@ -85,7 +86,7 @@ def partitions_for(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     except ImportError:  # splits.py not there yet: same proportions, not stratified
         share = [0.76 * 0.8, 0.76 * 0.2, 0.19 * 0.8, 0.19 * 0.2, 0.05]
         part = np.random.default_rng(seed).choice(5, size=labels.size, p=share)
-        return {name: np.flatnonzero(part == i) for i, name in enumerate(PARTITION_NAMES)}
+        return {name: np.flatnonzero(part == i) for i, name in enumerate(PARTITIONS)}
 
 
 def dir_bytes(path: Path) -> int:

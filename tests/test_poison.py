@@ -13,8 +13,8 @@ import pytest
 
 from backdoor_eval.cli import main
 from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
+from backdoor_eval.names import PARTITIONS
 from backdoor_eval.poison import (
-    PARTITION_NAMES,
     derived_seed,
     load_poisoned,
     materialize,
@@ -65,7 +65,7 @@ def tiny_store(counts=(50, 60, 40, 30, 70), size=8, seed=0):
 def tiny_partitions(labels, seed=0):
     """A random 5-way split (the real one is splits.py's job; any disjoint cover will do here)."""
     part = np.random.default_rng(seed).choice(5, size=labels.size, p=[0.6, 0.16, 0.12, 0.07, 0.05])
-    return {name: np.flatnonzero(part == i).astype(np.int64) for i, name in enumerate(PARTITION_NAMES)}
+    return {name: np.flatnonzero(part == i).astype(np.int64) for i, name in enumerate(PARTITIONS)}
 
 
 @pytest.fixture

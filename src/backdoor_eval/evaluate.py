@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .experiments import FACTORS
+from .names import FACTORS
 
 RUN_PARAMETERS = ("run_id", *FACTORS)
 SUMMARY_METRICS = (

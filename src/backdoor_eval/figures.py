@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from backdoor_eval.io import atomic_path
+from backdoor_eval.names import PHASES, POISON_PHASE
 from backdoor_eval.tables import (
     DATASET_ORDER,
     MODEL_ORDER,
@@ -155,7 +156,7 @@ class RegularizationMatrix(NamedTuple):
 
 
 def regularization_matrix(
-    runs: pd.DataFrame, metric: str, experiment: str = "E3", phase: str = "poison"
+    runs: pd.DataFrame, metric: str, experiment: str = "E3", phase: str = POISON_PHASE
 ) -> RegularizationMatrix:
     """Fig. 4's numbers: mean of ``metric`` over seeds per (poison class, regularizer), minus the ``none`` column."""
     part = select_runs(runs, experiment, phase)
@@ -223,7 +224,7 @@ def fig5_regularization_boxplots(runs: pd.DataFrame, experiment: str = "E3") -> 
     """
     import seaborn as sns
 
-    part = select_runs(runs, experiment, "poison")
+    part = select_runs(runs, experiment, POISON_PHASE)
     metrics = ("clean_val_accuracy", "adversarial_success_rate")
     order = ordered(part["regularizer"], REGULARIZER_ORDER)
     data = part[["regularizer", *metrics]].copy()
@@ -274,7 +275,7 @@ def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:
     means = part.groupby(keys)["adversarial_success_rate"].mean().reset_index()
     datasets = ordered(means["dataset"], DATASET_ORDER)
     triggers = ordered(means["trigger"], ("sin", "lv", *TRIGGER_ORDER))
-    phases = ordered(means["phase"], ("poison", "clean"))
+    phases = ordered(means["phase"], PHASES)
     models = ordered(means["model"], MODEL_ORDER)
     rates = sorted(means["poison_rate"].unique())
     colours = dict(zip(models, _palette(len(models))))
@@ -318,7 +319,7 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
     """
     from matplotlib.lines import Line2D
 
-    part = select_runs(runs, experiment, "poison")
+    part = select_runs(runs, experiment, POISON_PHASE)
     metrics = ["poison_val_accuracy", "clean_val_accuracy", "adversarial_success_rate"]
     means = part.groupby(["trigger", "poison_rate"])[metrics].mean().reset_index()
     triggers = ordered(means["trigger"], TRIGGER_ORDER)

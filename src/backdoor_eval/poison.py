@@ -31,14 +31,11 @@ import numpy as np
 import pandas as pd
 
 from backdoor_eval.io import atomic_dir, write_json
+from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
 from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("many-to-one", "one-to-one")
-POISONED_SETS = ("poison_train", "poison_val")
-CLEAN_SETS = ("clean_train", "clean_val")
-PARTITION_NAMES = ("poison_train", "poison_val", "clean_train", "clean_val", "adv_test")
 OVERLAY_FILE = "overlay.npz"
 MANIFEST_FILE = "manifest.json"
 # Images pushed through a trigger at once: bounds memory at 224 px (256 x 150,528 float32 = 154 MB).
@@ -108,7 +105,7 @@ def source_classes(num_classes: int, poison_class: int, strategy: str, source: i
     check_strategy(strategy)
     if not 0 <= poison_class < num_classes:
         raise ValueError(f"poison_class={poison_class!r}; allowed: a class index in 0..{num_classes - 1}")
-    if strategy == "many-to-one":
+    if strategy == MANY_TO_ONE:
         if source is not None:
             raise ValueError(
                 f"source={source!r} was given for many-to-one; allowed: no source (all classes but the poison class)"
@@ -168,7 +165,7 @@ def select_poison(
 def poison_stats(
     class_counts,
     poison_rate: float,
-    strategy: str = "many-to-one",
+    strategy: str = MANY_TO_ONE,
     source: int | None = None,
     class_names: list[str] | None = None,
 ) -> pd.DataFrame:
@@ -191,7 +188,7 @@ def poison_stats(
     total = int(counts.sum())
     rows = []
     for poison_class in range(counts.size):
-        if strategy == "one-to-one" and poison_class == source:
+        if strategy == ONE_TO_ONE and poison_class == source:
             continue
         sources = source_classes(counts.size, poison_class, strategy, source)
         count = num_poisoned(poison_rate, counts[poison_class])
@@ -234,7 +231,7 @@ def _class_index(store: Any, value: int | str | None) -> int | None:
 def partitions_sha256(partitions: Mapping[str, np.ndarray]) -> str:
     """Fingerprint of the partitions, so an overlay is never applied to another split."""
     digest = hashlib.sha256()
-    for name in PARTITION_NAMES:
+    for name in PARTITIONS:
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(partitions[name], dtype=np.int64).tobytes())
     return digest.hexdigest()
@@ -279,14 +276,14 @@ def materialize(
     class_names = [str(n) for n in store.class_names]
     num_classes = len(class_names)
     source_classes(num_classes, poison_index, strategy, source_index)  # validates before any work
-    missing = [name for name in PARTITION_NAMES if name not in partitions]
+    missing = [name for name in PARTITIONS if name not in partitions]
     if missing:
-        raise ValueError(f"partitions lack {missing}; allowed: a mapping with {', '.join(PARTITION_NAMES)}")
+        raise ValueError(f"partitions lack {missing}; allowed: a mapping with {', '.join(PARTITIONS)}")
     labels_all = np.asarray(store.labels)
 
     overlay: dict[str, np.ndarray] = {}
     sets: dict[str, Any] = {}
-    for set_name in POISONED_SETS:
+    for set_name in POISONED_PARTITIONS:
         indices = np.asarray(partitions[set_name], dtype=np.int64)
         labels = labels_all[indices]
         replaced_pos, drawn_pos = select_poison(
@@ -309,7 +306,7 @@ def materialize(
 
     adv_indices = np.asarray(partitions["adv_test"], dtype=np.int64)
     adv_indices = adv_indices[labels_all[adv_indices] != poison_index]
-    adv_source = adv_indices[labels_all[adv_indices] == source_index] if strategy == "one-to-one" else adv_indices[:0]
+    adv_source = adv_indices[labels_all[adv_indices] == source_index] if strategy == ONE_TO_ONE else adv_indices[:0]
     store_manifest = dict(getattr(store, "manifest", None) or {})
     manifest = {
         "poison_class": poison_index,
@@ -424,8 +421,8 @@ def load_poisoned(store: Any, partitions: Mapping[str, np.ndarray], overlay_dir:
         indices = np.asarray(partitions[set_name], dtype=np.int64)
         return lambda: (np.asarray(store.images[indices]), np.asarray(store.labels)[indices].astype(np.int64))
 
-    builders = {name: poisoned(name) for name in POISONED_SETS}
-    builders.update({name: clean(name) for name in CLEAN_SETS})
+    builders = {name: poisoned(name) for name in POISONED_PARTITIONS}
+    builders.update({name: clean(name) for name in CLEAN_PARTITIONS})
     adv_indices = np.asarray(manifest["adv_test"]["indices"], dtype=np.int64)
     adv_labels = np.asarray(store.labels)[adv_indices].astype(np.int64)
     source_mask = np.isin(adv_indices, np.asarray(manifest["adv_test"]["source_indices"], dtype=np.int64))

@@ -38,8 +38,8 @@ from typing import Sequence
 import numpy as np
 
 from backdoor_eval.io import write_npz
+from backdoor_eval.names import PARTITIONS
 
-PARTITIONS = ("poison_train", "poison_val", "clean_train", "clean_val", "adv_test")
 
 # Fractions as integer weights, so the rounding is exact (no 0.76 * 100 = 76.00000000000001).
 SET_WEIGHTS = (76, 19, 5)  # poison-set, clean-set, adversarial-test

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backdoor_eval.io import atomic_path
+from backdoor_eval.names import CLEAN_PHASE, MANY_TO_ONE, ONE_TO_ONE, PHASES, POISON_PHASE, STRATEGIES
 
 if TYPE_CHECKING:  # pandas is imported lazily so the CLI's --help stays fast
     import pandas as pd
@@ -35,10 +36,8 @@ __all__ = [
     "DATASET_ORDER",
     "DISPLAY_NAMES",
     "MODEL_ORDER",
-    "PHASES",
     "REGULARIZER_ORDER",
     "STATISTICS",
-    "STRATEGIES",
     "TABLE_NOTES",
     "TRIGGER_ORDER",
     "combine_runs",
@@ -56,8 +55,6 @@ __all__ = [
     "write_table",
 ]
 
-PHASES = ("poison", "clean")
-STRATEGIES = ("many-to-one", "one-to-one")
 # The paper's orders (Tables 2-5, Figs. 4-7); anything else follows, sorted.
 DATASET_ORDER = ("flowers", "cifar10")
 MODEL_ORDER = ("resnet50", "nasnet_large", "nasnet_mobile")
@@ -74,8 +71,8 @@ DISPLAY_NAMES: dict[str, dict[str, str]] = {
         "contrastive": "Contrastive",
         "snnl": "SNNL",
     },
-    "strategy": {"one-to-one": "1-to-1", "many-to-one": "M-to-1"},
-    "phase": {"poison": "before retraining", "clean": "after retraining"},
+    "strategy": {ONE_TO_ONE: "1-to-1", MANY_TO_ONE: "M-to-1"},
+    "phase": {POISON_PHASE: "before retraining", CLEAN_PHASE: "after retraining"},
 }
 STATISTICS = ("mean", "std", "count")
 MISSING = "-"  # how an empty cell reads in Markdown
@@ -188,7 +185,7 @@ def table1(class_counts: Sequence[int], class_names: Sequence[str], poison_rate:
             "allowed: one count per class name"
         )
     frame = poison_stats(
-        list(class_counts), poison_rate, strategy="many-to-one", class_names=list(class_names)
+        list(class_counts), poison_rate, strategy=MANY_TO_ONE, class_names=list(class_names)
     )
     return frame.reset_index(drop=True)
 
@@ -276,7 +273,7 @@ def table2(runs: pd.DataFrame, no: str | None = "E1", yes: str | None = "E2", st
     pass ``None`` to leave a half out. Each cell is ``statistic`` ("mean",
     "std" (ddof=1) or "count" of runs) over poison classes and seeds.
     """
-    halves = [("No", no, "poison"), ("Yes", yes, "clean")]
+    halves = [("No", no, POISON_PHASE), ("Yes", yes, CLEAN_PHASE)]
     return _paper_grid(runs, halves, [("Adversarial Test", "adversarial_success_rate")], statistic, "table2")
 
 
@@ -285,7 +282,7 @@ def table3(runs: pd.DataFrame, no: str | None = "E1", yes: str | None = "E2", st
 
     Split "Poisoned" is ``poison_val_accuracy``, "Clean" is ``clean_val_accuracy``.
     """
-    halves = [("No", no, "poison"), ("Yes", yes, "clean")]
+    halves = [("No", no, POISON_PHASE), ("Yes", yes, CLEAN_PHASE)]
     splits = [("Poisoned", "poison_val_accuracy"), ("Clean", "clean_val_accuracy")]
     return _paper_grid(runs, halves, splits, statistic, "table3")
 
@@ -318,7 +315,7 @@ def _strategy_table(
         sub = part[part["strategy"] == strategy]
         if sub.empty:
             continue
-        if strategy == "one-to-one":
+        if strategy == ONE_TO_ONE:
             per_source = sub.groupby(["model", "dataset", "source"])[metric].mean()
             over_sources = per_source.groupby(level=["model", "dataset"]).agg(["mean", "std"])
             data[(label, "mean")] = over_sources["mean"]
@@ -340,7 +337,7 @@ def _strategy_table(
     return frame
 
 
-def table4(runs: pd.DataFrame, experiment: str = "E6", phase: str = "poison") -> pd.DataFrame:
+def table4(runs: pd.DataFrame, experiment: str = "E6", phase: str = POISON_PHASE) -> pd.DataFrame:
     """Table 4: poisoned/clean validation accuracy, one-to-one vs many-to-one.
 
     Rows (Model, Dataset); columns (Column, Statistic): "Poisoned 1-to-1"
@@ -348,15 +345,15 @@ def table4(runs: pd.DataFrame, experiment: str = "E6", phase: str = "poison") ->
     mean. std is the sample std (ddof=1) over source classes.
     """
     columns = [
-        ("Poisoned 1-to-1", "one-to-one", "poison_val_accuracy"),
-        ("Poisoned M-to-1", "many-to-one", "poison_val_accuracy"),
-        ("Clean 1-to-1", "one-to-one", "clean_val_accuracy"),
-        ("Clean M-to-1", "many-to-one", "clean_val_accuracy"),
+        ("Poisoned 1-to-1", ONE_TO_ONE, "poison_val_accuracy"),
+        ("Poisoned M-to-1", MANY_TO_ONE, "poison_val_accuracy"),
+        ("Clean 1-to-1", ONE_TO_ONE, "clean_val_accuracy"),
+        ("Clean M-to-1", MANY_TO_ONE, "clean_val_accuracy"),
     ]
     return _strategy_table(runs, experiment, phase, columns)
 
 
-def table5(runs: pd.DataFrame, experiment: str = "E6", phase: str = "poison") -> pd.DataFrame:
+def table5(runs: pd.DataFrame, experiment: str = "E6", phase: str = POISON_PHASE) -> pd.DataFrame:
     """Table 5: adversarial success rate, one-to-one vs many-to-one.
 
     Columns: "1-to-1" (all non-poison-class adversarial-test images) mean/std,
@@ -364,9 +361,9 @@ def table5(runs: pd.DataFrame, experiment: str = "E6", phase: str = "poison") ->
     "M-to-1" mean; std over source classes (ddof=1).
     """
     columns = [
-        ("1-to-1", "one-to-one", "adversarial_success_rate"),
-        ("1-to-1 source class", "one-to-one", "adversarial_success_rate_source"),
-        ("M-to-1", "many-to-one", "adversarial_success_rate"),
+        ("1-to-1", ONE_TO_ONE, "adversarial_success_rate"),
+        ("1-to-1 source class", ONE_TO_ONE, "adversarial_success_rate_source"),
+        ("M-to-1", MANY_TO_ONE, "adversarial_success_rate"),
     ]
     return _strategy_table(runs, experiment, phase, columns)
 

@@ -43,11 +43,11 @@ import torch.nn.functional as F
 
 from . import evaluate as metrics
 from .io import atomic_path
+from .names import PHASES, POISON_PHASE
 from .registry import Registry
 
 log = logging.getLogger(__name__)
 
-PHASES = ("poison", "clean")
 
 METRIC_COLUMNS = metrics.SUMMARY_METRICS
 
@@ -321,12 +321,12 @@ class Engine:
         if phase not in PHASES:
             raise ValueError(f"phase {phase!r} is unknown; allowed: {list(PHASES)}")
         cfg = self.cfg
-        lr = cfg.lr if phase == "poison" or cfg.retrain_lr is None else cfg.retrain_lr
+        lr = cfg.lr if phase == POISON_PHASE or cfg.retrain_lr is None else cfg.retrain_lr
         optimizer = OPTIMIZERS.get(cfg.optimizer)(self.model.parameters(), cfg, lr)
         stopper = EarlyStopping(cfg.patience)
         history: list[dict[str, Any]] = []
         best_state = _clone_state(self.model)
-        last_epoch = cfg.max_epochs if phase == "poison" else cfg.retrain_epochs
+        last_epoch = cfg.max_epochs if phase == POISON_PHASE else cfg.retrain_epochs
         start_epoch, resumed_from = 0, None
 
         state = _load_checkpoint(checkpoint, fingerprint)
@@ -350,7 +350,7 @@ class Engine:
             train_loss = float("nan") if epoch == 0 else self.train_epoch(optimizer, images, labels, generator)
             scores = self.evaluate(sets)
             row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, **scores}
-            if phase == "poison":
+            if phase == POISON_PHASE:
                 improved = stopper.update(epoch, scores["poison_val_accuracy"])
                 if improved:
                     best_state = _clone_state(self.model)
@@ -379,7 +379,7 @@ class Engine:
             if on_epoch is not None:
                 on_epoch(epoch)
 
-        if phase == "poison":
+        if phase == POISON_PHASE:
             kept = stopper.best_epoch
             self.model.load_state_dict(best_state)
         else:
