@@ -7,7 +7,7 @@ Writes, next to this script:
 - nasnet_mobile_cadene_state_dict_shapes.json: (key, shape) of NASNetAMobile(num_classes=1001),
   the layout of the public checkpoint nasnetamobile-7e03cead.pth (no weights are downloaded);
 - nasnet_mobile_cadene_reference_logits.json: Cadene's model loaded with the seeded random
-  tensors of tests/test_models.py::_random_cadene_state_dict, its eval-mode logits for a seeded
+  tensors of tests/model_fixtures.py::random_cadene_state_dict, its eval-mode logits for a seeded
   input at 224 px (its own forward) and 32 px (its features, ReLU, mean over the map: its fixed
   7x7 average pool cannot run on the 1x1 map that 32 px gives), for every 25th class.
 """
@@ -46,9 +46,9 @@ def main(pretrainedmodels_root: str) -> None:
         "state_dict": [[k, list(v.shape)] for k, v in model.state_dict().items()],
     })
 
-    tests = _load("test_models", HERE.parent / "test_models.py")
+    fixtures = _load("model_fixtures", HERE.parent / "model_fixtures.py")
     weights_seed, input_seed = 5, 0
-    model.load_state_dict(tests._random_cadene_state_dict(seed=weights_seed))
+    model.load_state_dict(fixtures.random_cadene_state_dict(seed=weights_seed))
     model.eval()
     logits = {}
     with torch.no_grad():
