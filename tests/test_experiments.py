@@ -1,4 +1,4 @@
-"""The experiment grid: SPEC 6 counts, de-duplication, run ids, validation messages, the schema."""
+"""The experiment grid: the paper grid's counts, de-duplication, run ids, validation messages."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from backdoor_eval import experiments as ex
 from backdoor_eval.experiments import Run
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO / "config" / "schema" / "config.schema.yaml"
 
 
 def load(name: str) -> dict:
@@ -46,7 +45,7 @@ def tiny_config(**experiment) -> dict:
     }
 
 
-# --------------------------------------------------------------------------- SPEC 6 counts
+# --------------------------------------------------------------------------- the paper grid's counts (docs/decisions.md#experiment-grid)
 
 
 def test_paper_config_gives_the_spec6_counts(paper):
@@ -264,56 +263,6 @@ def test_validation_of_sections():
 def test_both_configs_validate(paper, quickstart):
     ex.validate(paper)
     ex.validate(quickstart)
-
-
-# --------------------------------------------------------------------------- the JSON schema
-
-
-@pytest.mark.parametrize("name", ["config.yaml", "quickstart.yaml"])
-def test_configs_pass_the_schema_with_defaults(name):
-    from snakemake.utils import validate
-
-    config = load(name)
-    validate(config, str(SCHEMA))
-    # Defaults were filled in and the result still passes our own checks.
-    assert config["experiments"]["E1"]["strategy"] == "many-to-one"
-    assert config["keep_models"] is False
-    ex.validate(config)
-    # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
-    assert ex.train_params(config, next(iter(config["datasets"])), next(iter(config["models"])))["lr"] == config["train"]["lr"]
-
-
-def test_schema_rejects_a_bad_type():
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
-    config = load("quickstart.yaml")
-    config["experiments"]["E1"]["retrain"] = "yes"
-    with pytest.raises(WorkflowError):
-        validate(config, str(SCHEMA))
-
-
-def test_schema_documents_every_key_and_the_code_defaults():
-    schema = yaml.safe_load(SCHEMA.read_text())
-
-    def walk(node, path):
-        if isinstance(node, dict):
-            for key, sub in (node.get("properties") or {}).items():
-                assert "description" in sub or "$ref" in sub, f"{path}.{key} has no description"
-                walk(sub, f"{path}.{key}")
-            for key in ("additionalProperties", "items"):
-                if isinstance(node.get(key), dict):
-                    walk(node[key], f"{path}.{key}")
-            for key in ("oneOf", "allOf"):
-                for i, sub in enumerate(node.get(key) or []):
-                    walk(sub, f"{path}.{key}[{i}]")
-
-    walk(schema, "config")
-    for name, definition in schema["$defs"].items():
-        walk(definition, f"$defs.{name}")
-    factors = schema["$defs"]["experiment"]["properties"]
-    for factor, default in ex.FACTOR_DEFAULTS.items():
-        assert factors[factor]["default"] == default, factor
 
 
 def test_registry_check_names_the_key(quickstart):

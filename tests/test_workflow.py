@@ -63,15 +63,23 @@ def expected_counts(config: dict) -> dict[str, int]:
         "poison": len({r.poison_id for r in runs}),
         "train": len(runs),
         "retrain": len(ex.retrain_runs(config)),
-        "evaluate": len(runs),
+        "summarize": len(runs),
         "membership": 1,
         "aggregate": 1,
-        "tables": 1,
-        "figures": 1,
         "all": 1,
     }
-    if config.get("gallery"):
-        counts["gallery"] = 1
+    outputs = ex.outputs(config)
+    per_rule = {
+        "retraining_table": ("table2", "table3"),
+        "strategy_table": ("table4", "table5"),
+        "figure": ("fig4", "fig5", "fig6", "fig7"),
+    }
+    for rule, names in per_rule.items():
+        if any(name in outputs for name in names):
+            counts[rule] = sum(name in outputs for name in names)
+    for block, rule in (("table1", "table1"), ("gallery", "gallery")):
+        if config.get(block):
+            counts[rule] = 1
     counts["total"] = sum(counts.values())
     return counts
 
@@ -94,7 +102,7 @@ def test_paper_dry_run_job_counts(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     assert counts == expected_counts(config)
-    assert (counts["train"], counts["evaluate"], counts["retrain"]) == (922, 922, 600)
+    assert (counts["train"], counts["summarize"], counts["retrain"]) == (922, 922, 600)
     assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (296, 12, 4, 2)
 
 
@@ -122,8 +130,19 @@ GPU_SNAKEFILE = textwrap.dedent(
         resources:
             gpu=1,
         shell:
-            "backdoor-eval gpu-exec --num-gpus 2 --lock-dir locks -- "
-            "sh -c 'date +%s.%N > {output}; echo $CUDA_VISIBLE_DEVICES >> {output}; sleep 2; date +%s.%N >> {output}'"
+            "python slot.py {output}"
+    """
+)
+# What `train --gpu-lock-dir` does around a phase: hold a slot while it runs, on the slot's device.
+SLOT_PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    from backdoor_eval.gpus import gpu_slot
+
+    with gpu_slot("locks", num_gpus=2), open(sys.argv[1], "w") as out:
+        out.write(f"{time.time()} {os.environ['CUDA_VISIBLE_DEVICES']} ")
+        time.sleep(2)
+        out.write(f"{time.time()}")
     """
 )
 
@@ -131,6 +150,7 @@ GPU_SNAKEFILE = textwrap.dedent(
 def run_gpu_snakefile(tmp_path: Path, gpus: int) -> list[tuple[float, str, float]]:
     snakefile = tmp_path / "Snakefile"
     snakefile.write_text(GPU_SNAKEFILE)
+    (tmp_path / "slot.py").write_text(SLOT_PROGRAM)
     result = snakemake("--cores", "2", "--resources", f"gpu={gpus}", workdir=tmp_path, snakefile=snakefile, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = []
@@ -208,6 +228,22 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     # No retraining asked for, so the poison model (temp) is gone once nothing needs it.
     assert not list((results / "runs").rglob("model.pt"))
     assert (results / "membership.json").is_file()
+
+    # Every file the jobs left is a declared output (or inside a declared directory output);
+    # logs and benchmarks are the rules' declared log: and benchmark: files.
+    summary = snakemake("--configfile", str(config_file), "--summary", workdir=tmp_path)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    declared = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line}
+    assert f"results/slice/tables/table2_n.csv" in declared
+    written = sorted(path.relative_to(tmp_path).as_posix() for path in results.rglob("*") if path.is_file())
+    undeclared = [
+        path
+        for path in written
+        if path not in declared
+        and not any(path.startswith(folder + "/") for folder in declared)
+        and not path.startswith(("results/slice/logs/", "results/slice/benchmarks/"))
+    ]
+    assert undeclared == []
 
 
 # --------------------------------------------------------------------------- the workflow CLI area

@@ -13,18 +13,26 @@ import sys
 from pathlib import Path
 
 
-def _load_config(args: argparse.Namespace, check_registries: bool = True) -> dict:
-    from backdoor_eval.config import load_config, prepare_config
+def _load_config(args: argparse.Namespace) -> dict:
+    """``--config FILE`` through the package's loader, or ``--config-json`` as the workflow passes it.
 
-    if args.config_json is not None:
-        try:
-            config = json.loads(args.config_json)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--config-json is not valid JSON ({exc.msg}); allowed: a JSON object") from None
-        if not isinstance(config, dict):
-            raise ValueError("--config-json is not a JSON object; allowed: a JSON object")
-        return dict(prepare_config(config, check_registries=check_registries))
-    return load_config(args.config, check_registries=check_registries)
+    The workflow passes only the parts of its (already loaded and checked)
+    config that the command depends on, so that JSON gets the semantic
+    checks but not the schema, which would ask for the keys left out.
+    """
+    from backdoor_eval import experiments
+    from backdoor_eval.config import load_config
+
+    if args.config_json is None:
+        return load_config(args.config)
+    try:
+        config = json.loads(args.config_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config-json is not valid JSON ({exc.msg}); allowed: a JSON object") from None
+    if not isinstance(config, dict):
+        raise ValueError("--config-json is not a JSON object; allowed: a JSON object")
+    experiments.validate(config)
+    return config
 
 
 def cmd_expand(args: argparse.Namespace) -> int:
@@ -45,8 +53,7 @@ def cmd_membership(args: argparse.Namespace) -> int:
     from backdoor_eval import experiments
     from backdoor_eval.io import write_json
 
-    # The workflow passes only the parts of its config membership depends on.
-    config = _load_config(args, check_registries=False)
+    config = _load_config(args)
     results_dir = args.results_dir or f"results/{config.get('name')}"
     write_json(args.out, experiments.membership(config, results_dir))
     return 0

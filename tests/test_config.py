@@ -1,0 +1,133 @@
+"""The config loader: schema defaults, messages that name the key, the schema as documentation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backdoor_eval import config as cfg
+from backdoor_eval import experiments as ex
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "quickstart.yaml"])
+def test_shipped_configs_load_with_defaults_filled(name):
+    config = cfg.load_config(REPO / "config" / name)
+    assert config["experiments"]["E1"]["strategy"] == "many-to-one"
+    assert config["keep_models"] is False
+    assert set(config["resources"]) == {"train", "retrain"}
+    # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
+    dataset, model = next(iter(config["datasets"])), next(iter(config["models"]))
+    assert ex.train_params(config, dataset, model)["lr"] == config["train"]["lr"]
+
+
+def test_the_workflow_schema_is_the_package_schema():
+    linked = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    assert yaml.safe_load(linked.read_text()) == cfg.load_schema()
+
+
+def test_a_partial_resources_block_keeps_the_other_defaults():
+    config = raw("quickstart.yaml")
+    config["resources"] = {"train": {"threads": 4}}
+    cfg.prepare_config(config, check_registries=False)
+    assert config["resources"]["train"] == {"threads": 4, "mem_mb": 16000, "runtime": 720}
+    assert config["resources"]["retrain"] == {"threads": 1, "mem_mb": 16000, "runtime": 120}
+
+
+@pytest.mark.parametrize("block", ["table1", "gallery"])
+@pytest.mark.parametrize("value", ["omitted", None])
+def test_optional_blocks_may_be_omitted_or_empty(block, value):
+    config = raw("quickstart.yaml")
+    if value == "omitted":
+        config.pop(block, None)
+    else:
+        config[block] = value
+    cfg.prepare_config(config, check_registries=False)
+    assert config[block] is None
+
+
+def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_alpha():
+    from backdoor_eval.triggers import TRIGGERS
+
+    config = raw("quickstart.yaml")
+    config.pop("triggers")
+    cfg.prepare_config(config, check_registries=False)
+    assert ex.trigger_names(config) == TRIGGERS.names()
+    assert ex.trigger_default_alpha(config, "sin") == TRIGGERS.get("sin").default_alpha == 0.1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["experiments"]["E1"].update(retrain="yes"), r"^experiments\.E1\.retrain: 'yes' is not valid; allowed: boolean$"),
+        (lambda c: c["train"].update(optimiser="adam"), r"^train\.optimiser: unknown key; allowed: .*optimizer"),
+        (lambda c: c["train"].update(lr="3e-3"), r"^train\.lr: '3e-3' is not valid; .*write it with a decimal point, e\.g\. 3\.0e-3"),
+        (lambda c: c["experiments"]["E1"].update(trigger=[]), r"^experiments\.E1\.trigger: "),
+        (lambda c: c.update(device="gpu"), r"^device: 'gpu' is not valid; allowed: auto, cpu, cuda$"),
+        (lambda c: c.pop("datasets"), r"^datasets: required key is missing$"),
+        (lambda c: c["resources"].update(train={"threads": 0}), r"^resources\.train\.threads: 0 is not valid; less than the minimum of 1$"),
+    ],
+)
+def test_schema_errors_name_the_key_and_what_is_allowed(change, message):
+    config = raw("quickstart.yaml")
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        cfg.prepare_config(config, check_registries=False)
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndatasets:\n  a: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml, line \d+, column \d+: YAML syntax error"):
+        cfg.load_config(path)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        cfg.load_config(tmp_path / "nope.yaml")
+
+
+def test_schema_documents_every_key():
+    schema = cfg.load_schema()
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for key, sub in (node.get("properties") or {}).items():
+                assert "description" in sub or "$ref" in sub, f"{path}.{key} has no description"
+                walk(sub, f"{path}.{key}")
+            for key in ("additionalProperties", "items"):
+                if isinstance(node.get(key), dict):
+                    walk(node[key], f"{path}.{key}")
+            for key in ("oneOf", "allOf"):
+                for i, sub in enumerate(node.get(key) or []):
+                    walk(sub, f"{path}.{key}[{i}]")
+
+    walk(schema, "config")
+    for name, definition in schema["$defs"].items():
+        walk(definition, f"$defs.{name}")
+
+
+def test_schema_train_keys_are_the_engine_settings_and_carry_no_defaults():
+    pytest.importorskip("torch")
+    from backdoor_eval.train import TrainConfig
+
+    train = cfg.load_schema()["$defs"]["train"]["properties"]
+    assert set(train) == {field.name for field in dataclasses.fields(TrainConfig)}
+    # The engine's dataclass is the one place the training defaults are written.
+    assert not [key for key, spec in train.items() if "default" in spec]
+
+
+def test_schema_default_reads_nested_and_defs_nodes():
+    assert cfg.schema_default("experiment", "strategy") == "many-to-one"
+    assert cfg.schema_default("outputs")["table2"] == "E1+E2"
+    assert ex.DEFAULT_OUTPUTS["table2"] == ["E1", "E2"]
+    with pytest.raises(KeyError, match="datasets"):
+        cfg.schema_default("datasets")
