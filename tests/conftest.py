@@ -15,7 +15,7 @@ SHARED_DATASETS = Path(os.environ.get("BACKDOOR_EVAL_SHARED_DATASETS", REPO.pare
 
 
 def shared_dataset(name: str) -> Path:
-    """Path of a real dataset zip in ../shared/datasets, or skip the test saying why."""
+    """Path of a real dataset zip in the datasets folder (see SHARED_DATASETS), or skip the test saying why."""
     path = SHARED_DATASETS / name
     if not path.is_file():
         pytest.skip(
