@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from backdoor_eval import cli
+from backdoor_eval.hashing import array_sha256
 from backdoor_eval.data import (
     DATASETS,
     RawDataset,
-    array_sha256,
     create_dataset,
     ingest,
     make_synthetic,

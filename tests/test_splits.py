@@ -124,8 +124,8 @@ def test_apportion_prefers_each_class_largest_remainder():
         (np.array([0.0, 1.0]), 0, "1-D integer"),
         (np.array([], dtype=int), 0, "non-empty"),
         (np.array([0, -1]), 0, "non-negative"),
-        (np.array([0, 1]), -1, "seed -1"),
-        (np.array([0, 1]), 1.5, "seed 1.5"),
+        (np.array([0, 1]), -1, "seed=-1"),
+        (np.array([0, 1]), 1.5, "seed=1.5"),
     ],
 )
 def test_make_partitions_rejects_bad_input(labels, seed, message):

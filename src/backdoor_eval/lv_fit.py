@@ -4,13 +4,12 @@ The LV trigger (Tanay et al.) is the projection of a reference image onto
 the trailing (lowest-variance) principal components of the training images
 (docs/decisions.md#low-variance-trigger). :func:`fit_low_variance` computes
 it, :func:`save_lv_fit` / :func:`load_lv_fit` write and read the fit as an
-npz, and :func:`file_sha256` identifies a fit file. The trigger that embeds
+npz, and :func:`backdoor_eval.hashing.file_digest` identifies a fit file. The trigger that embeds
 the fitted pattern with eq. 7 is ``backdoor_eval.triggers.LowVariance``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -248,11 +247,3 @@ def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVar
             source_path=str(path),
         )
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes (the ``lv`` trigger's ``fit_sha256``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

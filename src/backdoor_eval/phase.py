@@ -64,7 +64,9 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     import pandas as pd
     import torch
 
+    from backdoor_eval import seeding
     from backdoor_eval import train as engine
+    from backdoor_eval.hashing import json_sha256
     from backdoor_eval.data import open_store
     from backdoor_eval.io import atomic_path, write_json, write_parquet
     from backdoor_eval.models import create_model
@@ -88,10 +90,10 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     pretrained = model_params.pop("pretrained", False)
     weights = model_params.pop("weights", None)
     if job.phase == CLEAN_PHASE:
-        model = _load_model_file(job.init_model, job.model, num_classes, model_params, job.seed)
+        model = _load_model_file(job.init_model, job.model, num_classes, model_params)
     else:
         # Head initialisation is part of the run: seed it.
-        torch.manual_seed(engine.seed_for(job.seed, "init"))
+        torch.manual_seed(seeding.derived_seed(job.seed, "model/init"))
         model = create_model(job.model, num_classes=num_classes, pretrained=pretrained, weights=weights, **model_params)
     regularizer = create_regularizer(job.regularizer, **job.regularizer_params)
 
@@ -114,7 +116,8 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     train_set = tensors("poison_train" if job.phase == POISON_PHASE else "clean_train")
 
     runner = engine.Engine(model, regularizer, cfg, num_classes, device, job.seed)
-    key = engine.fingerprint(
+    # A checkpoint is resumed only under the very settings that wrote it.
+    key = json_sha256([
         job.phase,
         str(job.poisoned.resolve()),
         job.model,
@@ -125,7 +128,7 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
         job.seed,
         str(device),
         str(job.init_model.resolve()) if job.init_model is not None else None,
-    )
+    ])
     result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
 
     history = pd.DataFrame(result.history)
@@ -179,7 +182,7 @@ def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> di
     }
 
 
-def _load_model_file(path: Path, model_name: str, num_classes: int, model_params: dict[str, Any], seed: int):
+def _load_model_file(path: Path, model_name: str, num_classes: int, model_params: dict[str, Any]):
     """The poison phase's kept model, rebuilt from its ``model.pt``."""
     import torch
 
@@ -188,7 +191,6 @@ def _load_model_file(path: Path, model_name: str, num_classes: int, model_params
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if saved.get("model") != model_name:
         raise ValueError(f"--init-model {path} holds a {saved.get('model')!r} model, not {model_name!r}")
-    torch.manual_seed(seed)
     model = create_model(model_name, num_classes=num_classes, pretrained=False, **model_params)
     model.load_state_dict(saved["state_dict"])
     return model

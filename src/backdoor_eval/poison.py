@@ -17,7 +17,6 @@ sets back together.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,8 +29,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
+from backdoor_eval.hashing import arrays_sha256
 from backdoor_eval.io import atomic_dir, write_json
 from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
+from backdoor_eval import seeding
 from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
 
 log = logging.getLogger(__name__)
@@ -40,41 +41,6 @@ OVERLAY_FILE = "overlay.npz"
 MANIFEST_FILE = "manifest.json"
 # Images pushed through a trigger at once: bounds memory at 224 px (256 x 150,528 float32 = 154 MB).
 TRIGGER_BATCH = 256
-
-# Fixed spawn keys: each purpose gets its own stream from the run seed, so
-# e.g. the images selected do not depend on the trigger and never change
-# when a purpose is added. Never renumber.
-SEED_PURPOSES = {
-    "poison_train/select": 1,
-    "poison_val/select": 2,
-    "poison_train/trigger": 3,
-    "poison_val/trigger": 4,
-    "adv_test/trigger": 5,
-    "lv/reference": 6,
-}
-
-
-def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed={seed!r}; allowed: an integer >= 0")
-    return int(seed)
-
-
-def derived_seed_sequence(seed: int, purpose: str) -> np.random.SeedSequence:
-    """The run seed's stream for one purpose (a key of ``SEED_PURPOSES``)."""
-    if purpose not in SEED_PURPOSES:
-        raise ValueError(f"seed purpose {purpose!r} is unknown; allowed: {', '.join(SEED_PURPOSES)}")
-    return np.random.SeedSequence(_check_seed(seed), spawn_key=(SEED_PURPOSES[purpose],))
-
-
-def derived_rng(seed: int, purpose: str) -> np.random.Generator:
-    return np.random.default_rng(derived_seed_sequence(seed, purpose))
-
-
-def derived_seed(seed: int, purpose: str) -> int:
-    """A plain integer seed (JSON-able) for one purpose, e.g. the adversarial-test trigger."""
-    return int(derived_seed_sequence(seed, purpose).generate_state(1, dtype=np.uint64)[0])
-
 
 def check_poison_rate(poison_rate: float) -> float:
     try:
@@ -230,11 +196,7 @@ def _class_index(store: Any, value: int | str | None) -> int | None:
 
 def partitions_sha256(partitions: Mapping[str, np.ndarray]) -> str:
     """Fingerprint of the partitions, so an overlay is never applied to another split."""
-    digest = hashlib.sha256()
-    for name in PARTITIONS:
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(partitions[name], dtype=np.int64).tobytes())
-    return digest.hexdigest()
+    return arrays_sha256((name, np.asarray(partitions[name], dtype=np.int64)) for name in PARTITIONS)
 
 
 def _bincount(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -268,7 +230,7 @@ def materialize(
     ``<set>_pixels`` uint8 triggered copies of the drawn images) and
     ``out_dir/manifest.json``, together and atomically. Same seed, same bytes.
     """
-    seed = _check_seed(seed)
+    seed = seeding.check_seed(seed)
     check_strategy(strategy)
     poison_rate = check_poison_rate(poison_rate)
     poison_index = _class_index(store, poison_class)
@@ -287,10 +249,10 @@ def materialize(
         indices = np.asarray(partitions[set_name], dtype=np.int64)
         labels = labels_all[indices]
         replaced_pos, drawn_pos = select_poison(
-            labels, poison_index, poison_rate, strategy, source_index, derived_rng(seed, f"{set_name}/select")
+            labels, poison_index, poison_rate, strategy, source_index, seeding.rng(seed, f"{set_name}/select")
         )
         replaced, drawn = indices[replaced_pos], indices[drawn_pos]
-        pixels = _triggered_pixels(np.asarray(store.images[drawn]), trigger, derived_rng(seed, f"{set_name}/trigger"))
+        pixels = _triggered_pixels(np.asarray(store.images[drawn]), trigger, seeding.rng(seed, f"{set_name}/trigger"))
         overlay[f"{set_name}_replaced"] = replaced
         overlay[f"{set_name}_drawn"] = drawn
         overlay[f"{set_name}_pixels"] = pixels
@@ -316,7 +278,7 @@ def materialize(
         "source": source_index,
         "source_name": None if source_index is None else class_names[source_index],
         "seed": seed,
-        "adv_seed": derived_seed(seed, "adv_test/trigger"),
+        "adv_seed": seeding.derived_seed(seed, "adv_test/trigger"),
         "trigger": trigger.spec(),
         "class_names": class_names,
         "image_shape": list(np.asarray(store.images[:1]).shape[1:]),

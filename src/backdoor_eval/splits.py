@@ -24,9 +24,10 @@ at both levels:
    cells and margins are all within one unit).
 
 The counts depend only on the class sizes; the seed only decides which
-images fill them: one ``numpy.random.default_rng(seed)`` permutation per
-class, in class order, whose first images form the poison-set (its first
-80% the poison-train), the next the clean-set, the rest adversarial-test.
+images fill them: one permutation per class, in class order, drawn from
+the seed's ``partitions`` stream (:mod:`backdoor_eval.seeding`); its first
+images form the poison-set (its first 80% the poison-train), the next the
+clean-set, the rest adversarial-test.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from backdoor_eval import seeding
 from backdoor_eval.io import write_npz
 from backdoor_eval.names import PARTITIONS
 
@@ -135,9 +137,7 @@ def make_partitions(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         raise ValueError(f"labels must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}")
     if labels.min() < 0:
         raise ValueError(f"labels must be non-negative class indices, got minimum {labels.min()}")
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed {seed!r} is not allowed; expected a non-negative int")
-    rng = np.random.default_rng(int(seed))
+    rng = seeding.rng(seed, "partitions")
     classes = np.unique(labels)
     members = [np.flatnonzero(labels == c) for c in classes]
     set_counts = apportion([m.size for m in members], SET_WEIGHTS)

@@ -28,8 +28,6 @@ what an uninterrupted one would.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
@@ -42,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from . import evaluate as metrics
+from . import seeding
 from .io import atomic_path
 from .names import PHASES, POISON_PHASE
 from .registry import Registry
@@ -163,12 +162,6 @@ class EvalSets:
     adv_triggered: torch.Tensor  # the same images with the trigger (8-bit, as stored)
     adv_source_mask: torch.Tensor  # bool; one-to-one source class only
     poison_class: int
-
-
-def seed_for(seed: int, *keys: Any) -> int:
-    """A 63-bit seed derived from the run seed and a purpose, stable across runs."""
-    digest = hashlib.sha256(json.dumps([seed, *keys]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def to_device_uint8(images: np.ndarray, device: torch.device, on_device: bool) -> torch.Tensor:
@@ -345,8 +338,9 @@ class Engine:
             if stopped_early:
                 break
             tic = time.perf_counter()
-            torch.manual_seed(seed_for(self.seed, phase, epoch, "torch"))  # dropout etc.
-            generator = torch.Generator().manual_seed(seed_for(self.seed, phase, epoch, "data"))
+            streams = (self.seed, PHASES.index(phase), epoch)
+            torch.manual_seed(seeding.derived_seed(streams[0], "train/torch", *streams[1:]))  # dropout etc.
+            generator = torch.Generator().manual_seed(seeding.derived_seed(streams[0], "train/data", *streams[1:]))
             train_loss = float("nan") if epoch == 0 else self.train_epoch(optimizer, images, labels, generator)
             scores = self.evaluate(sets)
             row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, **scores}
@@ -418,11 +412,6 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
         log.warning("checkpoint %s belongs to other settings; starting the phase afresh", path)
         return None
     return state
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of everything that defines a phase, so a stale checkpoint is never reused."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backdoor_eval.lv_fit import LowVarianceFit, file_sha256, load_lv_fit
+from backdoor_eval.hashing import file_digest
+from backdoor_eval.lv_fit import LowVarianceFit, load_lv_fit
 from backdoor_eval.registry import Registry
 
 REFERENCE_SIZE = 224
@@ -328,7 +329,7 @@ class LowVariance(Trigger):
             self.fit = fit
         else:
             if fit_sha256 is not None:
-                actual = file_sha256(fit)
+                actual = file_digest(fit)
                 if actual != fit_sha256:
                     raise ValueError(f"LV fit {fit} has sha256 {actual}, not fit_sha256={fit_sha256}: the file changed")
                 self._fit_sha256 = actual
@@ -342,7 +343,7 @@ class LowVariance(Trigger):
         if self.fit.source_path is None:
             raise ValueError("this lv trigger's fit was never saved; save it with save_lv_fit so the spec can name it")
         if self._fit_sha256 is None:  # hashed once: a 224 px fit file is large
-            self._fit_sha256 = file_sha256(self.fit.source_path)
+            self._fit_sha256 = file_digest(self.fit.source_path)
         return {"fit": self.fit.source_path, "reading": self.reading, "fit_sha256": self._fit_sha256}
 
     def pattern_and_mask(self, n, height, width, rng=None):

@@ -35,7 +35,7 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def cmd_fit_lv(args: argparse.Namespace) -> int:
     from backdoor_eval.data import open_store
-    from backdoor_eval.poison import derived_rng
+    from backdoor_eval import seeding
     from backdoor_eval.splits import load_partitions
     from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
 
@@ -43,7 +43,7 @@ def cmd_fit_lv(args: argparse.Namespace) -> int:
     partitions = load_partitions(args.partitions, num_images=len(store.labels))
     train_indices = np.asarray(partitions["poison_train"])
     # The reference image must not be in the training data: a seeded draw from clean-validation.
-    reference_index = int(derived_rng(args.seed, "lv/reference").choice(np.asarray(partitions["clean_val"])))
+    reference_index = int(seeding.rng(args.seed, "lv/reference").choice(np.asarray(partitions["clean_val"])))
     log.info("fitting LV on %d poison-train images, reference store index %d", train_indices.size, reference_index)
     fit = fit_low_variance(
         np.asarray(store.images[train_indices]),

@@ -250,6 +250,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     """Fig. 2 from one clean-validation image of the store, each trigger at its default alpha."""
     import numpy as np
 
+    from backdoor_eval import seeding
     from backdoor_eval.data import open_store
     from backdoor_eval.figures import fig2_trigger_gallery, save_figure
     from backdoor_eval.splits import load_partitions
@@ -270,7 +271,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         (label, create_trigger(name, fit=args.lv_fit) if name == "lv" else create_trigger(name))
         for label, name in GALLERY_TRIGGERS
     ]
-    fig = fig2_trigger_gallery(image, triggers, np.random.default_rng(args.seed))
+    fig = fig2_trigger_gallery(image, triggers, seeding.rng(args.seed, "gallery/trigger"))
     save_figure(fig, args.out_png, args.out_pdf)
     log.info("gallery: wrote %s and %s", args.out_png, args.out_pdf)
     return 0

@@ -16,7 +16,7 @@ training) reads the store, never the original archive. The datasets
 Modules:
 
 - ``factory``: the registry ``DATASETS`` and ``create_dataset``;
-- ``store``: ``RawDataset``, ``Store``, ``ingest``, ``open_store``, ``describe``, ``array_sha256``;
+- ``store``: ``RawDataset``, ``Store``, ``ingest``, ``open_store``, ``describe``;
 - ``download``: ``download`` into a cache and md5 checks;
 - ``decode``: the parallel image decoding pool (``decode_images``);
 - ``readers``: one module per registered dataset.
@@ -27,10 +27,10 @@ The names below are the package's public API; import them from here.
 from __future__ import annotations
 
 from .decode import decode_images
-from .download import DEFAULT_CACHE_DIR, check_md5, download, file_md5
+from .download import DEFAULT_CACHE_DIR, check_md5, download
 from .factory import DATASETS, create_dataset
 from .readers import Cifar10, Flowers, ImageFolder, Synthetic, make_synthetic
-from .store import STORE_FORMAT_VERSION, RawDataset, Store, array_sha256, describe, ingest, open_store
+from .store import STORE_FORMAT_VERSION, RawDataset, Store, describe, ingest, open_store
 
 __all__ = [
     "DATASETS",
@@ -41,9 +41,7 @@ __all__ = [
     "create_dataset",
     "decode_images",
     "make_synthetic",
-    "array_sha256",
     "check_md5",
-    "file_md5",
     "download",
     "describe",
     "Cifar10",

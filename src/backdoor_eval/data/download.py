@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -13,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from backdoor_eval.hashing import file_digest
 from backdoor_eval.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_DIR = "resources/downloads"
 
 
-def file_md5(path: str | os.PathLike) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "md5").hexdigest()
-
-
 def check_md5(path: str | os.PathLike, expected: str | None) -> str:
     """md5 of ``path``; raises ``ValueError`` naming both sums when ``expected`` differs."""
-    actual = file_md5(path)
+    actual = file_digest(path, "md5")
     if expected is not None and actual != expected.lower():
         raise ValueError(f"md5 mismatch for {path}: expected {expected.lower()}, got {actual}")
     return actual
@@ -43,18 +38,17 @@ def download(url: str, cache_dir: str | os.PathLike, md5: str | None = None, pro
         check_md5(target, md5)
         return target
     log.info("downloading %s -> %s", url, target)
-    digest = hashlib.md5()
     with atomic_path(target) as tmp, urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
-                digest.update(chunk)
                 bar.update(len(chunk))
         out.close()
         # Checked before the rename, so a bad download never lands in the cache.
-        if md5 is not None and digest.hexdigest() != md5.lower():
-            raise ValueError(f"md5 mismatch for {url}: expected {md5.lower()}, got {digest.hexdigest()}")
+        actual = file_digest(tmp, "md5")
+        if md5 is not None and actual != md5.lower():
+            raise ValueError(f"md5 mismatch for {url}: expected {md5.lower()}, got {actual}")
     return target
 
 
@@ -66,4 +60,4 @@ def check_md5_param(md5: Any) -> str | None:
     return md5.lower()
 
 
-__all__ = ["DEFAULT_CACHE_DIR", "file_md5", "check_md5", "check_md5_param", "download"]
+__all__ = ["DEFAULT_CACHE_DIR", "check_md5", "check_md5_param", "download"]

@@ -14,7 +14,6 @@ a store and ``open_store`` reads one back as a ``Store``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from backdoor_eval.hashing import array_sha256
 from backdoor_eval.io import atomic_dir, read_json, write_json, write_npy
 
 from .factory import create_dataset
@@ -183,16 +183,6 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
     return Store(root=root, images=images, labels=labels, class_names=class_names, manifest=manifest)
 
 
-def array_sha256(array: np.ndarray) -> str:
-    """sha256 of an array's C-order bytes (dtype and shape are recorded beside it)."""
-    digest = hashlib.sha256()
-    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    step = 1 << 26  # hash in 64 MiB slices so a memmap is never loaded whole
-    for start in range(0, flat.size, step):
-        digest.update(flat[start : start + step])
-    return digest.hexdigest()
-
-
 def describe(store: Store) -> str:
     """One line summarising a store, for logs."""
     shape = "x".join(map(str, store.manifest["image_shape"]))
@@ -200,4 +190,4 @@ def describe(store: Store) -> str:
     return f"{store.manifest['dataset']}: {store.num_images} images of {shape} ({counts})"
 
 
-__all__ = ["STORE_FORMAT_VERSION", "RawDataset", "Store", "ingest", "open_store", "array_sha256", "describe"]
+__all__ = ["STORE_FORMAT_VERSION", "RawDataset", "Store", "ingest", "open_store", "describe"]

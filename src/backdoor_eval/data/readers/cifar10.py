@@ -9,7 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..download import DEFAULT_CACHE_DIR, check_md5, check_md5_param, download, file_md5
+from backdoor_eval.hashing import file_digest
+
+from ..download import DEFAULT_CACHE_DIR, check_md5, check_md5_param, download
 from ..factory import DATASETS
 from ..store import RawDataset
 
@@ -79,7 +81,7 @@ class Cifar10:
             archive_md5 = check_md5(archive, self.md5)
         else:
             archive = download(self.url, self.cache_dir, self.md5, progress)
-            archive_md5 = file_md5(archive)
+            archive_md5 = file_digest(archive, "md5")
         batches: dict[str, dict[str, Any]] = {}
         try:
             tar = tarfile.open(archive, "r:*")

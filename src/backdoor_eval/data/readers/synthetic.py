@@ -71,21 +71,31 @@ class Synthetic:
             "min_contrast": float(min_contrast),
         }
 
+    def generate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The pixels (uint8 ``(N, size, size, 3)``) and labels, sorted by class."""
+        return _generate(**self.params)
+
     def load(self, progress: bool = True) -> RawDataset:
-        images, labels = make_synthetic(**self.params)
+        images, labels = self.generate()
         class_names = [f"class{k}" for k in range(self.params["num_classes"])]
         return RawDataset(images, labels, class_names, {"kind": "synthetic", "generator": "oriented-gratings-v1"})
 
 
-def make_synthetic(
-    num_classes: int = 10,
-    per_class: int = 300,
-    size: int = 32,
-    seed: int = 0,
-    noise: float = 0.06,
-    hue_jitter: float = 0.3,
-    angle_jitter: float = 0.5,
-    min_contrast: float = 0.0,
+def make_synthetic(**params) -> tuple[np.ndarray, np.ndarray]:
+    """The ``synthetic`` dataset's pixels and labels for ``params`` (:class:`Synthetic`'s, same defaults)."""
+    return Synthetic(**params).generate()
+
+
+def _generate(
+    *,
+    num_classes: int,
+    per_class: int,
+    size: int,
+    seed: int,
+    noise: float,
+    hue_jitter: float,
+    angle_jitter: float,
+    min_contrast: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``synthetic`` dataset's pixels (uint8 ``(N, size, size, 3)``) and labels, sorted by class."""
     rng = np.random.default_rng(seed)
