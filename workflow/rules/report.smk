@@ -19,7 +19,8 @@ rule membership:
         "../../envs/backdoor-eval.yaml"
     params:
         config=as_json(get_membership_config()),
-        results=RESULTS,
+        # The results folder the listed run files live in: the membership file's own folder.
+        results=lambda wildcards, output: os.path.dirname(output.membership),
     shell:
         "backdoor-eval membership --config-json {params.config:q} --results-dir {params.results:q}"
         " --out {output.membership:q} > {log:q} 2>&1"
