@@ -93,8 +93,6 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
 
 def validate_schema(config: MutableMapping[str, Any]) -> None:
     """Check ``config`` against the schema and fill in its defaults (in place)."""
-    import jsonschema
-
     validator = _defaults_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
     if errors:

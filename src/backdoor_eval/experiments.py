@@ -452,7 +452,7 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
     """The membership document ``backdoor-eval aggregate --membership`` reads.
 
     ``results_dir`` is ``results/{config_name}``; each run's files are the
-    ones the workflow's ``evaluate`` rule writes (:class:`backdoor_eval.layout.Layout`),
+    ones the workflow's ``summarize`` rule writes (:class:`backdoor_eval.layout.Layout`),
     and the ``aggregate`` rule declares exactly these files as its inputs.
     """
     layout = Layout(results_dir)

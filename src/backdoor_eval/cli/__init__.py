@@ -1,8 +1,9 @@
 """The ``backdoor-eval`` command line: the one entry point Snakemake rules call.
 
 Each area registers its own subcommands (``cli/data.py``, ``cli/attack.py``,
-``cli/engine.py``, ``cli/report.py``); handlers parse arguments, call pure
-package functions and write files atomically.
+``cli/engine.py``, ``cli/report.py``, ``cli/workflow.py``); each handler,
+``cmd_<command>``, parses its arguments and calls the package, which writes
+every file atomically to the paths the arguments name.
 """
 
 from __future__ import annotations

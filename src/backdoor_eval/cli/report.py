@@ -208,10 +208,10 @@ def _table1_from_store(store_dir: str, poison_rate: float, counts: str | None = 
         try:
             class_counts = [int(c) for c in counts.split(",")]
         except ValueError:
-            raise ValueError(f"--table1-counts {counts!r} is not a comma-separated list of integers") from None
+            raise ValueError(f"--class-counts {counts!r} is not a comma-separated list of integers") from None
         if len(class_counts) != len(names):
             raise ValueError(
-                f"--table1-counts gives {len(class_counts)} counts but the store has {len(names)} classes ({', '.join(names)})"
+                f"--class-counts gives {len(class_counts)} counts but the store has {len(names)} classes ({', '.join(names)})"
             )
         counted = f"as given in the config ({counts})"
     else:
