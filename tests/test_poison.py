@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from backdoor_eval import seeding
 from backdoor_eval.cli import main
 from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
 from backdoor_eval.names import PARTITIONS
 from backdoor_eval.poison import (
-    derived_seed,
     load_poisoned,
     materialize,
     num_poisoned,
@@ -91,14 +91,6 @@ def test_select_replaces_floor_rate_times_poison_class_with_other_classes(poison
     assert len(set(replaced)) == replaced.size and len(set(drawn)) == drawn.size
     after = np.concatenate([np.delete(labels, replaced), np.zeros(drawn.size, int)])
     np.testing.assert_array_equal(np.bincount(after), np.bincount(labels))
-
-
-def test_derived_seeds_are_fixed_per_purpose():
-    assert derived_seed(0, "adv_test/trigger") == derived_seed(0, "adv_test/trigger")
-    seeds = {derived_seed(seed, purpose) for seed in (0, 1) for purpose in ("poison_train/select", "adv_test/trigger")}
-    assert len(seeds) == 4
-    with pytest.raises(ValueError, match="purpose 'other' is unknown"):
-        derived_seed(0, "other")
 
 
 def test_num_poisoned_is_the_floor():
@@ -258,7 +250,7 @@ def test_materialize_writes_only_indices_and_triggered_pixels(store, partitions,
         assert info["num_poisoned"] == drawn.size and info["drawn_per_class"][1] == 0
         assert info["effective_poisoning_rate"] == drawn.size / indices.size
     assert manifest["trigger"] == create_trigger("sin").spec()
-    assert manifest["adv_seed"] == derived_seed(0, "adv_test/trigger")
+    assert manifest["adv_seed"] == seeding.derived_seed(0, "adv_test/trigger")
 
 
 def test_adversarial_test_excludes_the_poison_class(store, partitions, tmp_path):
