@@ -1,4 +1,4 @@
-"""Tests for backdoor_eval.figures and the `figures`/`gallery` commands.
+"""Tests for backdoor_eval.figures and the `figure`/`gallery` commands.
 
 The `runs` frames are synthetic test fixtures with hand-picked values (not
 results); each figure's numbers are checked on ``fig.computed``.
@@ -7,7 +7,6 @@ results); each figure's numbers are checked on ``fig.computed``.
 from __future__ import annotations
 
 import itertools
-import logging
 import types
 
 import numpy as np
@@ -44,10 +43,19 @@ def e3_runs() -> pd.DataFrame:
 
 
 def check_saved(fig, stem):
-    png, pdf = figures.save_figure(fig, stem, dpi=50)  # low dpi keeps the test fast
+    png, pdf = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"
+    assert figures.save_figure(fig, png, pdf, dpi=50) is None  # low dpi keeps the test fast
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pdf.read_bytes()[:5] == b"%PDF-"
-    assert sorted(p.name for p in png.parent.iterdir() if p.name.startswith(stem.name)) == [pdf.name, png.name]
+    # Each path in the format its suffix names, whatever the order.
+    swapped_pdf, swapped_png = stem.parent / f"{stem.name}_b.pdf", stem.parent / f"{stem.name}_b.png"
+    figures.save_figure(fig, swapped_pdf, swapped_png, dpi=50)
+    assert swapped_pdf.read_bytes()[:5] == b"%PDF-" and swapped_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"'\.jpg'; allowed: \.png, \.pdf"):
+        figures.save_figure(fig, stem.parent / f"{stem.name}.jpg", dpi=50)
+    assert sorted(p.name for p in png.parent.iterdir() if p.name.startswith(stem.name)) == sorted(
+        [pdf.name, png.name, swapped_pdf.name, swapped_png.name]
+    )
     assert not [p for p in png.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -213,18 +221,30 @@ def test_fig2_with_the_real_triggers():
 # --------------------------------------------------------------------------- commands
 
 
-def test_figures_command_writes_present_and_skips_absent(e3_runs, tmp_path, caplog):
-    caplog.set_level(logging.INFO)
-    runs_path, epochs_path = tmp_path / "runs.parquet", tmp_path / "epochs.parquet"
+def figure_args(name, experiments, runs_path, out):
+    return ["figure", "--name", name, "--experiments", experiments, "--runs", str(runs_path),
+            "--out-png", str(out / f"{name}.png"), "--out-pdf", str(out / f"{name}.pdf")]
+
+
+def test_figure_command_writes_present_and_rejects_absent(e3_runs, tmp_path, capsys):
+    runs_path = tmp_path / "runs.parquet"
     e3_runs.to_parquet(runs_path)
-    pd.DataFrame({"run_id": ["x"], "epoch": [0]}).to_parquet(epochs_path)
     out = tmp_path / "figures"
-    assert main(["figures", "--runs", str(runs_path), "--epochs", str(epochs_path), "--out-dir", str(out),
-                 "--only", "fig4,fig6"]) == 0
+    assert main(figure_args("fig4", "E3", runs_path, out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
-    assert "skipped fig6 (experiment E4" in caplog.text
-    assert main(["figures", "--runs", str(runs_path), "--epochs", str(tmp_path / "none.parquet"),
-                 "--out-dir", str(out)]) == 2
+    assert (out / "fig4.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "fig4.pdf").read_bytes()[:5] == b"%PDF-"
+    # A requested experiment absent from runs.parquet is an error naming it and those present.
+    capsys.readouterr()
+    assert main(figure_args("fig6", "E4", runs_path, out)) == 2
+    err = capsys.readouterr().err
+    assert "experiment 'E4' has no rows" in err and "experiments there: E1, E3" in err
+    assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
+    # A figure is built from one experiment; a missing runs file is an error too.
+    assert main(figure_args("fig4", "E3+E1", runs_path, out)) == 2
+    assert main(figure_args("fig4", "E3", tmp_path / "none.parquet", out)) == 2
+    assert "runs file" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
 
 
 def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
@@ -251,10 +271,13 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
     for name in ("store", "parts.npz", "lv.npz"):
         (tmp_path / name).touch()
     args = ["gallery", "--store", str(tmp_path / "store"), "--partitions", str(tmp_path / "parts.npz"),
-            "--lv-fit", str(tmp_path / "lv.npz"), "--image-index", "1", "--out", str(tmp_path / "fig2.png")]
+            "--lv-fit", str(tmp_path / "lv.npz"), "--image-index", "1",
+            "--out-png", str(tmp_path / "fig2.png"), "--out-pdf", str(tmp_path / "fig2.pdf")]
     assert main(args) == 0
     assert (seen["image"] == 77).all()
     assert made == [("bs", {}), ("rs", {}), ("sin", {}), ("lv", {"fit": str(tmp_path / "lv.npz")})]
     assert (tmp_path / "fig2.png").stat().st_size > 0 and (tmp_path / "fig2.pdf").stat().st_size > 0
-    assert main(args[:-4] + ["--image-index", "3", "--out", str(tmp_path / "fig2.png")]) == 2
-    assert main(args[:-2] + ["--out", str(tmp_path / "fig2.jpg")]) == 2
+    outs = args[-4:]
+    assert main(args[:-6] + ["--image-index", "3", *outs]) == 2
+    assert main(args[:-4] + ["--out-png", str(tmp_path / "fig2.jpg"), "--out-pdf", str(tmp_path / "fig2.pdf")]) == 2
+    assert not (tmp_path / "fig2.jpg").exists()

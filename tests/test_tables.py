@@ -1,4 +1,4 @@
-"""Tests for backdoor_eval.tables and the `aggregate`/`tables` commands.
+"""Tests for backdoor_eval.tables and the `aggregate`/`table1`/`table` commands.
 
 Every `runs` frame here is a synthetic test fixture with hand-picked metric
 values (not results), so each table cell can be checked exactly.
@@ -7,7 +7,6 @@ values (not results), so each table cell can be checked exactly.
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 import types
 
@@ -230,7 +229,8 @@ def test_table5_source_column_and_csv_keeps_numbers(strategy_runs, tmp_path):
     assert row[("1-to-1 source class", "mean")] == pytest.approx(0.63)
     assert row[("1-to-1 source class", "std")] == pytest.approx(statistics.stdev([0.60, 0.62, 0.64, 0.66]))
     assert row[("M-to-1", "mean")] == pytest.approx(0.75)
-    csv_path, md_path = tables.write_table(table, tmp_path / "table5", note="a note")
+    csv_path, md_path = tmp_path / "table5.csv", tmp_path / "table5.md"
+    assert tables.write_table(table, csv_path, md_path, note="a note") is None
     written = pd.read_csv(csv_path)
     assert list(written.columns) == [
         "Model", "Dataset", "1-to-1 / mean", "1-to-1 / std", "1-to-1 source class / mean",
@@ -270,8 +270,9 @@ def test_table1_flowers_counts_match_the_paper():
 
 def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(tmp_path):
     table = tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES, 0.1)
-    _, md_path = tables.write_table(table, tmp_path / "table1", decimals=tables.table1_decimals(table),
-                                    note=tables.TABLE_NOTES["table1"])
+    md_path = tmp_path / "table1.md"
+    assert tables.write_table(table, tmp_path / "table1.csv", md_path, decimals=tables.table1_decimals(table),
+                              note=tables.TABLE_NOTES["table1"]) is None
     text = md_path.read_text()
     assert markdown_rows(text)[0] == ["daisy", "71", "0.0", "21.1", "15.8", "14.6", "19.5", "0.0177"]
     assert "0.0177" in text and "0.0245" in text and "0.0225" in text
@@ -301,7 +302,7 @@ def epochs_frame(row: dict, phase: str, count: int) -> pd.DataFrame:
 
 
 def write_run(tmp_path, row_poison, row_clean=None):
-    """Per-run summary.parquet / epochs.parquet as `backdoor-eval evaluate` writes them."""
+    """Per-run summary.parquet / epochs.parquet as `backdoor-eval summarize` writes them."""
     rows = [row_poison] + ([row_clean] if row_clean else [])
     summary = pd.DataFrame([{k: v for k, v in r.items() if k != "experiment"} for r in rows])
     epochs = pd.concat([epochs_frame(row_poison, "poison", 3)]
@@ -371,55 +372,86 @@ def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys)
         tables.combine_runs(membership, summaries, {})
 
 
-# --------------------------------------------------------------------------- tables command
+# --------------------------------------------------------------------------- table1 / table commands
 
 
-def test_tables_command_writes_present_tables_and_skips_absent(grid_runs, strategy_runs, tmp_path, caplog):
-    caplog.set_level(logging.INFO)
+def table_args(name, experiments, runs_path, out, counts=False):
+    args = ["table", "--name", name, "--experiments", experiments, "--runs", str(runs_path),
+            "--out-csv", str(out / f"{name}.csv"), "--out-md", str(out / f"{name}.md")]
+    if counts:
+        args += ["--out-counts-csv", str(out / f"{name}_n.csv"), "--out-counts-md", str(out / f"{name}_n.md")]
+    return args
+
+
+def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strategy_runs, tmp_path, capsys):
     runs_path = tmp_path / "runs.parquet"
     pd.concat([grid_runs[grid_runs.experiment == "E1"], strategy_runs]).to_parquet(runs_path)
     out = tmp_path / "tables"
-    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(
+    assert main(table_args("table2", "E1", runs_path, out, counts=True)) == 0
+    assert main(table_args("table3", "E1", runs_path, out, counts=True)) == 0
+    assert main(table_args("table4", "E6", runs_path, out)) == 0
+    assert main(table_args("table5", "E6", runs_path, out)) == 0
+    written = sorted(
         f"{name}.{ext}" for name in ("table2", "table2_n", "table3", "table3_n", "table4", "table5")
         for ext in ("csv", "md")
     )
-    assert "skipped table1" in caplog.text
-    assert "table2 without its 'Yes' rows (experiment E2" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == written
+    # Built from E1 alone: only the 'No' rows.
     table2 = pd.read_csv(out / "table2.csv")
     assert table2["Retrained?"].tolist() == ["No", "No"]
     counts = pd.read_csv(out / "table2_n.csv")
     assert counts["ResNet50 / Square"].tolist() == [4, 4]
-    # --only, and --outputs pointing table4 at an experiment that is absent.
-    out2 = tmp_path / "only"
-    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out2), "--only", "table4,table5",
-                 "--outputs", json.dumps({"table5": "E7", "table1": "T1"})]) == 0
-    assert sorted(p.name for p in out2.iterdir()) == ["table4.csv", "table4.md"]
-    assert "skipped table5 (experiment E7" in caplog.text
-    assert main(["tables", "--runs", str(runs_path), "--out-dir", str(out2), "--only", "table9"]) == 2
+    assert "Built from experiment(s) E1 of runs.parquet." in (out / "table2.md").read_text()
+    # A requested experiment absent from runs.parquet is an error naming it and those present; nothing written.
+    capsys.readouterr()
+    assert main(table_args("table2", "E1+E2", runs_path, tmp_path / "absent", counts=True)) == 2
+    err = capsys.readouterr().err
+    assert "experiment 'E2' has no rows" in err and "experiments there: E1, E6" in err
+    assert main(table_args("table5", "E7", runs_path, tmp_path / "absent")) == 2
+    assert "experiment 'E7' has no rows" in capsys.readouterr().err
+    assert not (tmp_path / "absent").exists()
+    # Counts only for tables 2-3, and both files or neither; tables 4-5 take one experiment.
+    bad = tmp_path / "bad"
+    one_counts_file = table_args("table2", "E1", runs_path, bad) + ["--out-counts-csv", str(bad / "table2_n.csv")]
+    for args, message in (
+        (table_args("table4", "E6", runs_path, bad, counts=True), "only with table2 or table3"),
+        (one_counts_file, "--out-counts-csv and --out-counts-md go together"),
+        (table_args("table4", "E6+E1", runs_path, bad), "--experiments 'E6+E1' for table4"),
+        (table_args("table2", "E1", tmp_path / "none.parquet", bad), "none.parquet not found"),
+    ):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+    assert not bad.exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(table_args("table9", "E1", runs_path, bad))
+    assert exit_info.value.code == 2
 
 
-def test_tables_command_table1_from_store(monkeypatch, tmp_path):
+def table1_args(out, *extra):
+    return ["table1", "--store", "store", *extra, "--out-csv", str(out / "table1.csv"), "--out-md", str(out / "table1.md")]
+
+
+def test_table1_command_from_store(monkeypatch, tmp_path):
     labels = np.repeat(np.arange(5), FLOWERS_COUNTS)
     store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
     monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
     out = tmp_path / "tables"
-    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
-                 "--table1-store", "store", "--table1-rate", "0.1"]) == 0
+    assert main(table1_args(out, "--poison-rate", "0.1")) == 0
     table1 = pd.read_csv(out / "table1.csv")
     assert table1["num_poisoned"].tolist() == PAPER_FLOOR
 
 
-def test_tables_command_table1_with_given_counts_overrides_the_store(monkeypatch, tmp_path):
+def test_table1_command_with_given_counts_overrides_the_store(monkeypatch, tmp_path, capsys):
     # A store with the full Flowers release counts; the config gives the paper's training-set counts.
     labels = np.repeat(np.arange(5), [764, 1052, 784, 733, 984])
     store = types.SimpleNamespace(labels=labels, class_names=FLOWERS_CLASSES)
     monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
     out = tmp_path / "tables"
-    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
-                 "--table1-store", "store", "--table1-counts", ",".join(map(str, FLOWERS_COUNTS))]) == 0
+    assert main(table1_args(out, "--class-counts", ",".join(map(str, FLOWERS_COUNTS)))) == 0
     table1 = pd.read_csv(out / "table1.csv")
     assert table1["num_poisoned"].tolist() == PAPER_FLOOR
-    assert "as given in the config (710,980,734,675,904)" in (out / "table1.md").read_text()
-    assert main(["tables", "--runs", "unused.parquet", "--out-dir", str(out), "--only", "table1",
-                 "--table1-store", "store", "--table1-counts", "710,980"]) == 2
+    assert "as given (710,980,734,675,904)" in (out / "table1.md").read_text()
+    capsys.readouterr()
+    assert main(table1_args(tmp_path / "bad", "--class-counts", "710,980")) == 2
+    assert "gives 2 counts but the store has 5 classes" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -57,12 +57,6 @@ def test_train_config_defaults_are_the_papers_and_bad_values_are_named():
     assert set(engine.OPTIMIZERS.names()) >= {"adam", "adamw", "sgd"}
 
 
-def test_seed_for_is_stable_and_purpose_specific():
-    assert engine.seed_for(0, "poison", 3) == engine.seed_for(0, "poison", 3)
-    assert engine.seed_for(0, "poison", 3) != engine.seed_for(0, "clean", 3)
-    assert engine.seed_for(0, "poison", 3) != engine.seed_for(1, "poison", 3)
-
-
 def test_quantize_rounds_like_an_image_file():
     x = torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 0.999, 1.2, -0.1])
     assert engine.quantize(x).tolist() == [0, 0, 2, 255, 255, 0]
@@ -105,18 +99,21 @@ def run_inputs(tmp_path_factory):
 
 
 def phase_args(run_inputs, phase, out, checkpoints=None, train=TRAIN, init=None, model="small_cnn"):
+    """``train``/``retrain`` writing ``out``/{model.pt,epochs.parquet,final.json}; checkpoint ``checkpoints``/<phase>.pt;
+    ``init`` is the poison phase's output folder (its model.pt)."""
     root, store, parts, poisoned = run_inputs
     args = [
         "train" if phase == "poison" else "retrain",
         "--store", str(store), "--partitions", str(parts), "--poisoned", str(poisoned),
         "--model", model, "--model-params", json.dumps(MODEL_PARAMS), "--train-params", json.dumps(train),
         "--seed", "0",
-        "--out", str(out), "--device", "cpu", "--threads", "1",
+        "--out-model", str(out / "model.pt"), "--out-epochs", str(out / "epochs.parquet"),
+        "--out-final", str(out / "final.json"), "--device", "cpu", "--threads", "1",
     ]
     if checkpoints is not None:
-        args += ["--checkpoints", str(checkpoints)]
+        args += ["--checkpoint", str(checkpoints / f"{phase}.pt")]
     if init is not None:
-        args += ["--init", str(init)]
+        args += ["--init-model", str(init / "model.pt")]
     return args
 
 
@@ -154,22 +151,28 @@ def test_paper_in_miniature_backdoor_learned_then_removed_by_clean_retraining(tr
     # Epoch 0 of retraining evaluates the kept poisoned model, unchanged.
     assert clean_history["adversarial_success_rate"].iloc[0] == pytest.approx(poisoned["adversarial_success_rate"])
     # The checkpoints are gone once the phase is done.
-    assert not any((poison_out.parent.parent / "ckpt").glob("*.pt"))
+    ckpt = poison_out.parent.parent / "ckpt"
+    assert not (ckpt / "poison.pt").exists() and not (ckpt / "clean.pt").exists()
+    assert not any(ckpt.glob("*.pt"))
 
 
 @pytest.mark.slow
-def test_evaluate_builds_the_tidy_summary(trained, tmp_path):
+def test_summarize_builds_the_tidy_summary(trained, tmp_path):
     poison_out, clean_out = trained
     params = {
         "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0", "dataset": "synthetic",
         "model": "small_cnn", "trigger": "bs", "alpha": 1.0, "strategy": "many-to-one", "poison_class": "class0",
         "source": "all", "poison_rate": 0.3, "regularizer": "none", "seed": 0,
     }
-    out = tmp_path / "summary.parquet"
-    assert cli(["evaluate", "--poison", str(poison_out), "--clean", str(clean_out),
-                "--run-params", json.dumps(params), "--out", str(out)]) == 0
+    out, out_epochs = tmp_path / "summary.parquet", tmp_path / "epochs.parquet"
+    poison_files = ["--poison-final", str(poison_out / "final.json"), "--poison-epochs", str(poison_out / "epochs.parquet")]
+    clean_files = ["--clean-final", str(clean_out / "final.json"), "--clean-epochs", str(clean_out / "epochs.parquet")]
+    outputs = ["--run-params", json.dumps(params), "--out-summary", str(out), "--out-epochs", str(out_epochs)]
+    assert cli(["summarize", *poison_files, *clean_files[:2], *outputs]) == 2  # clean final without its epochs
+    assert not out.exists() and not out_epochs.exists()
+    assert cli(["summarize", *poison_files, *clean_files, *outputs]) == 0
     summary = pd.read_parquet(out)
-    epochs = pd.read_parquet(tmp_path / "epochs.parquet")
+    epochs = pd.read_parquet(out_epochs)
     assert list(summary["phase"]) == ["poison", "clean"]
     final = json.loads((poison_out / "final.json").read_text())
     assert summary.loc[0, "adversarial_success_rate"] == pytest.approx(final["adversarial_success_rate"])

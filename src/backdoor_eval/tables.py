@@ -12,8 +12,8 @@ exception: it is a function of class counts only (eqs. 8-9, via
 - :func:`table4`: accuracy, one-to-one vs many-to-one (Table 4).
 - :func:`table5`: adversarial success, one-to-one vs many-to-one (Table 5).
 - :func:`combine_runs`: the pure half of ``backdoor-eval aggregate``.
-- :func:`write_table`: ``stem.csv`` (numbers at full precision) and
-  ``stem.md`` (rounded, paper layout), both atomic.
+- :func:`write_table`: a ``.csv`` (numbers at full precision) and a ``.md``
+  (rounded, paper layout) at the paths given, both atomic.
 
 Display names (``bs`` -> ``Square``, ...) only touch the layout; a trigger,
 model or dataset without one is shown under its own name, after the paper's.

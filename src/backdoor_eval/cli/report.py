@@ -133,7 +133,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     for experiment, entry in experiments.items():
         run_ids = entry.get("runs", []) if isinstance(entry, dict) else []
         if not run_ids:
-            log.warning("aggregate: experiment %s lists no runs; its tables and figures will be skipped", experiment)
+            log.warning("aggregate: experiment %s lists no runs; the tables and figures built from it will fail", experiment)
         for run_id in run_ids:
             if run_id in summaries:
                 continue  # a run shared by two experiments is read once
@@ -213,7 +213,7 @@ def _table1_from_store(store_dir: str, poison_rate: float, counts: str | None = 
             raise ValueError(
                 f"--class-counts gives {len(class_counts)} counts but the store has {len(names)} classes ({', '.join(names)})"
             )
-        counted = f"as given in the config ({counts})"
+        counted = f"as given ({counts})"
     else:
         # Counting the labels needs no assumption about the manifest's layout.
         class_counts = [int(c) for c in np.bincount(np.asarray(store.labels), minlength=len(names))]
