@@ -37,7 +37,9 @@ def main() -> int:
         tic = time.perf_counter()
         proc = subprocess.run(
             [str(snakemake), "--cores", str(args.cores), "--configfile", "config/quickstart.yaml", "--quiet", "all"],
-            cwd=clone, capture_output=True, text=True,
+            cwd=clone,
+            capture_output=True,
+            text=True,
         )
         seconds = time.perf_counter() - tic
         if proc.returncode != 0:
@@ -48,11 +50,14 @@ def main() -> int:
             p.name for p in (results / "figures").iterdir()
         )
         runs = pd.read_parquet(results / "runs.parquet")
-        print(f"quickstart on {args.cores} cores: {seconds:.0f} s ({seconds / 60:.1f} min), "
-              f"{runs.run_id.nunique()} distinct runs; outputs: {', '.join(outputs)}")
+        print(
+            f"quickstart on {args.cores} cores: {seconds:.0f} s ({seconds / 60:.1f} min), "
+            f"{runs.run_id.nunique()} distinct runs; outputs: {', '.join(outputs)}"
+        )
         bs = runs[runs.experiment.isin(["E1", "E2"]) & (runs.trigger == "bs")]
         table = bs.pivot_table(
-            index="poison_class", columns="phase",
+            index="poison_class",
+            columns="phase",
             values=["adversarial_success_rate", "poison_class_rate_clean"],
         )
         print("BS backdoor (E1 = poison phase, E2 = after clean retraining):")

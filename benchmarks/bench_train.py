@@ -26,9 +26,7 @@ from backdoor_eval.regularizers import create_regularizer
 def bench(
     model_name: str, size: int, device: torch.device, fast: bool, images_count: int, batch: int, repeats: int
 ) -> dict:
-    cfg = engine.TrainConfig(
-        batch_size=batch, amp=fast, channels_last=fast, deterministic=not fast, lr=1e-4
-    )
+    cfg = engine.TrainConfig(batch_size=batch, amp=fast, channels_last=fast, deterministic=not fast, lr=1e-4)
     engine.set_determinism(cfg, device)
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=10, pretrained=False)
@@ -79,7 +77,9 @@ def bench(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--models", nargs="*", default=["small_cnn", "resnet18", "resnet50", "nasnet_mobile", "nasnet_large"])
+    parser.add_argument(
+        "--models", nargs="*", default=["small_cnn", "resnet18", "resnet50", "nasnet_mobile", "nasnet_large"]
+    )
     parser.add_argument("--sizes", nargs="*", type=int, default=[32])
     parser.add_argument("--fast", choices=["on", "off", "both"], default="on")
     parser.add_argument("--images", type=int, default=256)

@@ -67,13 +67,22 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda c: c["experiments"]["E1"].update(retrain="yes"), r"^experiments\.E1\.retrain: 'yes' is not valid; allowed: boolean$"),
+        (
+            lambda c: c["experiments"]["E1"].update(retrain="yes"),
+            r"^experiments\.E1\.retrain: 'yes' is not valid; allowed: boolean$",
+        ),
         (lambda c: c["train"].update(optimiser="adam"), r"^train\.optimiser: unknown key; allowed: .*optimizer"),
-        (lambda c: c["train"].update(lr="3e-3"), r"^train\.lr: '3e-3' is not valid; .*write it with a decimal point, e\.g\. 3\.0e-3"),
+        (
+            lambda c: c["train"].update(lr="3e-3"),
+            r"^train\.lr: '3e-3' is not valid; .*write it with a decimal point, e\.g\. 3\.0e-3",
+        ),
         (lambda c: c["experiments"]["E1"].update(trigger=[]), r"^experiments\.E1\.trigger: "),
         (lambda c: c.update(device="gpu"), r"^device: 'gpu' is not valid; allowed: auto, cpu, cuda$"),
         (lambda c: c.pop("datasets"), r"^datasets: required key is missing$"),
-        (lambda c: c["resources"].update(train={"threads": 0}), r"^resources\.train\.threads: 0 is not valid; less than the minimum of 1$"),
+        (
+            lambda c: c["resources"].update(train={"threads": 0}),
+            r"^resources\.train\.threads: 0 is not valid; less than the minimum of 1$",
+        ),
     ],
 )
 def test_schema_errors_name_the_key_and_what_is_allowed(change, message):

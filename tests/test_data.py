@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 
 from backdoor_eval import cli
-from backdoor_eval.hashing import array_sha256
 from backdoor_eval.data import (
     DATASETS,
     RawDataset,
@@ -26,6 +25,7 @@ from backdoor_eval.data import (
     make_synthetic,
     open_store,
 )
+from backdoor_eval.hashing import array_sha256
 
 # --------------------------------------------------------------------------- #
 # helpers: tiny archives built in the test

@@ -133,7 +133,9 @@ def test_per_dataset_mapping_and_seed_range():
 
 
 def test_one_to_one_others_and_many_to_one_ignores_source():
-    runs = ex.expand(tiny_config(dataset="cifar10", poison_class="truck", strategy=["many-to-one", "one-to-one"], source="others"))
+    runs = ex.expand(
+        tiny_config(dataset="cifar10", poison_class="truck", strategy=["many-to-one", "one-to-one"], source="others")
+    )
     assert [(r.strategy, r.source) for r in runs["E"]] == [
         ("many-to-one", "all"),
         ("one-to-one", "airplane"),
@@ -207,20 +209,32 @@ def test_from_run_id_rejects_other_paths():
 @pytest.mark.parametrize(
     ("experiment", "message"),
     [
-        ({"trigger": ["bs", "square"]}, r"^experiments\.E\.trigger\[1\]: 'square' is not a trigger declared in config triggers"),
+        (
+            {"trigger": ["bs", "square"]},
+            r"^experiments\.E\.trigger\[1\]: 'square' is not a trigger declared in config triggers",
+        ),
         ({"alpha": [0.1, 0.2, 0.5, 1.5]}, r"^experiments\.E\.alpha\[3\]: 1\.5 is outside \[0, 1\]$"),
         ({"poison_rate": [0.1, 0]}, r"^experiments\.E\.poison_rate\[1\]: 0 is outside \(0, 1\)$"),
         ({"poison_rate": 1.0}, r"^experiments\.E\.poison_rate: 1\.0 is outside \(0, 1\)$"),
-        ({"poison_class": ["rose", "orchid"]}, r"^experiments\.E\.poison_class\[1\]: 'orchid' is not a class of dataset flowers"),
+        (
+            {"poison_class": ["rose", "orchid"]},
+            r"^experiments\.E\.poison_class\[1\]: 'orchid' is not a class of dataset flowers",
+        ),
         (
             {"poison_class": "rose", "strategy": "one-to-one", "source": ["daisy", "rose"]},
             r"^experiments\.E\.source\[1\]: 'rose' is the poison class",
         ),
-        ({"strategy": "one-to-one", "source": "lily"}, r"^experiments\.E\.source: 'lily' is not a class of dataset flowers"),
+        (
+            {"strategy": "one-to-one", "source": "lily"},
+            r"^experiments\.E\.source: 'lily' is not a class of dataset flowers",
+        ),
         ({"model": "resnet18"}, r"^experiments\.E\.model: 'resnet18' is not declared in config models"),
         ({"regularizer": ["none", "dropout"]}, r"^experiments\.E\.regularizer\[1\]: 'dropout' is not a regularizer"),
         ({"dataset": ["flowers", "mnist"]}, r"^experiments\.E\.dataset\[1\]: 'mnist' is not a dataset declared"),
-        ({"poison_class": {"flowers": ["rose"], "mnist": "x"}}, r"^experiments\.E\.poison_class\.mnist: not a dataset of this experiment"),
+        (
+            {"poison_class": {"flowers": ["rose"], "mnist": "x"}},
+            r"^experiments\.E\.poison_class\.mnist: not a dataset of this experiment",
+        ),
         ({"seed": [0, -1]}, r"^experiments\.E\.seed\[1\]: -1 is not a seed"),
         ({"poison_rates": 0.1}, r"^experiments\.E\.poison_rates: unknown key"),
         ({"phases": ["clean"]}, r"^experiments\.E\.phases: 'clean' needs retrain: true$"),
@@ -232,7 +246,9 @@ def test_validation_names_the_config_key(experiment, message):
 
 
 def test_validation_of_per_dataset_alpha_path():
-    config = tiny_config(dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all")
+    config = tiny_config(
+        dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all"
+    )
     with pytest.raises(ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: 2\.0 is outside \[0, 1\]$"):
         ex.validate(config)
 
@@ -269,5 +285,7 @@ def test_registry_check_names_the_key(quickstart):
     pytest.importorskip("torch")
     ex.validate(quickstart, check_registries=True)
     quickstart["models"]["small_cnn"]["arch"] = "tiny_cnn"
-    with pytest.raises(ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"):
+    with pytest.raises(
+        ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"
+    ):
         ex.validate(quickstart, check_registries=True)

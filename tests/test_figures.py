@@ -18,12 +18,28 @@ from backdoor_eval.cli import main
 
 
 def run_row(experiment, phase="poison", **overrides) -> dict:
-    row = dict(experiment=experiment, dataset="flowers", model="resnet50", trigger="bs", alpha=1.0,
-               strategy="many-to-one", poison_class="rose", source="all", poison_rate=0.1, regularizer="none",
-               seed=0, phase=phase, poison_val_accuracy=0.8, clean_val_accuracy=0.8, adversarial_success_rate=0.5)
+    row = dict(
+        experiment=experiment,
+        dataset="flowers",
+        model="resnet50",
+        trigger="bs",
+        alpha=1.0,
+        strategy="many-to-one",
+        poison_class="rose",
+        source="all",
+        poison_rate=0.1,
+        regularizer="none",
+        seed=0,
+        phase=phase,
+        poison_val_accuracy=0.8,
+        clean_val_accuracy=0.8,
+        adversarial_success_rate=0.5,
+    )
     row.update(overrides)
-    row["run_id"] = "/".join(str(row[k]) for k in ("dataset", "model", "trigger", "alpha", "poison_class",
-                                                   "poison_rate", "regularizer", "seed"))
+    row["run_id"] = "/".join(
+        str(row[k])
+        for k in ("dataset", "model", "trigger", "alpha", "poison_class", "poison_rate", "regularizer", "seed")
+    )
     return row
 
 
@@ -33,11 +49,20 @@ def e3_runs() -> pd.DataFrame:
     base = {"daisy": 0.80, "rose": 0.60}
     offset = {"none": 0.0, "snnl": -0.30, "mixup": 0.05}
     rows = []
-    for poison_class, regularizer, (seed, jitter) in itertools.product(base, ["snnl", "mixup", "none"],
-                                                                       [(0, -0.02), (1, 0.02)]):
+    for poison_class, regularizer, (seed, jitter) in itertools.product(
+        base, ["snnl", "mixup", "none"], [(0, -0.02), (1, 0.02)]
+    ):
         value = base[poison_class] + offset[regularizer]
-        rows.append(run_row("E3", poison_class=poison_class, regularizer=regularizer, seed=seed,
-                            adversarial_success_rate=value + jitter, clean_val_accuracy=0.9 - offset[regularizer] / 10))
+        rows.append(
+            run_row(
+                "E3",
+                poison_class=poison_class,
+                regularizer=regularizer,
+                seed=seed,
+                adversarial_success_rate=value + jitter,
+                clean_val_accuracy=0.9 - offset[regularizer] / 10,
+            )
+        )
     rows.append(run_row("E1", poison_class="daisy", adversarial_success_rate=0.0))  # another experiment
     return pd.DataFrame(rows)
 
@@ -107,12 +132,28 @@ def test_fig5_boxplots_use_all_runs_in_order(e3_runs, tmp_path):
 def e4_runs() -> pd.DataFrame:
     rows = []
     for dataset, trigger, phase, model, rate, alpha, seed in itertools.product(
-        ["cifar10", "flowers"], ["lv", "sin"], ["poison", "clean"], ["nasnet_mobile", "resnet50"],
-        [0.05, 0.1], [0.01, 0.1, 1.0], [0, 1],
+        ["cifar10", "flowers"],
+        ["lv", "sin"],
+        ["poison", "clean"],
+        ["nasnet_mobile", "resnet50"],
+        [0.05, 0.1],
+        [0.01, 0.1, 1.0],
+        [0, 1],
     ):
         value = alpha * (0.5 if phase == "clean" else 1.0) * rate * 10 + 0.01 * seed
-        rows.append(run_row("E4", phase, dataset=dataset, trigger=trigger, model=model, poison_rate=rate,
-                            alpha=alpha, seed=seed, adversarial_success_rate=min(value, 1.0)))
+        rows.append(
+            run_row(
+                "E4",
+                phase,
+                dataset=dataset,
+                trigger=trigger,
+                model=model,
+                poison_rate=rate,
+                alpha=alpha,
+                seed=seed,
+                adversarial_success_rate=min(value, 1.0),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -120,13 +161,21 @@ def test_fig6_grid_and_means_over_seeds(e4_runs, tmp_path):
     fig = figures.fig6_alpha(e4_runs)
     means = fig.computed
     assert len(means) == 2 * 2 * 2 * 2 * 2 * 3
-    cell = means[(means.dataset == "flowers") & (means.trigger == "sin") & (means.phase == "clean")
-                 & (means.model == "resnet50") & (means.poison_rate == 0.05) & (means.alpha == 0.1)]
+    cell = means[
+        (means.dataset == "flowers")
+        & (means.trigger == "sin")
+        & (means.phase == "clean")
+        & (means.model == "resnet50")
+        & (means.poison_rate == 0.05)
+        & (means.alpha == 0.1)
+    ]
     assert cell.adversarial_success_rate.item() == pytest.approx(0.1 * 0.5 * 0.5 + 0.005)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:4] == [
-        "Flowers, Sine, before retraining", "Flowers, Sine, after retraining",
-        "Flowers, LV, before retraining", "Flowers, LV, after retraining",
+        "Flowers, Sine, before retraining",
+        "Flowers, Sine, after retraining",
+        "Flowers, LV, before retraining",
+        "Flowers, LV, after retraining",
     ]
     assert titles[4].startswith("CIFAR-10, Sine")
     assert len(fig.axes[0].lines) == 4  # 2 models x 2 poison rates
@@ -135,10 +184,23 @@ def test_fig6_grid_and_means_over_seeds(e4_runs, tmp_path):
 
 
 def test_fig7_means_per_trigger_and_poison_rate(tmp_path):
-    rows = [run_row("E5", dataset="cifar10", model="nasnet_large", poison_class="truck", trigger=trigger,
-                    poison_rate=rate, seed=seed, poison_val_accuracy=0.9 - rate + seed / 100,
-                    clean_val_accuracy=0.92, adversarial_success_rate=rate * 2)
-            for trigger in ("rs", "sin", "bs") for rate in (0.01, 0.1, 0.3) for seed in (0, 1)]
+    rows = [
+        run_row(
+            "E5",
+            dataset="cifar10",
+            model="nasnet_large",
+            poison_class="truck",
+            trigger=trigger,
+            poison_rate=rate,
+            seed=seed,
+            poison_val_accuracy=0.9 - rate + seed / 100,
+            clean_val_accuracy=0.92,
+            adversarial_success_rate=rate * 2,
+        )
+        for trigger in ("rs", "sin", "bs")
+        for rate in (0.01, 0.1, 0.3)
+        for seed in (0, 1)
+    ]
     fig = figures.fig7_poison_rate(pd.DataFrame(rows))
     means = fig.computed.set_index(["trigger", "poison_rate"])
     assert means.loc[("sin", 0.1), "poison_val_accuracy"] == pytest.approx(0.805)
@@ -159,7 +221,7 @@ class StandInSquare:
     def pattern_and_mask(self, n, height, width, rng):
         top, left = rng.integers(0, height - 2, size=2)
         mask = np.ones((1, height, width, 1), np.float32)
-        mask[:, top:top + 2, left:left + 2] = 0.0
+        mask[:, top : top + 2, left : left + 2] = 0.0
         return np.zeros((1, 1, 1, 1), np.float32), mask
 
     def apply(self, images, rng):
@@ -194,8 +256,9 @@ def test_render_trigger_alone_grey_canvas_and_signed_patterns():
 
 def test_fig2_gallery_rows_use_the_same_random_draw(tmp_path):
     image = np.full((16, 16, 3), 200, np.uint8)
-    fig = figures.fig2_trigger_gallery(image, [("RS", StandInSquare()), ("Sine", StandInSine())],
-                                       np.random.default_rng(3))
+    fig = figures.fig2_trigger_gallery(
+        image, [("RS", StandInSquare()), ("Sine", StandInSine())], np.random.default_rng(3)
+    )
     triggered, alone = fig.computed["RS"]
     black = np.argwhere((triggered == 0).all(axis=-1))
     assert len(black) == 4
@@ -222,8 +285,19 @@ def test_fig2_with_the_real_triggers():
 
 
 def figure_args(name, experiments, runs_path, out):
-    return ["figure", "--name", name, "--experiments", experiments, "--runs", str(runs_path),
-            "--out-png", str(out / f"{name}.png"), "--out-pdf", str(out / f"{name}.pdf")]
+    return [
+        "figure",
+        "--name",
+        name,
+        "--experiments",
+        experiments,
+        "--runs",
+        str(runs_path),
+        "--out-png",
+        str(out / f"{name}.png"),
+        "--out-pdf",
+        str(out / f"{name}.pdf"),
+    ]
 
 
 def test_figure_command_writes_present_and_rejects_absent(e3_runs, tmp_path, capsys):
@@ -270,9 +344,21 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
     monkeypatch.setattr(figures, "fig2_trigger_gallery", spy_gallery)
     for name in ("store", "parts.npz", "lv.npz"):
         (tmp_path / name).touch()
-    args = ["gallery", "--store", str(tmp_path / "store"), "--partitions", str(tmp_path / "parts.npz"),
-            "--lv-fit", str(tmp_path / "lv.npz"), "--image-index", "1",
-            "--out-png", str(tmp_path / "fig2.png"), "--out-pdf", str(tmp_path / "fig2.pdf")]
+    args = [
+        "gallery",
+        "--store",
+        str(tmp_path / "store"),
+        "--partitions",
+        str(tmp_path / "parts.npz"),
+        "--lv-fit",
+        str(tmp_path / "lv.npz"),
+        "--image-index",
+        "1",
+        "--out-png",
+        str(tmp_path / "fig2.png"),
+        "--out-pdf",
+        str(tmp_path / "fig2.pdf"),
+    ]
     assert main(args) == 0
     assert (seen["image"] == 77).all()
     assert made == [("bs", {}), ("rs", {}), ("sin", {}), ("lv", {"fit": str(tmp_path / "lv.npz")})]

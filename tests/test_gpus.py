@@ -94,10 +94,9 @@ def test_slot_maps_through_an_existing_cuda_visible_devices(clean_env, tmp_path)
 
 
 def test_slot_is_released_when_the_block_raises(clean_env, tmp_path):
-    with pytest.raises(RuntimeError):
-        with gpu_slot(tmp_path, num_gpus=1):
-            assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-            raise RuntimeError("job failed")
+    with pytest.raises(RuntimeError), gpu_slot(tmp_path, num_gpus=1):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        raise RuntimeError("job failed")
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     with open(tmp_path / "gpu0.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # would raise if still held
@@ -136,10 +135,8 @@ def test_bad_counts_are_value_errors(clean_env, tmp_path):
         count_gpus()
     clean_env.delenv("BACKDOOR_EVAL_NUM_GPUS")
     clean_env.setenv("CUDA_VISIBLE_DEVICES", "1")
-    with pytest.raises(ValueError, match="num_gpus 2 exceeds the 1 devices"):
-        with gpu_slot(tmp_path, num_gpus=2):
-            pass
-
+    with pytest.raises(ValueError, match="num_gpus 2 exceeds the 1 devices"), gpu_slot(tmp_path, num_gpus=2):
+        pass
 
 
 def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
@@ -156,9 +153,25 @@ def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
     clean_env.setattr(backdoor_eval.phase, "run_phase", fake_run_phase)
     clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "2")
     args = [
-        "train", "--store", "s", "--partitions", "p.npz", "--poisoned", "o", "--model", "small_cnn", "--seed", "0",
-        "--out-model", str(tmp_path / "model.pt"), "--out-epochs", str(tmp_path / "epochs.parquet"),
-        "--out-final", str(tmp_path / "final.json"), "--gpu-lock-dir", str(tmp_path / "locks"),
+        "train",
+        "--store",
+        "s",
+        "--partitions",
+        "p.npz",
+        "--poisoned",
+        "o",
+        "--model",
+        "small_cnn",
+        "--seed",
+        "0",
+        "--out-model",
+        str(tmp_path / "model.pt"),
+        "--out-epochs",
+        str(tmp_path / "epochs.parquet"),
+        "--out-final",
+        str(tmp_path / "final.json"),
+        "--gpu-lock-dir",
+        str(tmp_path / "locks"),
     ]
     (tmp_path / "locks").mkdir()
     with open(tmp_path / "locks" / "gpu0.lock", "a+") as busy:

@@ -41,7 +41,7 @@ def test_lv_pattern_lies_in_the_span_of_the_chosen_components_plus_mean(lv_fit):
     reference = lv_fit.reference.reshape(-1) / 255 - lv_fit.mean
     np.testing.assert_allclose(projection, components.T @ (components @ reference), atol=1e-6)
     unclipped = projection + lv_fit.mean
-    assert 0 < unclipped.min() and unclipped.max() < 1
+    assert unclipped.min() > 0 and unclipped.max() < 1
     np.testing.assert_allclose(lv_fit.pattern.reshape(-1), unclipped, atol=1e-6)
 
 

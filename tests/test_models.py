@@ -14,7 +14,6 @@ import torch.nn as nn
 
 from backdoor_eval import models
 from backdoor_eval.models import MODELS, Classifier, create_model
-
 from model_fixtures import NUM_FEATURES, SMALL, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 # ---------------------------------------------------------------------------------- registry
@@ -138,7 +137,6 @@ def test_small_cnn_fits_a_small_batch():
         assert (model(images).argmax(1) == labels).all()
 
 
-
 # ------------------------------------------------------------------------------ every model
 
 
@@ -179,7 +177,8 @@ def test_no_module_imports_a_private_timm_module():
     assert {"__init__.py", "weights.py", "nasnet_mobile.py", "timm_models.py"} <= {path.name for path in sources}
     for path in sources:
         private = [
-            name for name in _imported_modules(path)
+            name
+            for name in _imported_modules(path)
             if name.split(".")[0] == "timm" and any(part.startswith("_") for part in name.split(".")[1:])
         ]
         assert not private, f"{path.name} imports private timm modules: {private}"

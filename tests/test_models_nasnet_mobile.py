@@ -14,7 +14,6 @@ from backdoor_eval.models.nasnet_mobile import (
     NASNetAMobile,
     convert_cadene_nasnet_mobile_state_dict,
 )
-
 from model_fixtures import CADENE_LOGITS, cadene_reference, one_thread, random_cadene_state_dict  # noqa: F401
 
 
@@ -61,8 +60,9 @@ def test_cadene_state_dict_loads_and_reproduces_the_tensors():
     model.load_state_dict(convert_cadene_nasnet_mobile_state_dict(cadene, model), strict=True)
     loaded = model.state_dict()
     assert torch.equal(loaded["cell_4.conv_1x1.conv.weight"], cadene["cell_6.conv_1x1.conv.weight"])
-    assert torch.equal(loaded["cell_11.comb_iter_4_left.bn_sep_2.running_var"],
-                       cadene["cell_15.comb_iter_4_left.bn_sep_2.running_var"])
+    assert torch.equal(
+        loaded["cell_11.comb_iter_4_left.bn_sep_2.running_var"], cadene["cell_15.comb_iter_4_left.bn_sep_2.running_var"]
+    )
     converted = convert_cadene_nasnet_mobile_state_dict(cadene, model)
     assert all(torch.equal(loaded[k], v) for k, v in converted.items())
 
@@ -110,4 +110,3 @@ def test_nasnet_mobile_computes_what_the_cadene_model_computes():
         with torch.no_grad():
             logits = model(images)[:, reference["classes"]]
         torch.testing.assert_close(logits, torch.tensor(expected), atol=1e-4, rtol=1e-4)
-

@@ -13,7 +13,6 @@ import timm
 import torch
 
 from backdoor_eval.models import WeightsUnavailableError, create_model
-
 from model_fixtures import SMALL, one_thread, random_cadene_state_dict  # noqa: F401  (one_thread: autouse fixture)
 
 
@@ -74,7 +73,9 @@ def test_pretrained_with_unreachable_hub_fails_fast(empty_caches, monkeypatch):
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match=r"'resnet18'.*unreachable.*Set weights:"):
         create_model("resnet18", num_classes=3, pretrained=True)
-    with pytest.raises(WeightsUnavailableError, match=r"'nasnet_mobile' \(timm nasnetamobile\).*unreachable.*Set weights:"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"'nasnet_mobile' \(timm nasnetamobile\).*unreachable.*Set weights:"
+    ):
         create_model("nasnet_mobile", num_classes=3, pretrained=True, weights="http://127.0.0.1:9/w.pth")
     assert time.monotonic() - start < 5
 
@@ -133,12 +134,15 @@ def test_cached_hub_weights_load_offline(empty_caches, monkeypatch):
     torch.save(cadene, checkpoints / "nasnetamobile-7e03cead.pth")
     model = create_model("nasnet_mobile", num_classes=4, pretrained=True)
     state = model.backbone.state_dict()
-    assert torch.equal(state["cell_7.comb_iter_0_left.separable_1.depthwise_conv2d.weight"],
-                       cadene["cell_9.comb_iter_0_left.separable_1.depthwise_conv2d.weight"])
+    assert torch.equal(
+        state["cell_7.comb_iter_0_left.separable_1.depthwise_conv2d.weight"],
+        cadene["cell_9.comb_iter_0_left.separable_1.depthwise_conv2d.weight"],
+    )
     assert model.head.weight.shape == (4, 1056)
     # through timm directly: 1000 ImageNet classes, the background row dropped (label_offset)
     imagenet = timm.create_model(
-        "nasnetamobile", pretrained=True,
+        "nasnetamobile",
+        pretrained=True,
         pretrained_cfg_overlay=dict(file=str(checkpoints / "nasnetamobile-7e03cead.pth")),
     )
     assert torch.equal(imagenet.last_linear.weight, cadene["last_linear.weight"][1:])

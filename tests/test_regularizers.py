@@ -81,8 +81,9 @@ def snnl_ref(hidden_rows, labels, temperature, numerator):
     losses = []
     b = len(labels)
     for i in range(b):
-        def kernel(j):
-            return math.exp(-distance(hidden_rows[i], hidden_rows[j]) ** 2 / temperature)
+
+        def kernel(j, i=i):
+            return math.exp(-(distance(hidden_rows[i], hidden_rows[j]) ** 2) / temperature)
 
         if numerator == "different":
             partners = [j for j in range(b) if j != i and labels[j] != labels[i]]
@@ -123,7 +124,10 @@ def test_defaults_are_next_to_each_class():
     assert create_regularizer("mixup").config == {"name": "mixup", "weight": 1.0}
     assert create_regularizer("contrastive").config == {"name": "contrastive", "weight": 0.1, "margin": 10.0}
     assert create_regularizer("snnl").config == {
-        "name": "snnl", "weight": 0.1, "temperature": 100.0, "numerator": "different"
+        "name": "snnl",
+        "weight": 0.1,
+        "temperature": 100.0,
+        "numerator": "different",
     }
     custom = create_regularizer("snnl", weight=0.5, temperature=7, numerator="same")
     assert (custom.weight, custom.temperature, custom.numerator) == (0.5, 7.0, "same")
@@ -186,8 +190,12 @@ def test_contrastive_matches_eqs_4_and_5_over_pairs(batch, margin):
     loss = create_regularizer("contrastive", weight=0.2, margin=margin).loss(hidden, logits, targets, head, NUM_CLASSES)
     assert loss.item() == pytest.approx(plain_ce(logits, targets) + 0.2 * expected, rel=1e-12)
     if margin == 2.0:  # the test exercises both sides of the hinge
-        different = [distance(hidden_rows[i], hidden_rows[j]) for i in range(5) for j in range(i + 1, 5)
-                     if TARGETS[i] != TARGETS[j]]
+        different = [
+            distance(hidden_rows[i], hidden_rows[j])
+            for i in range(5)
+            for j in range(i + 1, 5)
+            if TARGETS[i] != TARGETS[j]
+        ]
         assert min(different) < margin < max(different)
 
 
@@ -214,9 +222,12 @@ def test_snnl_leaves_out_samples_with_an_empty_numerator(batch):
     per_sample = []
     hidden_rows = rows(hidden)
     for i in kept:
-        top = sum(math.exp(-distance(hidden_rows[i], hidden_rows[j]) ** 2 / 2.0)
-                  for j in range(5) if j != i and TARGETS[j] == TARGETS[i])
-        bottom = sum(math.exp(-distance(hidden_rows[i], hidden_rows[k]) ** 2 / 2.0) for k in range(5) if k != i)
+        top = sum(
+            math.exp(-(distance(hidden_rows[i], hidden_rows[j]) ** 2) / 2.0)
+            for j in range(5)
+            if j != i and TARGETS[j] == TARGETS[i]
+        )
+        bottom = sum(math.exp(-(distance(hidden_rows[i], hidden_rows[k]) ** 2) / 2.0) for k in range(5) if k != i)
         per_sample.append(-math.log(top / bottom))
     assert snnl_term(hidden, targets, 2.0, "same").item() == pytest.approx(sum(per_sample) / 4, rel=1e-12)
     # "different" on a one-class batch: nobody has a numerator, the term is 0.

@@ -45,7 +45,7 @@ def test_sizes_within_rounding_overall_and_per_class(counts):
     assert within_rounding(len(parts["clean_train"]), 0.8 * len(clean_set))
     # Per class (stratification): each class's share of each part is floor or ceil of its quota.
     for c, n_c in enumerate(counts):
-        in_class = lambda idx: int((labels[idx] == c).sum())  # noqa: E731
+        in_class = lambda idx, c=c: int((labels[idx] == c).sum())  # noqa: E731
         p_c, k_c = in_class(poison_set), in_class(clean_set)
         assert within_rounding(p_c, 0.76 * n_c)
         assert within_rounding(k_c, 0.19 * n_c)

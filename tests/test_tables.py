@@ -58,8 +58,19 @@ def run_row(experiment="E1", phase="poison", **overrides) -> dict:
     )
     row.update(overrides)
     row["run_id"] = "/".join(
-        str(row[k]) for k in ("dataset", "model", "trigger", "alpha", "strategy", "poison_class", "source",
-                              "poison_rate", "regularizer", "seed")
+        str(row[k])
+        for k in (
+            "dataset",
+            "model",
+            "trigger",
+            "alpha",
+            "strategy",
+            "poison_class",
+            "source",
+            "poison_rate",
+            "regularizer",
+            "seed",
+        )
     )
     return row
 
@@ -89,10 +100,20 @@ def grid_runs() -> pd.DataFrame:
                     for poison_class in ("rose", "tulip"):
                         for seed in (0, 1):
                             value = (value + 0.037) % 1.0
-                            rows.append(run_row(experiment, phase, dataset=dataset, model=model, trigger=trigger,
-                                                poison_class=poison_class, seed=seed,
-                                                adversarial_success_rate=value,
-                                                poison_val_accuracy=1 - value, clean_val_accuracy=value / 2))
+                            rows.append(
+                                run_row(
+                                    experiment,
+                                    phase,
+                                    dataset=dataset,
+                                    model=model,
+                                    trigger=trigger,
+                                    poison_class=poison_class,
+                                    seed=seed,
+                                    adversarial_success_rate=value,
+                                    poison_val_accuracy=1 - value,
+                                    clean_val_accuracy=value / 2,
+                                )
+                            )
     return frame(rows)
 
 
@@ -101,10 +122,12 @@ def test_table2_cell_is_mean_over_poison_classes_and_seeds():
     values_yes = [0.0, 0.05, 0.1, 0.25]
     rows = []
     for i, (poison_class, seed) in enumerate([("rose", 0), ("rose", 1), ("tulip", 0), ("tulip", 1)]):
-        rows.append(run_row("E1", "poison", poison_class=poison_class, seed=seed,
-                            adversarial_success_rate=values_no[i]))
-        rows.append(run_row("E2", "clean", poison_class=poison_class, seed=seed,
-                            adversarial_success_rate=values_yes[i]))
+        rows.append(
+            run_row("E1", "poison", poison_class=poison_class, seed=seed, adversarial_success_rate=values_no[i])
+        )
+        rows.append(
+            run_row("E2", "clean", poison_class=poison_class, seed=seed, adversarial_success_rate=values_yes[i])
+        )
     # Decoys that must not enter the cells: the E1 run's clean phase, another experiment.
     rows.append(run_row("E1", "clean", adversarial_success_rate=1.0))
     rows.append(run_row("E2", "poison", adversarial_success_rate=1.0))
@@ -133,8 +156,10 @@ def test_table2_layout_follows_the_paper_then_unknown_names(grid_runs):
     triggers = ["Square", "LV", "zigzag"]
     assert list(table.columns) == [(m, t) for m in models for t in triggers]
     expected = grid_runs[
-        (grid_runs.experiment == "E2") & (grid_runs.dataset == "cifar10")
-        & (grid_runs.model == "vit_tiny") & (grid_runs.trigger == "zigzag")
+        (grid_runs.experiment == "E2")
+        & (grid_runs.dataset == "cifar10")
+        & (grid_runs.model == "vit_tiny")
+        & (grid_runs.trigger == "zigzag")
     ]["adversarial_success_rate"].mean()
     assert table.loc[("CIFAR-10", "Adversarial Test", "Yes"), ("vit_tiny", "zigzag")] == pytest.approx(expected)
 
@@ -153,8 +178,10 @@ def test_table2_half_left_out_and_missing_experiment(grid_runs):
 
 
 def test_table2_missing_cell_is_nan_and_dash_in_markdown():
-    rows = [run_row("E1", "poison", trigger="bs", adversarial_success_rate=0.75),
-            run_row("E1", "poison", trigger="sin", dataset="cifar10", adversarial_success_rate=0.9)]
+    rows = [
+        run_row("E1", "poison", trigger="bs", adversarial_success_rate=0.75),
+        run_row("E1", "poison", trigger="sin", dataset="cifar10", adversarial_success_rate=0.9),
+    ]
     table = tables.table2(frame(rows), yes=None)
     assert np.isnan(table.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Sine")])
     assert markdown_rows(tables.to_markdown(table)) == [
@@ -169,11 +196,17 @@ def test_table2_missing_cell_is_nan_and_dash_in_markdown():
 def test_table3_splits_are_poisoned_and_clean_accuracy(grid_runs):
     table = tables.table3(grid_runs)
     assert list(table.index)[:4] == [
-        ("Flowers", "Poisoned", "No"), ("Flowers", "Clean", "No"),
-        ("Flowers", "Poisoned", "Yes"), ("Flowers", "Clean", "Yes"),
+        ("Flowers", "Poisoned", "No"),
+        ("Flowers", "Clean", "No"),
+        ("Flowers", "Poisoned", "Yes"),
+        ("Flowers", "Clean", "Yes"),
     ]
-    cell = grid_runs[(grid_runs.experiment == "E2") & (grid_runs.dataset == "flowers")
-                     & (grid_runs.model == "nasnet_large") & (grid_runs.trigger == "lv")]
+    cell = grid_runs[
+        (grid_runs.experiment == "E2")
+        & (grid_runs.dataset == "flowers")
+        & (grid_runs.model == "nasnet_large")
+        & (grid_runs.trigger == "lv")
+    ]
     assert table.loc[("Flowers", "Poisoned", "Yes"), ("NasNet", "LV")] == pytest.approx(cell.poison_val_accuracy.mean())
     assert table.loc[("Flowers", "Clean", "Yes"), ("NasNet", "LV")] == pytest.approx(cell.clean_val_accuracy.mean())
 
@@ -189,14 +222,32 @@ def strategy_runs() -> pd.DataFrame:
     for model, offset in (("resnet50", 0.0), ("nasnet_mobile", -0.1)):
         for source, accuracy in per_source.items():
             for seed, jitter in ((0, -0.01), (1, 0.01)):  # seeds average back to `accuracy`
-                rows.append(run_row("E6", "poison", model=model, strategy="one-to-one", source=source, seed=seed,
-                                    poison_val_accuracy=accuracy + offset + jitter,
-                                    clean_val_accuracy=accuracy + offset + 0.05 + jitter,
-                                    adversarial_success_rate=accuracy - 0.5 + jitter,
-                                    adversarial_success_rate_source=accuracy - 0.2 + jitter))
+                rows.append(
+                    run_row(
+                        "E6",
+                        "poison",
+                        model=model,
+                        strategy="one-to-one",
+                        source=source,
+                        seed=seed,
+                        poison_val_accuracy=accuracy + offset + jitter,
+                        clean_val_accuracy=accuracy + offset + 0.05 + jitter,
+                        adversarial_success_rate=accuracy - 0.5 + jitter,
+                        adversarial_success_rate_source=accuracy - 0.2 + jitter,
+                    )
+                )
         for seed, value in ((0, 0.88), (1, 0.90)):
-            rows.append(run_row("E6", "poison", model=model, seed=seed, poison_val_accuracy=value + offset,
-                                clean_val_accuracy=value, adversarial_success_rate=0.7 + seed / 10))
+            rows.append(
+                run_row(
+                    "E6",
+                    "poison",
+                    model=model,
+                    seed=seed,
+                    poison_val_accuracy=value + offset,
+                    clean_val_accuracy=value,
+                    adversarial_success_rate=0.7 + seed / 10,
+                )
+            )
     rows.append(run_row("E6", "clean", strategy="one-to-one", source="daisy", poison_val_accuracy=0.0))
     return frame(rows)
 
@@ -205,8 +256,12 @@ def test_table4_mean_and_sample_std_over_sources(strategy_runs):
     table = tables.table4(strategy_runs)
     assert list(table.index) == [("ResNet50", "Flowers"), ("NasNet Mobile", "Flowers")]
     assert list(table.columns) == [
-        ("Poisoned 1-to-1", "mean"), ("Poisoned 1-to-1", "std"), ("Poisoned M-to-1", "mean"),
-        ("Clean 1-to-1", "mean"), ("Clean 1-to-1", "std"), ("Clean M-to-1", "mean"),
+        ("Poisoned 1-to-1", "mean"),
+        ("Poisoned 1-to-1", "std"),
+        ("Poisoned M-to-1", "mean"),
+        ("Clean 1-to-1", "mean"),
+        ("Clean 1-to-1", "std"),
+        ("Clean M-to-1", "mean"),
     ]
     sources = [0.80, 0.82, 0.84, 0.86]
     row = table.loc[("ResNet50", "Flowers")]
@@ -233,8 +288,13 @@ def test_table5_source_column_and_csv_keeps_numbers(strategy_runs, tmp_path):
     assert tables.write_table(table, csv_path, md_path, note="a note") is None
     written = pd.read_csv(csv_path)
     assert list(written.columns) == [
-        "Model", "Dataset", "1-to-1 / mean", "1-to-1 / std", "1-to-1 source class / mean",
-        "1-to-1 source class / std", "M-to-1 / mean",
+        "Model",
+        "Dataset",
+        "1-to-1 / mean",
+        "1-to-1 / std",
+        "1-to-1 source class / mean",
+        "1-to-1 source class / std",
+        "M-to-1 / mean",
     ]
     assert written.loc[0, "1-to-1 source class / std"] == pytest.approx(row[("1-to-1 source class", "std")])
     text = md_path.read_text()
@@ -271,8 +331,16 @@ def test_table1_flowers_counts_match_the_paper():
 def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(tmp_path):
     table = tables.table1(FLOWERS_COUNTS, FLOWERS_CLASSES, 0.1)
     md_path = tmp_path / "table1.md"
-    assert tables.write_table(table, tmp_path / "table1.csv", md_path, decimals=tables.table1_decimals(table),
-                              note=tables.TABLE_NOTES["table1"]) is None
+    assert (
+        tables.write_table(
+            table,
+            tmp_path / "table1.csv",
+            md_path,
+            decimals=tables.table1_decimals(table),
+            note=tables.TABLE_NOTES["table1"],
+        )
+        is None
+    )
     text = md_path.read_text()
     assert markdown_rows(text)[0] == ["daisy", "71", "0.0", "21.1", "15.8", "14.6", "19.5", "0.0177"]
     assert "0.0177" in text and "0.0245" in text and "0.0225" in text
@@ -297,16 +365,17 @@ def test_display_names_and_order():
 
 def epochs_frame(row: dict, phase: str, count: int) -> pd.DataFrame:
     keep = {k: v for k, v in row.items() if k not in ("experiment", "phase", "epoch")}
-    return pd.DataFrame([{**keep, "phase": phase, "epoch": e, "is_best": e == 1, "seconds": 1.0}
-                         for e in range(count)])
+    return pd.DataFrame([{**keep, "phase": phase, "epoch": e, "is_best": e == 1, "seconds": 1.0} for e in range(count)])
 
 
 def write_run(tmp_path, row_poison, row_clean=None):
     """Per-run summary.parquet / epochs.parquet as `backdoor-eval summarize` writes them."""
     rows = [row_poison] + ([row_clean] if row_clean else [])
     summary = pd.DataFrame([{k: v for k, v in r.items() if k != "experiment"} for r in rows])
-    epochs = pd.concat([epochs_frame(row_poison, "poison", 3)]
-                       + ([epochs_frame(row_clean, "clean", 2)] if row_clean else []), ignore_index=True)
+    epochs = pd.concat(
+        [epochs_frame(row_poison, "poison", 3)] + ([epochs_frame(row_clean, "clean", 2)] if row_clean else []),
+        ignore_index=True,
+    )
     folder = tmp_path / "runs" / row_poison["run_id"]
     folder.mkdir(parents=True)
     summary.to_parquet(folder / "summary.parquet")
@@ -340,13 +409,16 @@ def test_aggregate_writes_runs_and_epochs(membership_file, tmp_path):
     runs = pd.read_parquet(out_runs)
     assert runs.columns[0] == "experiment"
     assert list(zip(runs.experiment, runs.run_id, runs.phase)) == [
-        ("E1", run_a, "poison"), ("E1", run_b, "poison"), ("E2", run_a, "clean")
+        ("E1", run_a, "poison"),
+        ("E1", run_b, "poison"),
+        ("E2", run_a, "clean"),
     ]
     assert runs.adversarial_success_rate.tolist() == [0.9, 0.6, 0.1]
     epochs = pd.read_parquet(out_epochs)
     assert "experiment" not in epochs.columns
     assert list(zip(epochs.run_id, epochs.phase, epochs.epoch)) == (
-        [(run_a, "poison", e) for e in range(3)] + [(run_a, "clean", e) for e in range(2)]
+        [(run_a, "poison", e) for e in range(3)]
+        + [(run_a, "clean", e) for e in range(2)]
         + [(run_b, "poison", e) for e in range(3)]
     )
     # The aggregated file feeds the tables directly.
@@ -358,8 +430,17 @@ def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys)
     path, run_a, _ = membership_file
     membership = json.loads(path.read_text())
     (tmp_path / "runs" / run_a / "epochs.parquet").unlink()
-    code = main(["aggregate", "--membership", str(path), "--out-runs", str(tmp_path / "r.parquet"),
-                 "--out-epochs", str(tmp_path / "e.parquet")])
+    code = main(
+        [
+            "aggregate",
+            "--membership",
+            str(path),
+            "--out-runs",
+            str(tmp_path / "r.parquet"),
+            "--out-epochs",
+            str(tmp_path / "e.parquet"),
+        ]
+    )
     assert code == 2
     assert f"run {run_a!r}: epochs file" in capsys.readouterr().err
     assert not (tmp_path / "r.parquet").exists()
@@ -376,8 +457,19 @@ def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys)
 
 
 def table_args(name, experiments, runs_path, out, counts=False):
-    args = ["table", "--name", name, "--experiments", experiments, "--runs", str(runs_path),
-            "--out-csv", str(out / f"{name}.csv"), "--out-md", str(out / f"{name}.md")]
+    args = [
+        "table",
+        "--name",
+        name,
+        "--experiments",
+        experiments,
+        "--runs",
+        str(runs_path),
+        "--out-csv",
+        str(out / f"{name}.csv"),
+        "--out-md",
+        str(out / f"{name}.md"),
+    ]
     if counts:
         args += ["--out-counts-csv", str(out / f"{name}_n.csv"), "--out-counts-md", str(out / f"{name}_n.md")]
     return args
@@ -392,7 +484,8 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     assert main(table_args("table4", "E6", runs_path, out)) == 0
     assert main(table_args("table5", "E6", runs_path, out)) == 0
     written = sorted(
-        f"{name}.{ext}" for name in ("table2", "table2_n", "table3", "table3_n", "table4", "table5")
+        f"{name}.{ext}"
+        for name in ("table2", "table2_n", "table3", "table3_n", "table4", "table5")
         for ext in ("csv", "md")
     )
     assert sorted(p.name for p in out.iterdir()) == written
@@ -428,7 +521,16 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
 
 
 def table1_args(out, *extra):
-    return ["table1", "--store", "store", *extra, "--out-csv", str(out / "table1.csv"), "--out-md", str(out / "table1.md")]
+    return [
+        "table1",
+        "--store",
+        "store",
+        *extra,
+        "--out-csv",
+        str(out / "table1.csv"),
+        "--out-md",
+        str(out / "table1.md"),
+    ]
 
 
 def test_table1_command_from_store(monkeypatch, tmp_path):

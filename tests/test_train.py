@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,11 +89,30 @@ def run_inputs(tmp_path_factory):
     params = json.dumps({"num_classes": 10, "per_class": 300, "size": 32, "seed": 0})
     assert cli(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
     assert cli(["partition", "--store", str(store), "--seed", "0", "--out", str(parts)]) == 0
-    assert cli([
-        "poison", "--store", str(store), "--partitions", str(parts), "--trigger", "bs",
-        "--poison-class", "0", "--poison-rate", "0.3", "--strategy", "many-to-one",
-        "--seed", "0", "--out", str(poisoned),
-    ]) == 0
+    assert (
+        cli(
+            [
+                "poison",
+                "--store",
+                str(store),
+                "--partitions",
+                str(parts),
+                "--trigger",
+                "bs",
+                "--poison-class",
+                "0",
+                "--poison-rate",
+                "0.3",
+                "--strategy",
+                "many-to-one",
+                "--seed",
+                "0",
+                "--out",
+                str(poisoned),
+            ]
+        )
+        == 0
+    )
     return root, store, parts, poisoned
 
 
@@ -104,11 +122,30 @@ def phase_args(run_inputs, phase, out, checkpoints=None, train=TRAIN, init=None,
     root, store, parts, poisoned = run_inputs
     args = [
         "train" if phase == "poison" else "retrain",
-        "--store", str(store), "--partitions", str(parts), "--poisoned", str(poisoned),
-        "--model", model, "--model-params", json.dumps(MODEL_PARAMS), "--train-params", json.dumps(train),
-        "--seed", "0",
-        "--out-model", str(out / "model.pt"), "--out-epochs", str(out / "epochs.parquet"),
-        "--out-final", str(out / "final.json"), "--device", "cpu", "--threads", "1",
+        "--store",
+        str(store),
+        "--partitions",
+        str(parts),
+        "--poisoned",
+        str(poisoned),
+        "--model",
+        model,
+        "--model-params",
+        json.dumps(MODEL_PARAMS),
+        "--train-params",
+        json.dumps(train),
+        "--seed",
+        "0",
+        "--out-model",
+        str(out / "model.pt"),
+        "--out-epochs",
+        str(out / "epochs.parquet"),
+        "--out-final",
+        str(out / "final.json"),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ]
     if checkpoints is not None:
         args += ["--checkpoint", str(checkpoints / f"{phase}.pt")]
@@ -160,12 +197,25 @@ def test_paper_in_miniature_backdoor_learned_then_removed_by_clean_retraining(tr
 def test_summarize_builds_the_tidy_summary(trained, tmp_path):
     poison_out, clean_out = trained
     params = {
-        "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0", "dataset": "synthetic",
-        "model": "small_cnn", "trigger": "bs", "alpha": 1.0, "strategy": "many-to-one", "poison_class": "class0",
-        "source": "all", "poison_rate": 0.3, "regularizer": "none", "seed": 0,
+        "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0",
+        "dataset": "synthetic",
+        "model": "small_cnn",
+        "trigger": "bs",
+        "alpha": 1.0,
+        "strategy": "many-to-one",
+        "poison_class": "class0",
+        "source": "all",
+        "poison_rate": 0.3,
+        "regularizer": "none",
+        "seed": 0,
     }
     out, out_epochs = tmp_path / "summary.parquet", tmp_path / "epochs.parquet"
-    poison_files = ["--poison-final", str(poison_out / "final.json"), "--poison-epochs", str(poison_out / "epochs.parquet")]
+    poison_files = [
+        "--poison-final",
+        str(poison_out / "final.json"),
+        "--poison-epochs",
+        str(poison_out / "epochs.parquet"),
+    ]
     clean_files = ["--clean-final", str(clean_out / "final.json"), "--clean-epochs", str(clean_out / "epochs.parquet")]
     outputs = ["--run-params", json.dumps(params), "--out-summary", str(out), "--out-epochs", str(out_epochs)]
     assert cli(["summarize", *poison_files, *clean_files[:2], *outputs]) == 2  # clean final without its epochs
@@ -185,7 +235,6 @@ def test_summarize_builds_the_tidy_summary(trained, tmp_path):
 def test_same_seed_same_metrics_and_kill_then_resume_matches(run_inputs, trained, tmp_path):
     """Kill a run mid-training (SIGKILL), start it again: same final metrics as uninterrupted."""
     poison_out, _ = trained
-    reference = json.loads((poison_out / "final.json").read_text())
     reference_history = pd.read_parquet(poison_out / "epochs.parquet")
     train = dict(TRAIN, patience=100)  # no early stop: the run is long enough to kill mid-way
     out, ckpt = tmp_path / "poison", tmp_path / "ckpt"

@@ -234,7 +234,7 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     summary = snakemake("--configfile", str(config_file), "--summary", workdir=tmp_path)
     assert summary.returncode == 0, summary.stderr[-3000:]
     declared = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line}
-    assert f"results/slice/tables/table2_n.csv" in declared
+    assert "results/slice/tables/table2_n.csv" in declared
     written = sorted(path.relative_to(tmp_path).as_posix() for path in results.rglob("*") if path.is_file())
     undeclared = [
         path
@@ -276,7 +276,9 @@ def test_membership_cli_writes_the_document(tmp_path):
 
     config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
     out = tmp_path / "membership.json"
-    assert main(["membership", "--config-json", json.dumps(config), "--results-dir", "results/qs", "--out", str(out)]) == 0
+    assert (
+        main(["membership", "--config-json", json.dumps(config), "--results-dir", "results/qs", "--out", str(out)]) == 0
+    )
     document = json.loads(out.read_text())
     assert document == json.loads(json.dumps(ex.membership(config, "results/qs")))
     assert document["config_name"] == "quickstart" and len(document["runs"]) == 44

@@ -70,7 +70,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             problem = getattr(exc, "problem", None) or str(exc)
             raise ValueError(f"config {where}: YAML syntax error: {problem}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"config {os.fspath(path)!r} is not a mapping of keys; allowed: a YAML mapping (name: ..., datasets: ...)")
+        raise ValueError(
+            f"config {os.fspath(path)!r} is not a mapping of keys; allowed: a YAML mapping (name: ..., datasets: ...)"
+        )
     return config
 
 

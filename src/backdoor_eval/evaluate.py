@@ -10,7 +10,8 @@ anyway, which a backdoor has to beat to mean anything.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -33,8 +33,9 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from backdoor_eval.config import schema_default
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
@@ -55,7 +56,9 @@ from backdoor_eval.names import (
 REQUIRED_FACTORS = ("dataset", "model", "trigger")
 # Factor defaults and the outputs mapping are the schema's (one definition).
 FACTOR_DEFAULTS: dict[str, Any] = {factor: schema_default("experiment", factor) for factor in FACTORS[3:]}
-DEFAULT_OUTPUTS: dict[str, list[str]] = {name: experiment_list(value) for name, value in schema_default("outputs").items()}
+DEFAULT_OUTPUTS: dict[str, list[str]] = {
+    name: experiment_list(value) for name, value in schema_default("outputs").items()
+}
 EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases")
 # ``alpha: default`` in a factor list: the trigger's default transparency.
 DEFAULT_ALPHA = FACTOR_DEFAULTS["alpha"]
@@ -127,7 +130,7 @@ class Run:
         return asdict(self)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "Run":
+    def from_mapping(cls, values: Mapping[str, Any]) -> Run:
         """Build a run from path strings or typed values (e.g. Snakemake wildcards)."""
         try:
             return cls(
@@ -146,7 +149,7 @@ class Run:
             raise ValueError(f"run parameters lack {exc.args[0]!r}; required: {', '.join(FACTORS)}") from None
 
     @classmethod
-    def from_run_id(cls, run_id: str) -> "Run":
+    def from_run_id(cls, run_id: str) -> Run:
         """Inverse of :attr:`run_id`."""
         match = _RUN_ID_RE.match(run_id)
         if match is None:
@@ -166,7 +169,9 @@ def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
     try:
         return list(config["datasets"][dataset]["classes"])
     except (KeyError, TypeError):
-        raise ValueError(f"dataset {dataset!r} is not declared in config datasets; declared: {_names(config, 'datasets')}") from None
+        raise ValueError(
+            f"dataset {dataset!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
+        ) from None
 
 
 def trigger_names(config: Mapping[str, Any]) -> list[str]:
@@ -214,7 +219,9 @@ def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, An
     try:
         spec = dict(config["models"][model] or {})
     except (KeyError, TypeError):
-        raise ValueError(f"model {model!r} is not declared in config models; declared: {_names(config, 'models')}") from None
+        raise ValueError(
+            f"model {model!r} is not declared in config models; declared: {_names(config, 'models')}"
+        ) from None
     params = dict(spec.get("params") or {})
     params["pretrained"] = bool(spec.get("pretrained", False))
     params["weights"] = spec.get("weights")
@@ -291,7 +298,9 @@ def _values(spec: Mapping[str, Any], factor: str, dataset: str) -> list[tuple[st
     path = factor
     if _is_per_dataset(factor, value):
         if dataset not in value:
-            raise _PathError(factor, f"no entry for dataset {dataset!r}; per-dataset keys: {', '.join(map(str, value))}")
+            raise _PathError(
+                factor, f"no entry for dataset {dataset!r}; per-dataset keys: {', '.join(map(str, value))}"
+            )
         value, path = value[dataset], f"{factor}.{dataset}"
     if factor == "seed" and isinstance(value, Mapping):
         return [(path, seed) for seed in _seeds(value)]
@@ -326,7 +335,9 @@ def _checked_classes(config: Mapping[str, Any], dataset: str, spec: Mapping[str,
     if dataset not in (config.get("datasets") or {}):
         index = _as_list(spec.get("dataset")).index(dataset)
         path = f"dataset[{index}]" if isinstance(spec.get("dataset"), (list, tuple)) else "dataset"
-        raise _PathError(path, f"{dataset!r} is not a dataset declared in config datasets; declared: {_names(config, 'datasets')}")
+        raise _PathError(
+            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {_names(config, 'datasets')}"
+        )
     return dataset_classes(config, dataset)
 
 
@@ -358,21 +369,37 @@ def _resolve(
     poison_classes = classes if poison_class == ALL_CLASSES else [poison_class]
     for target in poison_classes:
         if check and target not in classes:
-            raise _PathError(class_path, f"{target!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}")
+            raise _PathError(
+                class_path, f"{target!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}"
+            )
         if strategy == MANY_TO_ONE:
             sources = [ALL_CLASSES]
         elif source in (ALL_CLASSES, OTHER_CLASSES):
             sources = [c for c in classes if c != target]
         else:
             if check and source not in classes:
-                raise _PathError(source_path, f"{source!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}")
+                raise _PathError(
+                    source_path, f"{source!r} is not a class of dataset {dataset}; classes: {', '.join(classes)}"
+                )
             if check and source == target:
                 raise _PathError(
-                    source_path, f"{source!r} is the poison class; a one-to-one source must be another class of {dataset}"
+                    source_path,
+                    f"{source!r} is the poison class; a one-to-one source must be another class of {dataset}",
                 )
             sources = [source]
         for src in sources:
-            yield Run(dataset, model, trigger, float(alpha), strategy, str(target), str(src), float(poison_rate), regularizer, int(seed))
+            yield Run(
+                dataset,
+                model,
+                trigger,
+                float(alpha),
+                strategy,
+                str(target),
+                str(src),
+                float(poison_rate),
+                regularizer,
+                int(seed),
+            )
 
 
 def _check_name(config: Mapping[str, Any], section: str, path: str, name: Any) -> None:
@@ -401,7 +428,9 @@ def expand(config: Mapping[str, Any]) -> dict[str, list[Run]]:
     [default, 0.1]`` for sin) are dropped. Call :func:`validate` first for
     error messages that name the config key.
     """
-    return {name: _expand_one(config, spec or {}, check=False) for name, spec in (config.get("experiments") or {}).items()}
+    return {
+        name: _expand_one(config, spec or {}, check=False) for name, spec in (config.get("experiments") or {}).items()
+    }
 
 
 def union(expanded: Mapping[str, Iterable[Run]] | Iterable[Iterable[Run]]) -> list[Run]:
@@ -473,7 +502,10 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
         "runs": {},
     }
     for run in union(expanded):
-        document["runs"][run.run_id] = {"summary": layout.run_summary(run.run_id), "epochs": layout.run_epochs(run.run_id)}
+        document["runs"][run.run_id] = {
+            "summary": layout.run_summary(run.run_id),
+            "epochs": layout.run_epochs(run.run_id),
+        }
     return document
 
 
@@ -538,14 +570,23 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
     for section in ("datasets", "models", "triggers", "regularizers"):
         for name in config.get(section) or {}:
             if not _NAME_RE.match(str(name)):
-                raise ValueError(f"{section}.{name}: {name!r} is not a valid name; allowed: letters, digits, _ . + - (no '/')")
+                raise ValueError(
+                    f"{section}.{name}: {name!r} is not a valid name; allowed: letters, digits, _ . + - (no '/')"
+                )
     for name, spec in sets.items():
         classes = (spec or {}).get("classes")
         if not isinstance(classes, list) or len(classes) < 2:
-            raise ValueError(f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)")
+            raise ValueError(
+                f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)"
+            )
         for i, cls in enumerate(classes):
             # All-digit names would read as class indices on the command line.
-            if not isinstance(cls, str) or not _NAME_RE.match(cls) or cls in (ALL_CLASSES, OTHER_CLASSES) or cls.isdigit():
+            if (
+                not isinstance(cls, str)
+                or not _NAME_RE.match(cls)
+                or cls in (ALL_CLASSES, OTHER_CLASSES)
+                or cls.isdigit()
+            ):
                 raise ValueError(
                     f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; "
                     "allowed: letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others'"

@@ -79,7 +79,9 @@ def save_figure(fig: Figure, *paths: str | os.PathLike, dpi: int = PNG_DPI) -> N
     for path in map(Path, paths):
         fmt = path.suffix.lstrip(".")
         if fmt not in FIGURE_FORMATS:
-            raise ValueError(f"figure file {path} ends in {path.suffix!r}; allowed: {', '.join('.' + f for f in FIGURE_FORMATS)}")
+            raise ValueError(
+                f"figure file {path} ends in {path.suffix!r}; allowed: {', '.join('.' + f for f in FIGURE_FORMATS)}"
+            )
         with atomic_path(path) as tmp:
             # The temporary name ends in .tmp, so the format is named explicitly.
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
@@ -168,9 +170,7 @@ def regularization_matrix(
             f"experiment {experiment!r} has no regularizer 'none' runs; allowed: the baseline 'none' plus "
             f"others (present: {', '.join(map(str, means.columns))})"
         )
-    means = means.reindex(
-        index=ordered(means.index, ()), columns=ordered(means.columns, REGULARIZER_ORDER)
-    )
+    means = means.reindex(index=ordered(means.index, ()), columns=ordered(means.columns, REGULARIZER_ORDER))
     means.index.name, means.columns.name = "poison_class", "regularizer"
     return RegularizationMatrix(means, means.sub(means["none"], axis=0))
 
@@ -290,8 +290,14 @@ def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:
             cell = means[(means["dataset"] == dataset) & (means["trigger"] == trigger) & (means["phase"] == phase)]
             for (model, rate), line in cell.groupby(["model", "poison_rate"]):
                 line = line.sort_values("alpha")
-                ax.plot(line["alpha"], line["adversarial_success_rate"], color=colours[model],
-                        linestyle=styles[rate], marker="o", markersize=3)
+                ax.plot(
+                    line["alpha"],
+                    line["adversarial_success_rate"],
+                    color=colours[model],
+                    linestyle=styles[rate],
+                    marker="o",
+                    markersize=3,
+                )
             if cell.empty:
                 ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
             _x_scale(ax, cell["alpha"].to_numpy())
@@ -330,8 +336,9 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
         line = means[means["trigger"] == trigger].sort_values("poison_rate")
         colour = colours[trigger]
         ax_accuracy.plot(line["poison_rate"], line["poison_val_accuracy"], color=colour, marker="o", markersize=3)
-        ax_accuracy.plot(line["poison_rate"], line["clean_val_accuracy"], color=colour, linestyle="--",
-                         marker="s", markersize=3)
+        ax_accuracy.plot(
+            line["poison_rate"], line["clean_val_accuracy"], color=colour, linestyle="--", marker="s", markersize=3
+        )
         ax_success.plot(line["poison_rate"], line["adversarial_success_rate"], color=colour, marker="o", markersize=3)
     for ax in (ax_accuracy, ax_success):
         _x_scale(ax, means["poison_rate"].to_numpy())

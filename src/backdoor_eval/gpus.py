@@ -21,8 +21,8 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def gpu_slot(
     waited = False
     while slot is None:
         for index, device in enumerate(devices):
-            candidate = open(folder / _lock_name(device), "a+")
+            candidate = open(folder / _lock_name(device), "a+")  # noqa: SIM115 -- held open: it is the lock
             try:
                 fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

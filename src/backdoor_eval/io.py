@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -69,15 +70,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def write_parquet(path: str | os.PathLike, frame) -> None:

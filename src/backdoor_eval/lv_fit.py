@@ -222,9 +222,8 @@ def save_lv_fit(path: str | os.PathLike, fit: LowVarianceFit, **extra: np.ndarra
     if clash:
         raise ValueError(f"extra arrays {clash} clash with the fit's own fields {sorted(arrays)}")
     arrays.update({key: np.asarray(value) for key, value in extra.items()})
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     fit.source_path = str(path)
 
 
@@ -246,4 +245,3 @@ def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVar
             variance_fraction=float(npz["variance_fraction"]),
             source_path=str(path),
         )
-

@@ -66,8 +66,8 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
 
     from backdoor_eval import seeding
     from backdoor_eval import train as engine
-    from backdoor_eval.hashing import json_sha256
     from backdoor_eval.data import open_store
+    from backdoor_eval.hashing import json_sha256
     from backdoor_eval.io import atomic_path, write_json, write_parquet
     from backdoor_eval.models import create_model
     from backdoor_eval.poison import load_poisoned
@@ -117,18 +117,20 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
 
     runner = engine.Engine(model, regularizer, cfg, num_classes, device, job.seed)
     # A checkpoint is resumed only under the very settings that wrote it.
-    key = json_sha256([
-        job.phase,
-        str(job.poisoned.resolve()),
-        job.model,
-        job.model_params,
-        job.regularizer,
-        job.regularizer_params,
-        dataclasses.asdict(cfg),
-        job.seed,
-        str(device),
-        str(job.init_model.resolve()) if job.init_model is not None else None,
-    ])
+    key = json_sha256(
+        [
+            job.phase,
+            str(job.poisoned.resolve()),
+            job.model,
+            job.model_params,
+            job.regularizer,
+            job.regularizer_params,
+            dataclasses.asdict(cfg),
+            job.seed,
+            str(device),
+            str(job.init_model.resolve()) if job.init_model is not None else None,
+        ]
+    )
     result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
 
     history = pd.DataFrame(result.history)
@@ -145,7 +147,12 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     )
     with atomic_path(job.out_model) as tmp:
         torch.save(
-            {"model": job.model, "model_params": model_params, "num_classes": num_classes, "state_dict": result.best_state},
+            {
+                "model": job.model,
+                "model_params": model_params,
+                "num_classes": num_classes,
+                "state_dict": result.best_state,
+            },
             tmp,
         )
     write_parquet(job.out_epochs, history)

@@ -21,18 +21,18 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from backdoor_eval import seeding
 from backdoor_eval.hashing import arrays_sha256
 from backdoor_eval.io import atomic_dir, write_json
 from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
-from backdoor_eval import seeding
 from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ OVERLAY_FILE = "overlay.npz"
 MANIFEST_FILE = "manifest.json"
 # Images pushed through a trigger at once: bounds memory at 224 px (256 x 150,528 float32 = 154 MB).
 TRIGGER_BATCH = 256
+
 
 def check_poison_rate(poison_rate: float) -> float:
     try:

@@ -25,7 +25,8 @@ reused on their own. Why the defaults are what they are is written in
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ __all__ = [
     "snnl_term",
 ]
 
-REGULARIZERS: Registry[type["Regularizer"]] = Registry("regularizer")
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
 SNNL_NUMERATORS = ("different", "same")
 
@@ -121,9 +122,7 @@ def mixup_loss(
     return F.cross_entropy(logits_mixed, targets_mixed)  # eq. 1, soft targets
 
 
-def contrastive_term(
-    hidden: torch.Tensor, targets: torch.Tensor, num_classes: int, margin: float
-) -> torch.Tensor:
+def contrastive_term(hidden: torch.Tensor, targets: torch.Tensor, num_classes: int, margin: float) -> torch.Tensor:
     """Contrastive regularizer, eqs. 4-5, averaged over unordered pairs i < j.
 
     Same class: (1/n) ||h_i - h_j||_2 (eq. 4); different classes:
@@ -180,12 +179,8 @@ def snnl_term(
     # -inf: log-sum-exp of all -inf has a NaN gradient even when the row is
     # masked out afterwards. Done without a host sync.
     keep = valid[:, None]
-    log_numerator = torch.logsumexp(
-        log_kernel.masked_fill(~numerator_mask, -math.inf).masked_fill(~keep, 0.0), dim=1
-    )
-    log_denominator = torch.logsumexp(
-        log_kernel.masked_fill(~not_self, -math.inf).masked_fill(~keep, 0.0), dim=1
-    )
+    log_numerator = torch.logsumexp(log_kernel.masked_fill(~numerator_mask, -math.inf).masked_fill(~keep, 0.0), dim=1)
+    log_denominator = torch.logsumexp(log_kernel.masked_fill(~not_self, -math.inf).masked_fill(~keep, 0.0), dim=1)
     per_sample = torch.where(valid, log_denominator - log_numerator, torch.zeros_like(log_numerator))
     return per_sample.sum() / valid.sum().clamp(min=1)
 
@@ -195,8 +190,9 @@ def snnl_term(
 # --------------------------------------------------------------------------
 
 
-def _check_number(owner: str, key: str, value: Any, *, minimum: float, strict: bool = False,
-                  maximum: float | None = None) -> float:
+def _check_number(
+    owner: str, key: str, value: Any, *, minimum: float, strict: bool = False, maximum: float | None = None
+) -> float:
     """``value`` as a float, or ValueError naming it and the allowed range."""
     upper = "" if maximum is None else f" and <= {maximum:g}"
     allowed = f"a finite number {'>' if strict else '>='} {minimum:g}{upper}"
@@ -228,8 +224,11 @@ class Regularizer:
             allowed = ", ".join(["weight", *sorted(self.defaults)])
             raise ValueError(f"unknown {owner} option(s) {', '.join(map(repr, unknown))}; allowed: {allowed}")
         self.weight = _check_number(
-            owner, "weight", self.default_weight if weight is None else weight,
-            minimum=0.0, maximum=self.max_weight,
+            owner,
+            "weight",
+            self.default_weight if weight is None else weight,
+            minimum=0.0,
+            maximum=self.max_weight,
         )
         self.hyperparams = {**self.defaults, **hyperparams}
         self._validate(owner)

@@ -33,15 +33,14 @@ clean-set, the rest adversarial-test.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from backdoor_eval import seeding
 from backdoor_eval.io import write_npz
 from backdoor_eval.names import PARTITIONS
-
 
 # Fractions as integer weights, so the rounding is exact (no 0.76 * 100 = 76.00000000000001).
 SET_WEIGHTS = (76, 19, 5)  # poison-set, clean-set, adversarial-test

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backdoor_eval.io import atomic_path
@@ -133,9 +132,7 @@ def ordered(values: Iterable[Any], preferred: Sequence[Any]) -> list[Any]:
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise ValueError(
-            f"{what} lacks column(s) {', '.join(missing)}; it has: {', '.join(map(str, frame.columns))}"
-        )
+        raise ValueError(f"{what} lacks column(s) {', '.join(missing)}; it has: {', '.join(map(str, frame.columns))}")
 
 
 def select_runs(runs: pd.DataFrame, experiment: str, phase: str | None = None) -> pd.DataFrame:
@@ -184,9 +181,7 @@ def table1(class_counts: Sequence[int], class_names: Sequence[str], poison_rate:
             f"class_counts has {len(class_counts)} entries but class_names has {len(class_names)}; "
             "allowed: one count per class name"
         )
-    frame = poison_stats(
-        list(class_counts), poison_rate, strategy=MANY_TO_ONE, class_names=list(class_names)
-    )
+    frame = poison_stats(list(class_counts), poison_rate, strategy=MANY_TO_ONE, class_names=list(class_names))
     return frame.reset_index(drop=True)
 
 

@@ -31,9 +31,10 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ class TrainConfig:
     data_on_device: bool = True  # keep uint8 datasets on the device
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -353,8 +354,13 @@ class Engine:
             history.append(row)
             log.info(
                 "%s epoch %d: loss %.4f poison-val %.4f clean-val %.4f ASR %.4f (%.1fs)",
-                phase, epoch, train_loss, scores["poison_val_accuracy"], scores["clean_val_accuracy"],
-                scores["adversarial_success_rate"], row["seconds"],
+                phase,
+                epoch,
+                train_loss,
+                scores["poison_val_accuracy"],
+                scores["clean_val_accuracy"],
+                scores["adversarial_success_rate"],
+                row["seconds"],
             )
             if checkpoint is not None:
                 _save_checkpoint(
@@ -435,4 +441,3 @@ def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-

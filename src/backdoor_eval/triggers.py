@@ -34,7 +34,7 @@ from backdoor_eval.registry import Registry
 REFERENCE_SIZE = 224
 LV_READINGS = ("literal", "scaled")
 
-TRIGGERS: Registry[type["Trigger"]] = Registry("trigger")
+TRIGGERS: Registry[type[Trigger]] = Registry("trigger")
 
 
 def _is_torch(x: Any) -> bool:

@@ -37,14 +37,17 @@ def main(pretrainedmodels_root: str) -> None:
     # the module file alone: the package __init__ imports extra dependencies
     cadene = _load("cadene_nasnet_mobile", Path(pretrainedmodels_root) / "pretrainedmodels/models/nasnet_mobile.py")
     model = cadene.NASNetAMobile(num_classes=1001)
-    write_json(HERE / "nasnet_mobile_cadene_state_dict_shapes.json", {
-        "source": "pretrainedmodels 0.7.4, pretrainedmodels/models/nasnet_mobile.py, "
-                  "NASNetAMobile(num_classes=1001).state_dict()",
-        "checkpoint": CHECKPOINT_URL,
-        "torch": torch.__version__,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "state_dict": [[k, list(v.shape)] for k, v in model.state_dict().items()],
-    })
+    write_json(
+        HERE / "nasnet_mobile_cadene_state_dict_shapes.json",
+        {
+            "source": "pretrainedmodels 0.7.4, pretrainedmodels/models/nasnet_mobile.py, "
+            "NASNetAMobile(num_classes=1001).state_dict()",
+            "checkpoint": CHECKPOINT_URL,
+            "torch": torch.__version__,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "state_dict": [[k, list(v.shape)] for k, v in model.state_dict().items()],
+        },
+    )
 
     fixtures = _load("model_fixtures", HERE.parent / "model_fixtures.py")
     weights_seed, input_seed = 5, 0
@@ -59,14 +62,17 @@ def main(pretrainedmodels_root: str) -> None:
             else:
                 features = model.relu(model.features(images))
                 logits[str(size)] = model.last_linear(features.mean((2, 3)))
-    write_json(HERE / "nasnet_mobile_cadene_reference_logits.json", {
-        "source": "pretrainedmodels 0.7.4 NASNetAMobile(num_classes=1001), eval mode",
-        "weights_seed": weights_seed,
-        "input_seed": input_seed,
-        "input": "torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(input_seed))",
-        "classes": list(range(0, 1001, 25)),  # a sample of the 1001 outputs keeps the file small
-        "logits": {size: value[:, ::25].tolist() for size, value in logits.items()},
-    })
+    write_json(
+        HERE / "nasnet_mobile_cadene_reference_logits.json",
+        {
+            "source": "pretrainedmodels 0.7.4 NASNetAMobile(num_classes=1001), eval mode",
+            "weights_seed": weights_seed,
+            "input_seed": input_seed,
+            "input": "torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(input_seed))",
+            "classes": list(range(0, 1001, 25)),  # a sample of the 1001 outputs keeps the file small
+            "logits": {size: value[:, ::25].tolist() for size, value in logits.items()},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -195,10 +195,7 @@ def get_membership_config():
     """The parts of the config membership depends on (so training settings do not re-run it)."""
     return {
         "name": config["name"],
-        "datasets": {
-            name: {"classes": spec["classes"]}
-            for name, spec in config["datasets"].items()
-        },
+        "datasets": {name: {"classes": spec["classes"]} for name, spec in config["datasets"].items()},
         "models": {name: {} for name in config["models"]},
         "triggers": config.get("triggers"),
         "regularizers": {name: {} for name in config.get("regularizers") or {}},

@@ -75,12 +75,12 @@ rule retraining_table:
         md=report(PATHS.table("{table}", "md"), caption="../report/table.rst", category="Tables"),
         counts_csv=PATHS.table("{table}_n", "csv"),
         counts_md=PATHS.table("{table}_n", "md"),
-    wildcard_constraints:
-        table=one_of(RETRAINING_TABLES),
     log:
         log_of("table", "{table}"),
     benchmark:
         benchmark_of("table", "{table}")
+    wildcard_constraints:
+        table=one_of(RETRAINING_TABLES),
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
@@ -98,12 +98,12 @@ rule strategy_table:
     output:
         csv=PATHS.table("{table}", "csv"),
         md=report(PATHS.table("{table}", "md"), caption="../report/table.rst", category="Tables"),
-    wildcard_constraints:
-        table=one_of(STRATEGY_TABLES),
     log:
         log_of("table", "{table}"),
     benchmark:
         benchmark_of("table", "{table}")
+    wildcard_constraints:
+        table=one_of(STRATEGY_TABLES),
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
@@ -119,12 +119,12 @@ rule figure:
     output:
         png=report(PATHS.figure("{figure}", "png"), caption="../report/figure.rst", category="Figures"),
         pdf=PATHS.figure("{figure}", "pdf"),
-    wildcard_constraints:
-        figure=one_of(FIGURES),
     log:
         log_of("figure", "{figure}"),
     benchmark:
         benchmark_of("figure", "{figure}")
+    wildcard_constraints:
+        figure=one_of(FIGURES),
     conda:
         "../../envs/backdoor-eval.yaml"
     params:

@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .common import json_object
-
 import numpy as np
+
+from .common import json_object
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,10 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def cmd_fit_lv(args: argparse.Namespace) -> int:
-    from backdoor_eval.data import open_store
     from backdoor_eval import seeding
-    from backdoor_eval.splits import load_partitions
+    from backdoor_eval.data import open_store
     from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
+    from backdoor_eval.splits import load_partitions
 
     store = open_store(args.store)
     partitions = load_partitions(args.partitions, num_images=len(store.labels))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-
-from .common import json_object
 import logging
 import sys
 import time
+
+from .common import json_object
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
     for name, phase, help_text in (
         ("train", POISON_PHASE, "train on the poisoned set with early stopping (phase 'poison')"),
-        ("retrain", CLEAN_PHASE, "fine-tune a poisoned model on clean-train for a fixed number of epochs (phase 'clean')"),
+        (
+            "retrain",
+            CLEAN_PHASE,
+            "fine-tune a poisoned model on clean-train for a fixed number of epochs (phase 'clean')",
+        ),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--store", required=True, type=Path, help="canonical dataset store folder")
@@ -38,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", required=True, type=int)
         p.add_argument("--out-model", required=True, type=Path, help="model.pt to write (the kept weights)")
         p.add_argument("--out-epochs", required=True, type=Path, help="epochs.parquet to write (one row per epoch)")
-        p.add_argument("--out-final", required=True, type=Path, help="final.json to write (last: it marks the phase done)")
+        p.add_argument(
+            "--out-final", required=True, type=Path, help="final.json to write (last: it marks the phase done)"
+        )
         p.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file (resume after a kill)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--threads", type=int, help="CPU threads for torch (Snakemake's {threads})")
@@ -52,7 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clean-epochs", type=Path, help="the clean phase's epochs.parquet, if the run was retrained")
     p.add_argument("--run-params", required=True, help="JSON of the run parameters")
     p.add_argument("--out-summary", required=True, type=Path, help="summary .parquet to write (one row per phase)")
-    p.add_argument("--out-epochs", required=True, type=Path, help="epochs .parquet to write (one row per phase x epoch)")
+    p.add_argument(
+        "--out-epochs", required=True, type=Path, help="epochs .parquet to write (one row per phase x epoch)"
+    )
     p.set_defaults(func=cmd_summarize)
 
 

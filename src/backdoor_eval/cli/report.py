@@ -42,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table1", help="Table 1: poison statistics (eqs. 8-9) on a store's class counts")
     p.add_argument("--store", required=True, help="store dir whose class names (and counts) make Table 1")
     p.add_argument("--poison-rate", type=float, default=0.1, help="poison rate lambda (default 0.1)")
-    p.add_argument("--class-counts", help="comma-separated class counts to use instead of the store's "
-                   "(the paper's Flowers counts: 710,980,734,675,904); class names still come from the store")
+    p.add_argument(
+        "--class-counts",
+        help="comma-separated class counts to use instead of the store's "
+        "(the paper's Flowers counts: 710,980,734,675,904); class names still come from the store",
+    )
     p.add_argument("--out-csv", required=True, help="table .csv to write")
     p.add_argument("--out-md", required=True, help="table .md to write")
     p.set_defaults(func=cmd_table1)
@@ -133,7 +136,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     for experiment, entry in experiments.items():
         run_ids = entry.get("runs", []) if isinstance(entry, dict) else []
         if not run_ids:
-            log.warning("aggregate: experiment %s lists no runs; the tables and figures built from it will fail", experiment)
+            log.warning(
+                "aggregate: experiment %s lists no runs; the tables and figures built from it will fail", experiment
+            )
         for run_id in run_ids:
             if run_id in summaries:
                 continue  # a run shared by two experiments is read once
@@ -150,8 +155,12 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     write_parquet(args.out_epochs, epochs_frame)
     log.info(
         "aggregate: %d rows (%d runs, %d experiments) -> %s; %d epoch rows -> %s",
-        len(runs_frame), len(summaries), runs_frame["experiment"].nunique(), args.out_runs,
-        len(epochs_frame), args.out_epochs,
+        len(runs_frame),
+        len(summaries),
+        runs_frame["experiment"].nunique(),
+        args.out_runs,
+        len(epochs_frame),
+        args.out_epochs,
     )
     return 0
 
@@ -164,8 +173,14 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
     frame, counted = _table1_from_store(args.store, args.poison_rate, args.class_counts)
     note = tables.TABLE_NOTES["table1"] + f" Class counts: {counted}."
-    tables.write_table(frame, args.out_csv, args.out_md, decimals=tables.table1_decimals(frame),
-                       title=f"Table 1: poison statistics, poison rate {args.poison_rate:g}", note=note)
+    tables.write_table(
+        frame,
+        args.out_csv,
+        args.out_md,
+        decimals=tables.table1_decimals(frame),
+        title=f"Table 1: poison statistics, poison rate {args.poison_rate:g}",
+        note=note,
+    )
     log.info("table1: wrote %s and %s", args.out_csv, args.out_md)
     return 0
 
@@ -178,7 +193,9 @@ def cmd_table(args: argparse.Namespace) -> int:
     experiments = parse_experiments(args.experiments, args.name, 2 if retraining else 1)
     wants_counts = args.out_counts_csv is not None or args.out_counts_md is not None
     if wants_counts and not (retraining and args.out_counts_csv and args.out_counts_md):
-        raise ValueError(f"--out-counts-csv and --out-counts-md go together, and only with {' or '.join(RETRAINING_TABLES)}")
+        raise ValueError(
+            f"--out-counts-csv and --out-counts-md go together, and only with {' or '.join(RETRAINING_TABLES)}"
+        )
     runs = _read_parquet(args.runs, "runs file")
     _require_experiments(runs, experiments, args.runs)
     build = getattr(tables, args.name)
@@ -187,8 +204,13 @@ def cmd_table(args: argparse.Namespace) -> int:
         no, yes = experiments[0], (experiments[1] if len(experiments) > 1 else None)
         frame = build(runs, no=no, yes=yes)
         if wants_counts:
-            tables.write_table(build(runs, no=no, yes=yes, statistic="count"), args.out_counts_csv, args.out_counts_md,
-                               title=f"{args.name}: number of runs per cell", note=_built_from(experiments))
+            tables.write_table(
+                build(runs, no=no, yes=yes, statistic="count"),
+                args.out_counts_csv,
+                args.out_counts_md,
+                title=f"{args.name}: number of runs per cell",
+                note=_built_from(experiments),
+            )
     else:
         frame = build(runs, experiment=experiments[0])
     tables.write_table(frame, args.out_csv, args.out_md, title=TABLE_TITLES[args.name], note=note)

@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-
 _WORKER = threading.local()
 
 

@@ -26,8 +26,7 @@ def create_dataset(name: str, params: dict[str, Any] | None = None) -> Any:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for dataset {name!r}; "
-            f"allowed: {', '.join(allowed)}"
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for dataset {name!r}; allowed: {', '.join(allowed)}"
         )
     return cls(**params)
 

@@ -152,7 +152,7 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
     missing = [n for n in ("images.npy", "labels.npy", "manifest.json") if not (root / n).is_file()]
     if missing:
         raise ValueError(
-            f"{root} is not a dataset store: missing {', '.join(missing)} " "(create one with `backdoor-eval ingest`)"
+            f"{root} is not a dataset store: missing {', '.join(missing)} (create one with `backdoor-eval ingest`)"
         )
     manifest = read_json(root / "manifest.json")
     images = np.load(root / "images.npy", mmap_mode="r")

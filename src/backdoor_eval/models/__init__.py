@@ -32,13 +32,13 @@ from __future__ import annotations
 
 from .classifier import Classifier
 from .factory import create_model
-from .registry import MODELS
-from .weights import PROBE_TIMEOUT_S, WeightsUnavailableError
 
 # the architecture modules: importing them registers their builders in MODELS
 from .nasnet_mobile import CADENE_NASNET_MOBILE_URL, NASNetAMobile, convert_cadene_nasnet_mobile_state_dict
+from .registry import MODELS
 from .small_cnn import SmallCNN
 from .timm_models import timm_classifier
+from .weights import PROBE_TIMEOUT_S, WeightsUnavailableError
 
 __all__ = [
     "MODELS",

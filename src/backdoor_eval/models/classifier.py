@@ -16,7 +16,8 @@ Inputs smaller than ``min_input_size`` are upsampled inside ``forward`` (:meth:`
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ class Classifier(nn.Module):
         backbone: nn.Module,
         default_cfg: Mapping[str, Any],
         model_name: str = "",
-        model_params: Optional[Mapping[str, Any]] = None,
+        model_params: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         for key in ("mean", "std", "input_size"):
@@ -71,7 +72,7 @@ class Classifier(nn.Module):
         return int(self.head.out_features)
 
     @property
-    def min_input_size(self) -> Optional[tuple[int, int, int]]:
+    def min_input_size(self) -> tuple[int, int, int] | None:
         return self.default_cfg["min_input_size"]
 
     def fit_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from .classifier import Classifier, as_input_size
 from .registry import MODELS
@@ -16,7 +16,7 @@ def create_model(
     name: str,
     num_classes: int,
     pretrained: bool = False,
-    weights: Optional[str | os.PathLike] = None,
+    weights: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Classifier:
     """Build a registered model (or ``timm:<name>``) with a fresh head of ``num_classes`` outputs.

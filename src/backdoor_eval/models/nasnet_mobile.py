@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -105,8 +106,13 @@ class NASNetAMobile(nn.Module):
         conv_kwargs = dict(pad_type=pad_type)
 
         self.conv0 = ConvNormAct(
-            in_chans, stem_size, kernel_size=3, stride=2, padding=0,
-            norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.1), apply_act=False,
+            in_chans,
+            stem_size,
+            kernel_size=3,
+            stride=2,
+            padding=0,
+            norm_layer=partial(nn.BatchNorm2d, eps=0.001, momentum=0.1),
+            apply_act=False,
         )
         stem_0_filters = filters // channel_multiplier**2
         stem_1_filters = filters // channel_multiplier
@@ -124,10 +130,17 @@ class NASNetAMobile(nn.Module):
             if stage > 0:
                 name = f"reduction_cell_{stage - 1}"
                 reduction_cls = ReductionCell0 if stage == 1 else ReductionCell1
-                setattr(self, name, reduction_cls(
-                    in_chs_left=prev_channels, out_chs_left=stage_filters,
-                    in_chs_right=channels, out_chs_right=stage_filters, **conv_kwargs,
-                ))
+                setattr(
+                    self,
+                    name,
+                    reduction_cls(
+                        in_chs_left=prev_channels,
+                        out_chs_left=stage_filters,
+                        in_chs_right=channels,
+                        out_chs_right=stage_filters,
+                        **conv_kwargs,
+                    ),
+                )
                 feature_info.append(dict(num_chs=channels, reduction=2 ** (stage + 2), module=f"{name}.conv_1x1.act"))
                 self.layer_names.append(name)
                 prev_channels, channels = channels, 4 * stage_filters
@@ -137,13 +150,19 @@ class NASNetAMobile(nn.Module):
                 name = f"cell_{cell_index}"
                 if position == 0:
                     cell = FirstCell(
-                        in_chs_left=prev_channels, out_chs_left=stage_filters // 2,
-                        in_chs_right=channels, out_chs_right=stage_filters, **conv_kwargs,
+                        in_chs_left=prev_channels,
+                        out_chs_left=stage_filters // 2,
+                        in_chs_right=channels,
+                        out_chs_right=stage_filters,
+                        **conv_kwargs,
                     )
                 else:
                     cell = NormalCell(
-                        in_chs_left=prev_channels, out_chs_left=stage_filters,
-                        in_chs_right=channels, out_chs_right=stage_filters, **conv_kwargs,
+                        in_chs_left=prev_channels,
+                        out_chs_left=stage_filters,
+                        in_chs_right=channels,
+                        out_chs_right=stage_filters,
+                        **conv_kwargs,
                     )
                 setattr(self, name, cell)
                 self.layer_names.append(name)
@@ -164,7 +183,7 @@ class NASNetAMobile(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.last_linear
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
@@ -191,7 +210,7 @@ _CELL_KEY = re.compile(r"^cell_(\d+)\.")
 
 
 def convert_cadene_nasnet_mobile_state_dict(
-    state_dict: Mapping[str, torch.Tensor], model: Optional[nn.Module] = None
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
     """Map a Cadene ``NASNetAMobile`` state dict (pretrainedmodels) onto :class:`NASNetAMobile` keys.
 
@@ -203,16 +222,17 @@ def convert_cadene_nasnet_mobile_state_dict(
     A state dict already in this layout is returned unchanged (it is the timm filter fn).
     """
     cells_per_stage = getattr(model, "cells_per_stage", 4)
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state_dict.items()}
     cell_indices = {int(m.group(1)) for m in map(_CELL_KEY.match, state) if m}
     cadene = {6 * stage + k for stage in range(3) for k in range(cells_per_stage)}
     if cell_indices == cadene and cadene != set(range(3 * cells_per_stage)):
+
         def rename(key: str) -> str:
             match = _CELL_KEY.match(key)
             if not match:
                 return key
             stage, position = divmod(int(match.group(1)), 6)
-            return f"cell_{stage * cells_per_stage + position}." + key[match.end():]
+            return f"cell_{stage * cells_per_stage + position}." + key[match.end() :]
 
         state = {rename(k): v for k, v in state.items()}
     for key in [k for k in state if k.endswith(".running_var")]:
@@ -233,21 +253,23 @@ def _create_nasnet_mobile(variant: str, pretrained: bool = False, **kwargs: Any)
 
 
 # read by timm's register_model (it looks up `default_cfgs` in the decorated function's module)
-default_cfgs = generate_default_cfgs({
-    "nasnetamobile.cadene_in1k": {
-        "url": CADENE_NASNET_MOBILE_URL,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": (0.5, 0.5, 0.5),
-        "std": (0.5, 0.5, 0.5),
-        "num_classes": 1000,
-        "label_offset": 1,  # the checkpoint has 1001 outputs, background first
-        "first_conv": "conv0.conv",
-        "classifier": "last_linear",
-    },
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "nasnetamobile.cadene_in1k": {
+            "url": CADENE_NASNET_MOBILE_URL,
+            "input_size": (3, 224, 224),
+            "pool_size": (7, 7),
+            "crop_pct": 0.875,
+            "interpolation": "bicubic",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+            "num_classes": 1000,
+            "label_offset": 1,  # the checkpoint has 1001 outputs, background first
+            "first_conv": "conv0.conv",
+            "classifier": "last_linear",
+        },
+    }
+)
 
 
 @register_model
@@ -264,6 +286,11 @@ def nasnet_mobile(num_classes: int, pretrained: bool = False, weights=None, **kw
     kwargs (``cells_per_stage``, ``num_features``, ``stem_size``, ``drop_rate``) reach the model.
     """
     return timm_classifier(
-        "nasnetamobile", num_classes, pretrained, weights, checkpoint_filter=convert_cadene_nasnet_mobile_state_dict,
-        label="nasnet_mobile", **kwargs,
+        "nasnetamobile",
+        num_classes,
+        pretrained,
+        weights,
+        checkpoint_filter=convert_cadene_nasnet_mobile_state_dict,
+        label="nasnet_mobile",
+        **kwargs,
     )

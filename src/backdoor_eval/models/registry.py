@@ -6,7 +6,7 @@ Each architecture module registers its builders here (``@MODELS.register("name")
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from backdoor_eval.registry import Registry
 

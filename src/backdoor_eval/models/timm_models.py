@@ -9,7 +9,8 @@ through :func:`any_timm_classifier` (docs/decisions.md#models).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import timm
 import torch.nn as nn
@@ -43,10 +44,10 @@ def timm_classifier(
     timm_name: str,
     num_classes: int,
     pretrained: bool = False,
-    weights: Optional[str | os.PathLike] = None,
+    weights: str | os.PathLike | None = None,
     min_input_size: Any = None,
-    checkpoint_filter: Optional[Callable[[dict, nn.Module], dict]] = None,
-    label: Optional[str] = None,
+    checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None,
+    label: str | None = None,
     **kwargs: Any,
 ) -> Classifier:
     """A timm model as a Classifier, with pretrained weights from the hub or ``weights``.
@@ -73,11 +74,11 @@ def any_timm_classifier(
     name: str,
     num_classes: int,
     pretrained: bool = False,
-    weights: Optional[str | os.PathLike] = None,
+    weights: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> Classifier:
     """``name`` = ``"timm:<timm model name>"`` (a tag picks weights: ``timm:resnet50.a1_in1k``) as a Classifier."""
-    timm_name = name[len(TIMM_PREFIX):]
+    timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
         raise ValueError(f"model {name!r}: {timm_name!r} is not a timm model name (see timm.list_models())")
     return timm_classifier(timm_name, num_classes, pretrained, weights, label=name, **kwargs)

@@ -17,8 +17,9 @@ import logging
 import os
 import socket
 import urllib.request
+from collections.abc import Mapping
 from functools import partial
-from typing import Any, Mapping, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -128,7 +129,7 @@ def read_weights(weights: str | os.PathLike, model_name: str) -> dict[str, torch
         raise _unavailable(model_name, f"{location!r} is not a readable state dict ({error})") from error
     if state_dict and all(k.startswith("backbone.") for k in state_dict):
         # a saved Classifier: its backbone's own state dict
-        state_dict = {k[len("backbone."):]: v for k, v in state_dict.items()}
+        state_dict = {k[len("backbone.") :]: v for k, v in state_dict.items()}
     return state_dict
 
 
@@ -150,7 +151,7 @@ def load_backbone_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
         )
 
 
-def _cached_hub_file(pretrained_cfg: Any) -> Optional[str]:
+def _cached_hub_file(pretrained_cfg: Any) -> str | None:
     """A local copy of the model's default weights, if the HF or torch-hub cache holds one."""
     hf_hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
     if hf_hub_id and _has_hf_hub():
@@ -188,8 +189,11 @@ def timm_from_hub(timm_name: str, kwargs: Mapping[str, Any], label: str) -> nn.M
     if _offline_flag():
         raise _unavailable(label, f"{where} is not cached and HF_HUB_OFFLINE is set")
     if not _host_reachable(endpoint):
-        raise _unavailable(label, f"{where} is unreachable ({urlparse(endpoint).hostname} accepted "
-                                  f"no connection within {PROBE_TIMEOUT_S:g} s)")
+        raise _unavailable(
+            label,
+            f"{where} is unreachable ({urlparse(endpoint).hostname} accepted "
+            f"no connection within {PROBE_TIMEOUT_S:g} s)",
+        )
     try:
         return create()
     except Exception as error:  # hub, HTTP and file errors come in many types

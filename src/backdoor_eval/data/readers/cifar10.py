@@ -84,7 +84,7 @@ class Cifar10:
             archive_md5 = file_digest(archive, "md5")
         batches: dict[str, dict[str, Any]] = {}
         try:
-            tar = tarfile.open(archive, "r:*")
+            tar = tarfile.open(archive, "r:*")  # noqa: SIM115 -- closed by the `with tar:` below, after the error check
         except tarfile.TarError as exc:
             raise ValueError(f"{archive} is not a tar archive ({exc}); expected cifar-10-python.tar.gz") from None
         with tar:

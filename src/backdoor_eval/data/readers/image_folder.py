@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -159,9 +160,13 @@ def scan_layout(
     class_folders = {p[: class_level + 1] for p in images}
     prefix = tuple(root)
     for d in dirs:
-        if len(d) == class_level + 1 and d[: len(root)] == prefix and not any(x in NON_IMAGE_DIRS for x in d):
-            if not has_splits or splits is None or d[len(root)] in splits:
-                class_folders.add(d)
+        if (
+            len(d) == class_level + 1
+            and d[: len(root)] == prefix
+            and not any(x in NON_IMAGE_DIRS for x in d)
+            and (not has_splits or splits is None or d[len(root)] in splits)
+        ):
+            class_folders.add(d)
     class_names = sorted({f[-1] for f in class_folders})
     counts = {c: 0 for c in class_names}
     for p in images:
