@@ -13,34 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import run_rows
 from backdoor_eval import figures
 from backdoor_eval.cli import main
 
 
 def run_row(experiment, phase="poison", **overrides) -> dict:
-    row = dict(
-        experiment=experiment,
-        dataset="flowers",
-        model="resnet50",
-        trigger="bs",
-        alpha=1.0,
-        strategy="many-to-one",
-        poison_class="rose",
-        source="all",
-        poison_rate=0.1,
-        regularizer="none",
-        seed=0,
-        phase=phase,
-        poison_val_accuracy=0.8,
-        clean_val_accuracy=0.8,
-        adversarial_success_rate=0.5,
-    )
-    row.update(overrides)
-    row["run_id"] = "/".join(
-        str(row[k])
-        for k in ("dataset", "model", "trigger", "alpha", "poison_class", "poison_rate", "regularizer", "seed")
-    )
-    return row
+    """A runs.parquet row whose accuracies default to 0.8 (the figures' fixtures vary the rest)."""
+    return run_rows.run_row(experiment, phase, **{"poison_val_accuracy": 0.8, "clean_val_accuracy": 0.8, **overrides})
 
 
 @pytest.fixture

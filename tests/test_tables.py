@@ -16,6 +16,7 @@ import pytest
 
 from backdoor_eval import tables
 from backdoor_eval.cli import main
+from run_rows import run_row
 
 FLOWERS_CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 FLOWERS_COUNTS = [710, 980, 734, 675, 904]  # the paper's Table 1 counts
@@ -28,51 +29,6 @@ PAPER_P = [
     [14.3, 19.7, 14.8, 0.0, 18.2],
     [20.6, 28.5, 21.3, 19.6, 0.0],
 ]
-
-
-def run_row(experiment="E1", phase="poison", **overrides) -> dict:
-    """One runs.parquet row with the default factors (docs/decisions.md#experiment-grid); metrics default to 0.5."""
-    row = dict(
-        experiment=experiment,
-        dataset="flowers",
-        model="resnet50",
-        trigger="bs",
-        alpha=1.0,
-        strategy="many-to-one",
-        poison_class="rose",
-        source="all",
-        poison_rate=0.1,
-        regularizer="none",
-        seed=0,
-        phase=phase,
-        epoch=3,
-        best_epoch=3,
-        epochs_run=8,
-        stopped_early=True,
-        train_loss=0.1,
-        poison_val_accuracy=0.5,
-        clean_val_accuracy=0.5,
-        adversarial_success_rate=0.5,
-        adversarial_success_rate_source=float("nan"),
-        poison_class_rate_clean=0.1,
-    )
-    row.update(overrides)
-    row["run_id"] = "/".join(
-        str(row[k])
-        for k in (
-            "dataset",
-            "model",
-            "trigger",
-            "alpha",
-            "strategy",
-            "poison_class",
-            "source",
-            "poison_rate",
-            "regularizer",
-            "seed",
-        )
-    )
-    return row
 
 
 def frame(rows) -> pd.DataFrame:
