@@ -7,6 +7,7 @@ results); each figure's numbers are checked on ``fig.computed``.
 from __future__ import annotations
 
 import itertools
+import json
 import types
 
 import numpy as np
@@ -308,15 +309,17 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
     made = []
 
     def create_trigger(name, alpha=None, **params):
-        made.append((name, params))
-        return StandInSine() if name in ("sin", "lv") else StandInSquare()
+        made.append((name, alpha, params))
+        return StandInSine() if name in ("sin", "lv") else StandInSquare(1.0 if alpha is None else alpha)
 
     seen = {}
     real_gallery = figures.fig2_trigger_gallery
 
     def spy_gallery(image, triggers, rng):
         seen["image"] = image
-        return real_gallery(image, triggers, rng)
+        fig = real_gallery(image, triggers, rng)
+        seen["computed"] = fig.computed
+        return fig
 
     monkeypatch.setattr("backdoor_eval.data.open_store", lambda path: store)
     monkeypatch.setattr("backdoor_eval.splits.load_partitions", lambda path: {"clean_val": np.array([0, 3, 4])})
@@ -341,9 +344,29 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
     ]
     assert main(args) == 0
     assert (seen["image"] == 77).all()
-    assert made == [("bs", {}), ("rs", {}), ("sin", {}), ("lv", {"fit": str(tmp_path / "lv.npz")})]
+    lv_fit = str(tmp_path / "lv.npz")
+    assert made == [("bs", None, {}), ("rs", None, {}), ("sin", None, {}), ("lv", None, {"fit": lv_fit})]
     assert (tmp_path / "fig2.png").stat().st_size > 0 and (tmp_path / "fig2.pdf").stat().st_size > 0
+
+    # The config's settings, as the workflow passes them: alphas, LV reading, order.
+    made.clear()
+    specs = {"lv": {"alpha": 0.3, "params": {"reading": "scaled"}}, "bs": {"alpha": 0.5, "params": {}}}
+    assert main([*args, "--triggers", json.dumps(specs)]) == 0
+    assert made == [("lv", 0.3, {"reading": "scaled", "fit": lv_fit}), ("bs", 0.5, {})]
+    assert list(seen["computed"]) == ["LV (\u03b1=0.1)", "Square (\u03b1=0.5)"]  # the stand-in sine keeps its 0.1
+    assert main([*args, "--triggers", json.dumps({"bs": {"size": 3}})]) == 2
     outs = args[-4:]
     assert main(args[:-6] + ["--image-index", "3", *outs]) == 2
     assert main(args[:-4] + ["--out-png", str(tmp_path / "fig2.jpg"), "--out-pdf", str(tmp_path / "fig2.pdf")]) == 2
     assert not (tmp_path / "fig2.jpg").exists()
+
+
+def test_log_axes_tick_the_grid_values_in_plain_numbers(tmp_path):
+    rows = [
+        run_row("E5", dataset="cifar10", trigger="bs", poison_rate=rate, adversarial_success_rate=rate)
+        for rate in (0.01, 0.02, 0.2, 0.5)
+    ]
+    fig = figures.fig7_poison_rate(pd.DataFrame(rows), experiment="E5")
+    axis = fig.axes[-1].xaxis
+    assert [tick.get_text() for tick in axis.get_majorticklabels()] == ["0.01", "0.02", "0.2", "0.5"]
+    assert all(tick.get_text() == "" for tick in axis.get_minorticklabels())

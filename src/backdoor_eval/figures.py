@@ -252,12 +252,16 @@ def _palette(n: int) -> list:
 
 
 def _x_scale(ax, values) -> None:
-    # Alpha and poison-rate grids are dense at the low end: log scale when possible.
+    # Alpha and poison-rate grids are dense at the low end: log scale when possible,
+    # ticked at the grid's own values in plain numbers (a log axis's default minor
+    # labels read "2x10^-1").
     if len(values) and float(np.min(values)) > 0:
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(sorted({float(v) for v in values})))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:

@@ -235,5 +235,13 @@ def get_gallery_input():
 
 
 def get_gallery_options():
+    """The image and the triggers of Fig. 2, each at the alpha and with the parameters the config gives it."""
+    triggers = {
+        name: {"alpha": ex.trigger_default_alpha(config, name), "params": ex.trigger_params(config, name)}
+        for name in ex.trigger_names(config)
+    }
+    options = ["--triggers", json.dumps(triggers)]  # in the config's order, the panels' order
     index = config["gallery"].get("image_index")
-    return "" if index is None else shlex.join(["--image-index", str(index)])
+    if index is not None:
+        options += ["--image-index", str(index)]
+    return shlex.join(options)

@@ -18,9 +18,12 @@ from typing import Any
 
 from backdoor_eval.names import FIGURES, TABLES, experiment_list
 
+from .common import json_object
+
 log = logging.getLogger(__name__)
 
-GALLERY_TRIGGERS = (("Square", "bs"), ("RS", "rs"), ("Sine", "sin"), ("LV", "lv"))
+# Fig. 2's triggers, each at its own default alpha, unless --triggers says otherwise.
+GALLERY_TRIGGERS = ("bs", "rs", "sin", "lv")
 TABLE_TITLES = {
     "table2": "Table 2: adversarial success before/after clean retraining",
     "table3": "Table 3: accuracy before/after clean retraining",
@@ -75,6 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lv-fit", required=True, help="LV fit .npz (from `fit-lv`)")
     p.add_argument("--image-index", type=int, default=0, help="position in the clean_val partition (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random square's position (default 0)")
+    p.add_argument(
+        "--triggers",
+        help='JSON {name: {"alpha": A, "params": {...}}}: the triggers to show, in order, as the config sets them '
+        f"(default: {', '.join(GALLERY_TRIGGERS)} at their own defaults)",
+    )
     p.add_argument("--out-png", required=True, help="figure .png to write")
     p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
     p.set_defaults(func=cmd_gallery)
@@ -269,13 +277,14 @@ def cmd_figure(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    """Fig. 2 from one clean-validation image of the store, each trigger at its default alpha."""
+    """Fig. 2 from one clean-validation image of the store, each trigger as --triggers sets it."""
     import numpy as np
 
     from backdoor_eval import seeding
     from backdoor_eval.data import open_store
     from backdoor_eval.figures import fig2_trigger_gallery, save_figure
     from backdoor_eval.splits import load_partitions
+    from backdoor_eval.tables import display_name
     from backdoor_eval.triggers import create_trigger
 
     for path, what in ((args.store, "store dir"), (args.partitions, "partitions file"), (args.lv_fit, "LV fit file")):
@@ -289,10 +298,16 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             "(a position in the clean_val partition)"
         )
     image = np.asarray(store.images[int(clean_val[args.image_index])])
-    triggers = [
-        (label, create_trigger(name, fit=args.lv_fit) if name == "lv" else create_trigger(name))
-        for label, name in GALLERY_TRIGGERS
-    ]
+    specs = json_object(args.triggers, "--triggers") or {name: {} for name in GALLERY_TRIGGERS}
+    triggers = []
+    for name, spec in specs.items():
+        if not isinstance(spec, dict) or set(spec) - {"alpha", "params"}:
+            raise ValueError(f'--triggers {name}: {spec!r}; allowed: {{"alpha": A, "params": {{...}}}}')
+        params = dict(spec.get("params") or {})
+        if name == "lv":
+            params["fit"] = args.lv_fit
+        trigger = create_trigger(name, alpha=spec.get("alpha"), **params)
+        triggers.append((f"{display_name('trigger', name)} ({chr(945)}={trigger.alpha:g})", trigger))
     fig = fig2_trigger_gallery(image, triggers, seeding.rng(args.seed, "gallery/trigger"))
     save_figure(fig, args.out_png, args.out_pdf)
     log.info("gallery: wrote %s and %s", args.out_png, args.out_pdf)
