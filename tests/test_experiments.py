@@ -289,3 +289,31 @@ def test_registry_check_names_the_key(quickstart):
         ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"
     ):
         ex.validate(quickstart, check_registries=True)
+
+
+def test_train_params_per_dataset_model_override_comes_last():
+    config = tiny_config()
+    config["train"] = {"lr": 1e-3, "input_size": None}
+    config["datasets"]["cifar10"]["train"] = {"batch_size": 64}
+    config["models"]["m"]["train"] = {"lr": 1e-4}
+    config["models"]["m"]["train_per_dataset"] = {"cifar10": {"input_size": 331}}
+    assert ex.train_params(config, "cifar10", "m") == {"lr": 1e-4, "input_size": 331, "batch_size": 64}
+    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-4, "input_size": None}
+    config["models"]["m"]["train_per_dataset"] = {"mnist": {"input_size": 28}}
+    with pytest.raises(ValueError, match=r"^models\.m\.train_per_dataset\.mnist: not a dataset declared"):
+        ex.validate(config)
+
+
+def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper):
+    assert ex.train_params(paper, "cifar10", "nasnet_large")["input_size"] == 331
+    assert ex.train_params(paper, "cifar10", "nasnet_mobile")["input_size"] == 224
+    assert ex.train_params(paper, "cifar10", "resnet50")["input_size"] is None  # native 32 px
+    for model in ("resnet50", "nasnet_large", "nasnet_mobile"):
+        assert ex.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
+
+
+def test_registry_check_names_a_bad_training_setting(quickstart):
+    pytest.importorskip("torch")
+    quickstart["train"]["optimizer"] = "adamx"
+    with pytest.raises(ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"):
+        ex.validate(quickstart, check_registries=True)

@@ -239,10 +239,16 @@ def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str,
 
 
 def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
-    """Training settings: ``train:`` defaults, then ``datasets.<d>.train``, then ``models.<m>.train``."""
+    """Training settings of ``model`` on ``dataset``; later keys win.
+
+    ``train:``, then ``datasets.<d>.train``, then ``models.<m>.train``, then
+    ``models.<m>.train_per_dataset.<d>`` (e.g. a model's input size on one dataset).
+    """
+    model_spec = (config.get("models") or {}).get(model) or {}
     merged = dict(config.get("train") or {})
-    merged.update((config.get("datasets") or {}).get(dataset, {}).get("train") or {})
-    merged.update((config.get("models") or {}).get(model, {}).get("train") or {})
+    merged.update(((config.get("datasets") or {}).get(dataset) or {}).get("train") or {})
+    merged.update(model_spec.get("train") or {})
+    merged.update((model_spec.get("train_per_dataset") or {}).get(dataset) or {})
     return merged
 
 
@@ -601,6 +607,13 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
                 _check_fraction("alpha", alpha, closed=True)
             except _PathError as exc:
                 raise ValueError(f"triggers.{name}.{exc}") from None
+    for name, spec in (config.get("models") or {}).items():
+        for dataset in (spec or {}).get("train_per_dataset") or {}:
+            if dataset not in sets:
+                raise ValueError(
+                    f"models.{name}.train_per_dataset.{dataset}: not a dataset declared in config datasets; "
+                    f"declared: {_names(config, 'datasets')}"
+                )
     for name, spec in (config.get("regularizers") or {}).items():
         weight = (spec or {}).get("weight")
         if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0):
@@ -653,3 +666,11 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
                     f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
                     f"registered: {', '.join(registry.names())}"
                 )
+    # Training settings as each (dataset, model) pair of the grid gets them (optimizer name, values).
+    from backdoor_eval.train import TrainConfig
+
+    for dataset, model in sorted({(run.dataset, run.model) for run in union(expand(config))}):
+        try:
+            TrainConfig.from_dict(train_params(config, dataset, model))
+        except ValueError as exc:
+            raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
