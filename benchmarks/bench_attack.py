@@ -119,6 +119,7 @@ def time_lv(train, reference, backend):
     start = time.perf_counter()
     fit = fit_low_variance(train, reference, backend=backend)
     seconds = time.perf_counter() - start
+    LV_SECONDS[backend] = seconds
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(
         f"LV fit ({backend:5s}) on {train.shape[0]} x {train[0].size}: {seconds:7.1f} s, "
@@ -140,8 +141,35 @@ def bench_lv(store, parts, backends, compare_n, out_path):
     for backend in backends:
         fit = time_lv(train, reference, backend)
     save_lv_fit(out_path, fit)
-    print(f"LV fit file: {out_path.stat().st_size / 1e6:.1f} MB")
+    lean = out_path.with_name("lv_lean.npz")
+    save_lv_fit(lean, fit, with_components=False)
+    LV_BYTES.update(full=out_path.stat().st_size, lean=lean.stat().st_size)
+    print(f"LV fit file: {LV_BYTES['full'] / 1e6:.1f} MB; without components: {LV_BYTES['lean'] / 1e6:.1f} MB")
     return fit
+
+
+def grid_lv_cost(config_path: str, dataset: str) -> None:
+    """The LV fits a config's grid needs on ``dataset`` under its split policy, at the time just measured."""
+    from backdoor_eval import experiments
+    from backdoor_eval.config import load_config
+
+    config = load_config(config_path, check_registries=False)
+    for policy in ("per-run", "shared"):
+        policy_config = {**config, "split": policy}
+        runs = experiments.union(experiments.expand(policy_config))
+        fits = {
+            experiments.split_of(policy_config, run) for run in runs if run.trigger == "lv" and run.dataset == dataset
+        }
+        hours = len(fits) * LV_SECONDS["gram"] / 3600
+        print(
+            f"{config_path} ({policy} split): {len(fits)} LV fits on {dataset} x {LV_SECONDS['gram']:.0f} s = "
+            f"{hours:.1f} CPU-hours; disk {len(fits) * LV_BYTES['full'] / 1e9:.1f} GB with components, "
+            f"{len(fits) * LV_BYTES['lean'] / 1e9:.2f} GB without"
+        )
+
+
+LV_SECONDS: dict[str, float] = {}  # backend -> seconds of the last full fit
+LV_BYTES: dict[str, int] = {}  # fit file size with ("full") and without ("lean") components
 
 
 def main(argv=None) -> int:
@@ -153,6 +181,9 @@ def main(argv=None) -> int:
     parser.add_argument("--random", action="store_true", help="use random arrays even if the real data can be ingested")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--stores", default=None, help="folder of ingested stores to reuse/keep (default: scratch)")
+    parser.add_argument(
+        "--grid", metavar="CONFIG", help="also print the LV fits this config's grid needs, and their cost"
+    )
     parser.add_argument("--lv-compare", type=int, default=0, metavar="N",
                         help="also time every LV backend on N poison-train images (0: skip)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -174,6 +205,8 @@ def main(argv=None) -> int:
                 triggers["lv"] = create_trigger("lv", fit=str(workdir / "lv.npz"))
                 triggers["lv"].spec()  # hashes the fit file once, as the poison command does
                 print(f"lv trigger from the fit file (no components) + sha256: {time.perf_counter() - start:.2f} s")
+                if args.grid and "gram" in LV_SECONDS:
+                    grid_lv_cost(args.grid, name)
             bench_materialize(name, store, parts, triggers, workdir, args.repeats)
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,47 @@ def test_paper_config_distinct_runs_and_retrain_jobs(paper):
     assert len(ex.retrain_runs(paper, runs)) == 600
     summary = ex.counts(paper)
     assert summary["distinct_runs"] == 922 and summary["retrain_jobs"] == 600
-    assert summary["partitions"] == 12  # cifar10 seeds 0-1, flowers seeds 0-9
+    # The paper's split per run: one partition and one poisoned set per run, one LV fit per lv run.
+    lv_runs = sum(run.trigger == "lv" for run in distinct)
+    assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 922, 922)
+    assert summary["lv_fits"] == lv_runs == 264
+    # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models and regularizers.
+    shared = ex.counts({**paper, "split": "shared"})
+    assert (shared["distinct_runs"], shared["partitions"], shared["poisoned_sets"], shared["lv_fits"]) == (
+        922,
+        12,
+        296,
+        4,
+    )
+
+
+@pytest.mark.parametrize("policy", ["per-run", "shared"])
+def test_a_run_in_two_experiments_is_one_run_with_one_split_under_either_policy(paper, policy):
+    config = {**paper, "split": policy}
+    expanded = ex.expand(config)
+    shared_run = next(run for run in expanded["E4"] if run in set(expanded["E1"]))
+    assert expanded["E1"].count(shared_run) == expanded["E4"].count(shared_run) == 1
+    assert len(ex.union(expanded)) == 922
+    assert len({ex.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
+
+
+def test_per_run_splits_differ_by_any_factor_and_shared_splits_only_by_seed():
+    base = Run("flowers", "resnet50", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 0)
+    variants = [
+        Run(**{**base.params(), factor: value})
+        for factor, value in [
+            ("trigger", "sin"),
+            ("poison_class", "daisy"),
+            ("poison_rate", 0.05),
+            ("model", "nasnet_mobile"),
+            ("alpha", 0.5),
+        ]
+    ]
+    own = {run.split("per-run") for run in [base, *variants]}
+    assert len(own) == 6 and all(split.startswith("seed0-") for split in own)
+    assert {run.split("shared") for run in [base, *variants]} == {"seed0"}
+    assert Run(**{**base.params(), "seed": 3}).split("shared") == "seed3"
+    assert base.split("per-run") == base.split("per-run")  # a pure function of the run
 
 
 def test_paper_e6_one_to_one_runs_cover_every_other_class(paper):
@@ -186,7 +227,8 @@ def test_train_params_merge_order():
 def test_run_id_format_and_round_trip():
     run = Run("cifar10", "resnet50", "sin", 0.1, "one-to-one", "truck", "cat", 0.05, "snnl", 3)
     assert run.run_id == "cifar10/resnet50/sin/a0.1/one-to-one/ttruck/scat/r0.05/snnl/seed3"
-    assert run.poison_id == "cifar10/sin/a0.1/one-to-one/ttruck/scat/r0.05/seed3"
+    assert run.poison_id("shared") == "cifar10/sin/a0.1/one-to-one/ttruck/scat/r0.05/seed3"
+    assert re.fullmatch(r"cifar10/sin/a0\.1/one-to-one/ttruck/scat/r0\.05/seed3-[0-9a-f]{16}", run.poison_id("per-run"))
     assert Run.from_run_id(run.run_id) == run
     assert Run(**run.params()) == run
 
@@ -315,5 +357,7 @@ def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper)
 def test_registry_check_names_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
-    with pytest.raises(ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"):
+    with pytest.raises(
+        ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"
+    ):
         ex.validate(quickstart, check_registries=True)

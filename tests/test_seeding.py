@@ -45,3 +45,17 @@ def test_unknown_purpose_is_named():
 def test_derived_seeds_fit_torch():
     torch = pytest.importorskip("torch")
     torch.manual_seed(seeding.derived_seed(123, "model/init"))
+
+
+def test_split_ids_name_a_seed_or_a_run_and_parse_back():
+    assert seeding.split_id(3) == "seed3"
+    assert seeding.parse_split_id("seed3") == (3, ())
+    own = seeding.split_id(3, "flowers/resnet50/bs/a1.0/many-to-one/trose/sall/r0.1/none/seed3")
+    seed, keys = seeding.parse_split_id(own)
+    assert seed == 3 and len(keys) == 2 and own == f"seed3-{keys[0]:08x}{keys[1]:08x}"
+    assert own != seeding.split_id(3, "flowers/resnet50/sin/a0.1/many-to-one/trose/sall/r0.1/none/seed3")
+    # A run's own split draws from other streams than the seed's.
+    assert not np.array_equal(seeding.rng(3, "partitions", *keys).random(4), seeding.rng(3, "partitions").random(4))
+    for bad in ("3", "seed", "seed3-xyz", "seed-1"):
+        with pytest.raises(ValueError, match="is not a split id"):
+            seeding.parse_split_id(bad)

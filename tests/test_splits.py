@@ -177,3 +177,24 @@ def test_cli_partition_writes_only_the_partitions_file(tmp_path):
     expected = make_partitions(store.labels, 5)
     assert all(np.array_equal(loaded[name], expected[name]) for name in PARTITIONS)
     assert cli.main(["partition", "--store", str(tmp_path / "nope"), "--seed", "5", "--out", str(out)]) == 2
+
+
+def test_partition_command_takes_a_seed_or_a_split(tmp_path):
+    from backdoor_eval.cli import main
+
+    store = tmp_path / "store"
+    params = '{"num_classes": 3, "per_class": 40, "size": 8}'
+    assert main(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
+    outputs = {}
+    for name, option in [
+        ("seed", ["--seed", "2"]),
+        ("shared", ["--split", "seed2"]),
+        ("own", ["--split", "seed2-00000000000000ff"]),
+    ]:
+        outputs[name] = tmp_path / f"{name}.npz"
+        assert main(["partition", "--store", str(store), *option, "--out", str(outputs[name])]) == 0
+    seed, shared, own = (load_partitions(outputs[name]) for name in ("seed", "shared", "own"))
+    assert all(np.array_equal(seed[name], shared[name]) for name in PARTITIONS)
+    assert not all(np.array_equal(seed[name], own[name]) for name in PARTITIONS)
+    assert {name: len(own[name]) for name in PARTITIONS} == {name: len(seed[name]) for name in PARTITIONS}
+    assert main(["partition", "--store", str(store), "--split", "seed2-zz", "--out", str(tmp_path / "bad.npz")]) == 2

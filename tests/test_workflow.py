@@ -51,16 +51,19 @@ def job_counts(output: str) -> dict[str, int]:
 def expected_counts(config: dict) -> dict[str, int]:
     """Job counts implied by the config, computed independently of the rules."""
     runs = ex.union(ex.expand(config))
-    partitions = {(r.dataset, r.seed) for r in runs}
-    lv_fits = {(r.dataset, r.seed) for r in runs if r.trigger == "lv"}
+    policy = config.get("split", "per-run")
+    splits = {r: r.split(policy) for r in runs}
+    partitions = {(r.dataset, splits[r]) for r in runs}
+    lv_fits = {(r.dataset, splits[r]) for r in runs if r.trigger == "lv"}
     if config.get("gallery"):
-        partitions.add((config["gallery"]["dataset"], config["gallery"].get("seed", 0)))
-        lv_fits.add((config["gallery"]["dataset"], config["gallery"].get("seed", 0)))
+        gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
+        partitions.add(gallery)
+        lv_fits.add(gallery)
     counts = {
         "ingest": len({r.dataset for r in runs} | ({config["table1"]["dataset"]} if config.get("table1") else set())),
         "partition": len(partitions),
         "fit_lv": len(lv_fits),
-        "poison": len({r.poison_id for r in runs}),
+        "poison": len({r.poison_id(policy) for r in runs}),
         "train": len(runs),
         "retrain": len(ex.retrain_runs(config)),
         "summarize": len(runs),
@@ -103,7 +106,28 @@ def test_paper_dry_run_job_counts(tmp_path):
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     assert counts == expected_counts(config)
     assert (counts["train"], counts["summarize"], counts["retrain"]) == (922, 922, 600)
-    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (296, 12, 4, 2)
+    # A split per run (the paper's): each run its own partitions and poisoned set; every lv run its own fit.
+    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (922, 923, 265, 2)
+
+
+@pytest.mark.slow
+def test_paper_dry_run_shows_nasnet_cifar10_input_sizes_and_per_run_splits(tmp_path):
+    result = snakemake("--configfile", str(REPO / "config" / "config.yaml"), "-n", "-p", workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = (result.stdout + result.stderr).splitlines()
+    commands = [line.split("Shell command: ", 1)[1] for line in output if "Shell command: backdoor-eval train " in line]
+    sizes = {}
+    for line in commands:
+        model = re.search(r"--model (\S+)", line).group(1)
+        dataset = re.search(r"--store results/paper/data/(\w+)/store", line).group(1)
+        size = json.loads(re.search(r"--train-params '([^']*)'", line).group(1))["input_size"]
+        sizes.setdefault((dataset, model), set()).add(size)
+    assert sizes[("cifar10", "nasnet_large")] == {331}
+    assert sizes[("cifar10", "nasnet_mobile")] == {224}
+    assert sizes[("cifar10", "resnet50")] == {None}
+    partitions = {re.search(r"--partitions (\S+)", line).group(1) for line in commands}
+    assert len(partitions) == len(commands) == 922  # one split per run
+    assert all(re.fullmatch(r"results/paper/data/\w+/seed\d+-[0-9a-f]{16}/partitions\.npz", p) for p in partitions)
 
 
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from backdoor_eval import seeding
 from backdoor_eval.config import schema_default
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 from backdoor_eval.names import (
@@ -47,8 +48,11 @@ from backdoor_eval.names import (
     NO_REGULARIZER,
     OTHER_CLASSES,
     OUTPUTS,
+    PER_RUN_SPLIT,
     PHASES,
     POISON_PHASE,
+    SHARED_SPLIT,
+    SPLIT_POLICIES,
     STRATEGIES,
     experiment_list,
 )
@@ -77,6 +81,7 @@ WILDCARD_CONSTRAINTS = {
     "poison_rate": _NUMBER,
     "regularizer": _NAME,
     "seed": r"[0-9]+",
+    "split": seeding.SPLIT_ID_PATTERN,
 }
 _RUN_ID_RE = re.compile(
     "^"
@@ -120,10 +125,22 @@ class Run:
         """The run's relative output path (the shared results contract)."""
         return RUN_ID_TEMPLATE.format(**self._path_fields())
 
-    @property
-    def poison_id(self) -> str:
-        """The relative path of the run's poisoned overlay (shared by models and regularizers)."""
-        return POISON_ID_TEMPLATE.format(**self._path_fields())
+    def split(self, policy: str) -> str:
+        """The split the run trains on (docs/decisions.md#partitions): its own, or its seed's.
+
+        ``per-run``: drawn from the run's identity and seed, so runs that
+        differ in any factor get independent splits and poison draws (the
+        paper's section 3). ``shared``: one split per seed for every run.
+        """
+        if policy == PER_RUN_SPLIT:
+            return seeding.split_id(self.seed, self.run_id)
+        if policy == SHARED_SPLIT:
+            return seeding.split_id(self.seed)
+        raise ValueError(f"split policy {policy!r} is unknown; allowed: {', '.join(SPLIT_POLICIES)}")
+
+    def poison_id(self, policy: str) -> str:
+        """The relative path of the run's poisoned overlay (shared by every run of the same split and poisoning)."""
+        return POISON_ID_TEMPLATE.format(**self._path_fields(), split=self.split(policy))
 
     def params(self) -> dict[str, Any]:
         """The run parameters, typed (alpha and poison_rate float, seed int)."""
@@ -236,6 +253,22 @@ def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str,
             f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
         )
     return dict(spec or {})
+
+
+def lv_save_components(config: Mapping[str, Any]) -> bool:
+    """``triggers.lv.save_components`` (default true): keep the PCA components in each LV fit file."""
+    spec = (config.get("triggers") or {}).get("lv") or {}
+    return bool(spec.get("save_components", True))
+
+
+def split_policy(config: Mapping[str, Any]) -> str:
+    """``split:`` of the config: ``per-run`` (the paper's) or ``shared``."""
+    return str(config.get("split") or schema_default("split"))
+
+
+def split_of(config: Mapping[str, Any], run: Run) -> str:
+    """The split ``run`` trains on under the config's split policy."""
+    return run.split(split_policy(config))
 
 
 def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
@@ -465,8 +498,10 @@ def counts(config: Mapping[str, Any]) -> dict[str, Any]:
         "experiments": {name: {"runs": len(runs), "phases": phases[name]} for name, runs in expanded.items()},
         "distinct_runs": len(distinct),
         "retrain_jobs": len(retrain_runs(config, expanded)),
-        "poisoned_sets": len({run.poison_id for run in distinct}),
-        "partitions": len({(run.dataset, run.seed) for run in distinct}),
+        "split": split_policy(config),
+        "poisoned_sets": len({run.poison_id(split_policy(config)) for run in distinct}),
+        "partitions": len({(run.dataset, split_of(config, run)) for run in distinct}),
+        "lv_fits": len({(run.dataset, split_of(config, run)) for run in distinct if run.trigger == "lv"}),
     }
 
 
@@ -478,7 +513,8 @@ def format_counts(config: Mapping[str, Any]) -> str:
         lines.append(f"{name:<12}{info['runs']:>6}  {'+'.join(info['phases'])}")
     lines.append(
         f"distinct runs (train jobs): {summary['distinct_runs']}; retrain jobs: {summary['retrain_jobs']}; "
-        f"poisoned sets: {summary['poisoned_sets']}; partitions: {summary['partitions']}"
+        f"poisoned sets: {summary['poisoned_sets']}; partitions ({summary['split']} split): "
+        f"{summary['partitions']}; LV fits: {summary['lv_fits']}"
     )
     return "\n".join(lines)
 

@@ -20,8 +20,9 @@ from backdoor_eval.names import PHASES
 RUN_ID_TEMPLATE = (
     "{dataset}/{model}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{regularizer}/seed{seed}"
 )
-# The poisoned data set does not depend on the model or the regularizer.
-POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/seed{seed}"
+# A poisoned data set: the poisoning factors and the split it was drawn from
+# ({split}: backdoor_eval.seeding.split_id; "seed<N>" when shared per seed).
+POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{split}"
 
 # Files of one training phase (train or retrain), inside {run}/{phase}/.
 PHASE_FILES = {"model": "model.pt", "epochs": "epochs.parquet", "final": "final.json"}
@@ -40,11 +41,11 @@ class Layout:
 
     @property
     def partitions(self) -> str:
-        return f"{self.root}/data/{{dataset}}/seed{{seed}}/partitions.npz"
+        return f"{self.root}/data/{{dataset}}/{{split}}/partitions.npz"
 
     @property
     def lv_fit(self) -> str:
-        return f"{self.root}/data/{{dataset}}/seed{{seed}}/lv_fit.npz"
+        return f"{self.root}/data/{{dataset}}/{{split}}/lv_fit.npz"
 
     @property
     def poisoned(self) -> str:

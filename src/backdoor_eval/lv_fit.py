@@ -211,11 +211,21 @@ _LV_FIELDS = (
 )
 
 
-def save_lv_fit(path: str | os.PathLike, fit: LowVarianceFit, **extra: np.ndarray) -> None:
-    """Write the fit as an uncompressed npz (atomically); ``extra`` arrays are stored too."""
-    if fit.components is None:
+def save_lv_fit(
+    path: str | os.PathLike, fit: LowVarianceFit, with_components: bool = True, **extra: np.ndarray
+) -> None:
+    """Write the fit as an uncompressed npz (atomically); ``extra`` arrays are stored too.
+
+    ``with_components=False`` leaves the (k, D) components out (an empty array
+    stands in): the trigger needs only the pattern, and with a split per run
+    every LV run has its own fit, so the components would cost ~280 MB per
+    Flowers run (docs/decisions.md#low-variance-trigger).
+    """
+    if with_components and fit.components is None:
         raise ValueError("this LV fit was loaded without its components; load it with with_components=True to save it")
     arrays = {field: getattr(fit, field) for field in _LV_FIELDS}
+    if not with_components:
+        arrays["components"] = np.zeros((0, int(np.asarray(fit.mean).size)), dtype=np.float32)
     arrays["total_components"] = np.int64(fit.total_components)
     arrays["variance_fraction"] = np.float64(fit.variance_fraction)
     clash = sorted(set(extra) & set(arrays))
@@ -239,6 +249,8 @@ def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVar
         if missing:
             raise ValueError(f"{path} is not an LV fit: arrays {missing} are missing")
         fields = {field: npz[field] for field in _LV_FIELDS if with_components or field != "components"}
+        if "components" in fields and fields["components"].shape[0] == 0 and len(npz["component_indices"]):
+            del fields["components"]  # saved without them
         return LowVarianceFit(
             **{"components": None, **fields},
             total_components=int(npz["total_components"]),

@@ -27,6 +27,13 @@ PARTITIONS = ("poison_train", "poison_val", "clean_train", "clean_val", "adv_tes
 POISONED_PARTITIONS = ("poison_train", "poison_val")
 CLEAN_PARTITIONS = ("clean_train", "clean_val")
 
+# How runs get their data split (docs/decisions.md#partitions): each run its
+# own split and poison draws (the paper's section 3), or one split per seed
+# shared by every run of that seed (paired comparisons).
+PER_RUN_SPLIT = "per-run"
+SHARED_SPLIT = "shared"
+SPLIT_POLICIES = (PER_RUN_SPLIT, SHARED_SPLIT)
+
 # No regularizer: plain cross-entropy.
 NO_REGULARIZER = "none"
 

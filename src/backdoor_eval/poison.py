@@ -222,6 +222,7 @@ def materialize(
     source: int | str | None,
     seed: int,
     out_dir: str | os.PathLike,
+    split_keys: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """Poison poison-train and poison-validation and write the overlay; return the manifest.
 
@@ -230,6 +231,8 @@ def materialize(
     ``out_dir/overlay.npz`` (``<set>_replaced``, ``<set>_drawn`` store indices,
     ``<set>_pixels`` uint8 triggered copies of the drawn images) and
     ``out_dir/manifest.json``, together and atomically. Same seed, same bytes.
+    ``split_keys`` extend every stream's key when the split is a run's own
+    (:func:`backdoor_eval.seeding.parse_split_id`).
     """
     seed = seeding.check_seed(seed)
     check_strategy(strategy)
@@ -250,10 +253,17 @@ def materialize(
         indices = np.asarray(partitions[set_name], dtype=np.int64)
         labels = labels_all[indices]
         replaced_pos, drawn_pos = select_poison(
-            labels, poison_index, poison_rate, strategy, source_index, seeding.rng(seed, f"{set_name}/select")
+            labels,
+            poison_index,
+            poison_rate,
+            strategy,
+            source_index,
+            seeding.rng(seed, f"{set_name}/select", *split_keys),
         )
         replaced, drawn = indices[replaced_pos], indices[drawn_pos]
-        pixels = _triggered_pixels(np.asarray(store.images[drawn]), trigger, seeding.rng(seed, f"{set_name}/trigger"))
+        pixels = _triggered_pixels(
+            np.asarray(store.images[drawn]), trigger, seeding.rng(seed, f"{set_name}/trigger", *split_keys)
+        )
         overlay[f"{set_name}_replaced"] = replaced
         overlay[f"{set_name}_drawn"] = drawn
         overlay[f"{set_name}_pixels"] = pixels
@@ -279,7 +289,8 @@ def materialize(
         "source": source_index,
         "source_name": None if source_index is None else class_names[source_index],
         "seed": seed,
-        "adv_seed": seeding.derived_seed(seed, "adv_test/trigger"),
+        "split_keys": [int(key) for key in split_keys],
+        "adv_seed": seeding.derived_seed(seed, "adv_test/trigger", *split_keys),
         "trigger": trigger.spec(),
         "class_names": class_names,
         "image_shape": list(np.asarray(store.images[:1]).shape[1:]),

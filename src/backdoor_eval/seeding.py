@@ -7,9 +7,18 @@ order and dropout) draws from its own stream, ``SeedSequence(seed,
 spawn_key=(purpose id, *keys))``. Streams are independent of each other, so
 adding a purpose, or a trigger that draws more numbers, never shifts
 another's draws. Purpose ids are fixed forever: never renumber them.
+
+The data a run trains on (its partitions, poison draws and LV reference)
+come from its *split*: with a split shared per seed the streams are the
+seed's; with a split per run, two words derived from the run's identity are
+appended to each stream's key, so runs that differ in any factor draw
+independently.
 """
 
 from __future__ import annotations
+
+import hashlib
+import re
 
 import numpy as np
 
@@ -26,6 +35,29 @@ PURPOSES = {
     "train/torch": 10,  # keys (phase index, epoch): torch's global stream (dropout)
     "gallery/trigger": 11,  # Fig. 2's random-square position
 }
+
+
+# A split: "seed<N>" (shared by every run of seed N) or "seed<N>-<16 hex>" (one
+# run's own; the hex is the start of the sha256 of the run's identity).
+SPLIT_ID_PATTERN = r"seed[0-9]+(?:-[0-9a-f]{16})?"
+_SPLIT_ID = re.compile(r"^seed([0-9]+)(?:-([0-9a-f]{16}))?$")
+
+
+def split_id(seed: int, identity: str | None = None) -> str:
+    """The name of a split: of ``seed`` alone, or of one run (``identity``, e.g. its run id) and ``seed``."""
+    seed = check_seed(seed)
+    if identity is None:
+        return f"seed{seed}"
+    return f"seed{seed}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def parse_split_id(split: str) -> tuple[int, tuple[int, ...]]:
+    """``(seed, keys)`` of a split id: the keys (two 32-bit words of its hex, or none) extend every stream."""
+    match = _SPLIT_ID.match(str(split))
+    if match is None:
+        raise ValueError(f"split {split!r} is not a split id; allowed: seed<N> or seed<N>-<16 hex digits>")
+    seed, key = int(match.group(1)), match.group(2)
+    return seed, (() if key is None else (int(key[:8], 16), int(key[8:], 16)))
 
 
 def check_seed(seed: object) -> int:

@@ -124,19 +124,21 @@ def _cheapest_move_path(rounded_up: np.ndarray, remainders: np.ndarray, excess: 
     return reach[ends[0][1]][1] if ends else None
 
 
-def make_partitions(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+def make_partitions(labels: np.ndarray, seed: int, split_keys: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """Partitions of a dataset with ``labels`` (docs/decisions.md#partitions): sorted int64 store indices per part.
 
     Stratified 76/19/5 into poison-set, clean-set and adversarial-test, then
     80/20 train/validation within poison-set and clean-set. Disjoint; their
     union is every index. See the module docstring for the rounding.
+    ``split_keys`` extend the stream's key for a run's own split
+    (:func:`backdoor_eval.seeding.parse_split_id`).
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a non-empty 1-D integer array, got {labels.dtype} {labels.shape}")
     if labels.min() < 0:
         raise ValueError(f"labels must be non-negative class indices, got minimum {labels.min()}")
-    rng = seeding.rng(seed, "partitions")
+    rng = seeding.rng(seed, "partitions", *split_keys)
     classes = np.unique(labels)
     members = [np.flatnonzero(labels == c) for c in classes]
     set_counts = apportion([m.size for m in members], SET_WEIGHTS)

@@ -10,6 +10,7 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
+from backdoor_eval import seeding
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 from backdoor_eval.names import CLEAN_PHASE, ONE_TO_ONE, POISON_PHASE
 
@@ -41,6 +42,7 @@ wildcard_constraints:
     poison_rate=ex.WILDCARD_CONSTRAINTS["poison_rate"],
     regularizer=ex.WILDCARD_CONSTRAINTS["regularizer"],
     seed=ex.WILDCARD_CONSTRAINTS["seed"],
+    split=ex.WILDCARD_CONSTRAINTS["split"],
 
 
 onstart:
@@ -105,20 +107,23 @@ def get_dataset_classes(wildcards):
 
 def get_lv_fit_options(wildcards):
     fraction = ex.lv_variance_fraction(config)
-    return "" if fraction is None else shlex.join(["--variance-fraction", str(fraction)])
+    options = [] if fraction is None else ["--variance-fraction", str(fraction)]
+    if not ex.lv_save_components(config):
+        options.append("--no-components")
+    return shlex.join(options)
 
 
 # ---------------------------------------------------------------- poison
 
 
 def get_poison_input(wildcards):
-    """Store and partitions; the lv trigger also needs the split's PCA fit."""
+    """Store and partitions of the split; the lv trigger also needs the split's PCA fit."""
     inputs = {
         "store": PATHS.store.format(dataset=wildcards.dataset),
-        "partitions": PATHS.partitions.format(dataset=wildcards.dataset, seed=wildcards.seed),
+        "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
     if wildcards.trigger == "lv":
-        inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, seed=wildcards.seed)
+        inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
 
@@ -133,6 +138,17 @@ def get_poison_options(wildcards, input):
 
 
 # ---------------------------------------------------------------- train
+
+
+def get_run_data(wildcards):
+    """The data a run trains on: the store, its split's partitions and its poisoned overlay."""
+    run = ex.Run.from_mapping(wildcards)
+    split = ex.split_of(config, run)
+    return {
+        "store": PATHS.store.format(dataset=run.dataset),
+        "partitions": PATHS.partitions.format(dataset=run.dataset, split=split),
+        "poisoned": f"{RESULTS}/poison/{run.poison_id(ex.split_policy(config))}",
+    }
 
 
 def get_train_options(wildcards):
@@ -226,11 +242,13 @@ def get_table1_options():
 
 
 def get_gallery_input():
+    """One image of the seed's shared split, and that split's LV fit."""
     spec = config["gallery"]
+    split = seeding.split_id(spec["seed"])
     return {
         "store": PATHS.store.format(dataset=spec["dataset"]),
-        "partitions": PATHS.partitions.format(dataset=spec["dataset"], seed=spec["seed"]),
-        "lv_fit": PATHS.lv_fit.format(dataset=spec["dataset"], seed=spec["seed"]),
+        "partitions": PATHS.partitions.format(dataset=spec["dataset"], split=split),
+        "lv_fit": PATHS.lv_fit.format(dataset=spec["dataset"], split=split),
     }
 
 

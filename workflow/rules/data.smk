@@ -1,5 +1,5 @@
-# Data: the canonical store, the per-seed partitions (docs/decisions.md#partitions)
-# and the LV fit (docs/decisions.md#low-variance-trigger).
+# Data: the canonical store, the partitions of each split (per run or per seed:
+# docs/decisions.md#partitions) and its LV fit (docs/decisions.md#low-variance-trigger).
 
 
 localrules:
@@ -31,31 +31,31 @@ rule partition:
     output:
         partitions=PATHS.partitions,
     log:
-        log_of("partition", "{dataset}/seed{seed}"),
+        log_of("partition", "{dataset}/{split}"),
     benchmark:
-        benchmark_of("partition", "{dataset}/seed{seed}")
+        benchmark_of("partition", "{dataset}/{split}")
     conda:
         "../../envs/backdoor-eval.yaml"
     shell:
-        "backdoor-eval partition --store {input.store:q} --seed {wildcards.seed}"
+        "backdoor-eval partition --store {input.store:q} --split {wildcards.split}"
         " --out {output.partitions:q} > {log:q} 2>&1"
 
 
 rule fit_lv:
-    # Only lv runs and the gallery need it; every run of the split reuses it.
+    # Only lv runs and the gallery need it; every lv run of the split reuses it.
     input:
         store=PATHS.store,
         partitions=PATHS.partitions,
     output:
         lv_fit=PATHS.lv_fit,
     log:
-        log_of("fit_lv", "{dataset}/seed{seed}"),
+        log_of("fit_lv", "{dataset}/{split}"),
     benchmark:
-        benchmark_of("fit_lv", "{dataset}/seed{seed}")
+        benchmark_of("fit_lv", "{dataset}/{split}")
     conda:
         "../../envs/backdoor-eval.yaml"
     params:
         options=get_lv_fit_options,
     shell:
-        "backdoor-eval fit-lv --store {input.store:q} --partitions {input.partitions:q} --seed {wildcards.seed}"
+        "backdoor-eval fit-lv --store {input.store:q} --partitions {input.partitions:q} --split {wildcards.split}"
         " {params.options} --out {output.lv_fit:q} > {log:q} 2>&1"

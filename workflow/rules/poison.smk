@@ -1,6 +1,7 @@
 # Poisoning (docs/decisions.md#poison-sampling): one overlay per (dataset, trigger,
-# alpha, strategy, poison class, source, poison rate, seed), shared by every
-# model and regularizer.
+# alpha, strategy, poison class, source, poison rate, split); with a split per
+# seed it is shared by every model and regularizer, with a split per run it is
+# the run's own.
 
 
 rule poison:
@@ -19,5 +20,5 @@ rule poison:
     shell:
         "backdoor-eval poison --store {input.store:q} --partitions {input.partitions:q}"
         " --trigger {wildcards.trigger:q} --alpha {wildcards.alpha} --poison-class {wildcards.poison_class:q}"
-        " --poison-rate {wildcards.poison_rate} --strategy {wildcards.strategy} --seed {wildcards.seed}"
+        " --poison-rate {wildcards.poison_rate} --strategy {wildcards.strategy} --split {wildcards.split}"
         " {params.options} --out {output.poisoned:q} > {log:q} 2>&1"

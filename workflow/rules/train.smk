@@ -10,9 +10,7 @@ localrules:
 
 rule train:
     input:
-        store=PATHS.store,
-        partitions=PATHS.partitions,
-        poisoned=PATHS.poisoned,
+        unpack(get_run_data),
     output:
         model=model_file(PATHS.phase_file(POISON_PHASE, "model")),
         epochs=PATHS.phase_file(POISON_PHASE, "epochs"),
@@ -40,9 +38,7 @@ rule train:
 
 rule retrain:
     input:
-        store=PATHS.store,
-        partitions=PATHS.partitions,
-        poisoned=PATHS.poisoned,
+        unpack(get_run_data),
         model=PATHS.phase_file(POISON_PHASE, "model"),
     output:
         model=model_file(PATHS.phase_file(CLEAN_PHASE, "model")),

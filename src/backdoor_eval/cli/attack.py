@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import json_object
+from .common import add_split_arguments, json_object, split_arguments
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,26 @@ def cmd_fit_lv(args: argparse.Namespace) -> int:
     from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
     from backdoor_eval.splits import load_partitions
 
+    split, seed, keys = split_arguments(args)
     store = open_store(args.store)
     partitions = load_partitions(args.partitions, num_images=len(store.labels))
     train_indices = np.asarray(partitions["poison_train"])
     # The reference image must not be in the training data: a seeded draw from clean-validation.
-    reference_index = int(seeding.rng(args.seed, "lv/reference").choice(np.asarray(partitions["clean_val"])))
+    reference_index = int(seeding.rng(seed, "lv/reference", *keys).choice(np.asarray(partitions["clean_val"])))
     log.info("fitting LV on %d poison-train images, reference store index %d", train_indices.size, reference_index)
     fit = fit_low_variance(
         np.asarray(store.images[train_indices]),
         np.asarray(store.images[reference_index]),
         **({} if args.variance_fraction is None else {"variance_fraction": args.variance_fraction}),
     )
-    save_lv_fit(args.out, fit, reference_index=np.int64(reference_index), seed=np.int64(args.seed))
+    save_lv_fit(
+        args.out,
+        fit,
+        with_components=not args.no_components,
+        reference_index=np.int64(reference_index),
+        seed=np.int64(seed),
+        split=np.str_(split),
+    )
     log.info(
         "kept %d of %d components (explained-variance ratio %.5f)",
         fit.components.shape[0],
@@ -72,6 +80,7 @@ def cmd_poison(args: argparse.Namespace) -> int:
     trigger = create_trigger(args.trigger, alpha=args.alpha, **params)
     check_poison_rate(args.poison_rate)  # fail on bad input before opening the store
     check_strategy(args.strategy)
+    _, seed, keys = split_arguments(args)
     from backdoor_eval.data import open_store
     from backdoor_eval.splits import load_partitions
 
@@ -85,7 +94,8 @@ def cmd_poison(args: argparse.Namespace) -> int:
         poison_rate=args.poison_rate,
         strategy=args.strategy,
         source=_class_ref(args.source),
-        seed=args.seed,
+        seed=seed,
+        split_keys=keys,
         out_dir=args.out,
     )
     log.info(
@@ -125,7 +135,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-lv", help="fit the low-variance trigger on a split's poison-train images")
     p.add_argument("--store", required=True, help="canonical store directory")
     p.add_argument("--partitions", required=True, help="partitions npz")
-    p.add_argument("--seed", required=True, type=int, help="run seed (picks the clean-validation reference image)")
+    add_split_arguments(p)  # the split: its partitions, and the draw of the reference image
+    p.add_argument("--no-components", action="store_true", help="leave the PCA components out of the file")
     p.add_argument("--out", required=True, help="output npz")
     p.add_argument(
         "--variance-fraction",
@@ -146,7 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--poison-rate", required=True, type=float, help="poison rate lambda in (0, 1)")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)
     p.add_argument("--source", default=None, help="one-to-one source class, NAME or 0-based INDEX")
-    p.add_argument("--seed", required=True, type=int, help="run seed")
+    add_split_arguments(p)
     p.add_argument("--out", required=True, help="output directory (overlay.npz, manifest.json)")
     p.set_defaults(func=cmd_poison)
 

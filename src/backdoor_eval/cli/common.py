@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -16,3 +17,23 @@ def json_object(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{option} {text!r} is not a JSON object; expected e.g. '{{\"size\": 224}}'")
     return value
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--split ID`` (what the workflow passes) or ``--seed N`` (shorthand for ``--split seedN``)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--seed", type=int, metavar="N", help="the seed of a split shared per seed (= --split seedN)")
+    group.add_argument(
+        "--split",
+        metavar="ID",
+        help="the split: seed<N> (shared by every run of seed N) or seed<N>-<16 hex> (one run's own)",
+    )
+
+
+def split_arguments(args: argparse.Namespace) -> tuple[str, int, tuple[int, ...]]:
+    """``(split id, seed, stream keys)`` from :func:`add_split_arguments`' options."""
+    from backdoor_eval import seeding
+
+    split = args.split if args.split is not None else seeding.split_id(args.seed)
+    seed, keys = seeding.parse_split_id(split)
+    return split, seed, keys

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from .common import json_object
+from .common import add_split_arguments, json_object, split_arguments
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write the seeded poison/clean/adversarial-test partitions of a store as one npz file.",
     )
     partition.add_argument("--store", required=True, metavar="DIR", help="store folder written by `ingest`")
-    partition.add_argument("--seed", required=True, type=int, metavar="N", help="the run's seed")
+    add_split_arguments(partition)
     partition.add_argument("--out", required=True, metavar="FILE.npz", help="partitions file to write")
     partition.set_defaults(func=cmd_partition)
 
@@ -56,12 +56,13 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from backdoor_eval.data import open_store
     from backdoor_eval.splits import make_partitions, save_partitions
 
+    split, seed, keys = split_arguments(args)
     store = open_store(args.store)
-    parts = make_partitions(store.labels, args.seed)
+    parts = make_partitions(store.labels, seed, keys)
     save_partitions(args.out, parts)
     log.info(
-        "partitions (seed %d) of %d images: %s -> %s",
-        args.seed,
+        "partitions (split %s) of %d images: %s -> %s",
+        split,
         store.num_images,
         ", ".join(f"{name} {len(idx)}" for name, idx in parts.items()),
         args.out,
