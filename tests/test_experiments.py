@@ -361,3 +361,16 @@ def test_registry_check_names_a_bad_training_setting(quickstart):
         ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"
     ):
         ex.validate(quickstart, check_registries=True)
+
+
+def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quickstart):
+    quickstart["triggers"]["lv_scaled"] = {"kind": "lv", "params": {"reading": "scaled"}}
+    quickstart["experiments"]["E4"]["trigger"] = ["sin", "lv", "lv_scaled"]
+    ex.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
+    assert ex.trigger_kind(quickstart, "lv_scaled") == "lv" and ex.trigger_kind(quickstart, "sin") == "sin"
+    assert ex.uses_lv_fit(quickstart, "lv_scaled") and not ex.uses_lv_fit(quickstart, "sin")
+    assert ex.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
+    assert ex.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
+    quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
+    with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.kind: 'lvx' is not registered"):
+        ex.validate(quickstart, check_registries=True)

@@ -54,7 +54,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     policy = config.get("split", "per-run")
     splits = {r: r.split(policy) for r in runs}
     partitions = {(r.dataset, splits[r]) for r in runs}
-    lv_fits = {(r.dataset, splits[r]) for r in runs if r.trigger == "lv"}
+    lv_fits = {(r.dataset, splits[r]) for r in runs if ex.uses_lv_fit(config, r.trigger)}
     if config.get("gallery"):
         gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
         partitions.add(gallery)

@@ -205,6 +205,17 @@ def regularizer_names(config: Mapping[str, Any]) -> list[str]:
     return names if NO_REGULARIZER in names else [NO_REGULARIZER, *names]
 
 
+def trigger_kind(config: Mapping[str, Any], trigger: str) -> str:
+    """The registry name of the config's trigger ``trigger`` (``triggers.<name>.kind``, else the name)."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    return str(spec.get("kind") or trigger)
+
+
+def uses_lv_fit(config: Mapping[str, Any], trigger: str) -> bool:
+    """Whether the trigger is the low-variance one, which needs its split's PCA fit."""
+    return trigger_kind(config, trigger) == "lv"
+
+
 def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
     """The trigger's default transparency: config ``triggers.<name>.alpha``, else the trigger's own."""
     spec = (config.get("triggers") or {}).get(trigger) or {}
@@ -212,8 +223,9 @@ def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
         return float(spec["alpha"])
     from backdoor_eval.triggers import TRIGGERS
 
-    if trigger in TRIGGERS:
-        return float(TRIGGERS.get(trigger).default_alpha)
+    kind = trigger_kind(config, trigger)
+    if kind in TRIGGERS:
+        return float(TRIGGERS.get(kind).default_alpha)
     raise ValueError(f"trigger {trigger!r} has no default alpha; set triggers.{trigger}.alpha in the config")
 
 
@@ -501,7 +513,7 @@ def counts(config: Mapping[str, Any]) -> dict[str, Any]:
         "split": split_policy(config),
         "poisoned_sets": len({run.poison_id(split_policy(config)) for run in distinct}),
         "partitions": len({(run.dataset, split_of(config, run)) for run in distinct}),
-        "lv_fits": len({(run.dataset, split_of(config, run)) for run in distinct if run.trigger == "lv"}),
+        "lv_fits": len({(run.dataset, split_of(config, run)) for run in distinct if uses_lv_fit(config, run.trigger)}),
     }
 
 
@@ -689,7 +701,7 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
     checks = [
         ("datasets", "backdoor_eval.data", "DATASETS", lambda name, spec: (spec or {}).get("kind", name)),
         ("models", "backdoor_eval.models", "MODELS", lambda name, spec: (spec or {}).get("arch") or name),
-        ("triggers", "backdoor_eval.triggers", "TRIGGERS", lambda name, spec: name),
+        ("triggers", "backdoor_eval.triggers", "TRIGGERS", lambda name, spec: (spec or {}).get("kind") or name),
         ("regularizers", "backdoor_eval.regularizers", "REGULARIZERS", lambda name, spec: name),
     ]
     for section, module_name, attribute, registry_name in checks:
@@ -697,7 +709,7 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
         for name, spec in (config.get(section) or {}).items():
             key = registry_name(name, spec)
             if key not in registry:
-                field = {"datasets": ".kind", "models": ".arch"}.get(section, "")
+                field = {"datasets": ".kind", "models": ".arch", "triggers": ".kind"}.get(section, "")
                 raise ValueError(
                     f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
                     f"registered: {', '.join(registry.names())}"

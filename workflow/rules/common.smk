@@ -122,14 +122,19 @@ def get_poison_input(wildcards):
         "store": PATHS.store.format(dataset=wildcards.dataset),
         "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
-    if wildcards.trigger == "lv":
+    if ex.uses_lv_fit(config, wildcards.trigger):
         inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
 
 def get_poison_options(wildcards, input):
-    """The optional arguments of `backdoor-eval poison`, shell-quoted."""
-    options = ["--trigger-params", as_json(ex.trigger_params(config, wildcards.trigger))]
+    """The trigger (its registry name and parameters) and the optional arguments of `backdoor-eval poison`."""
+    options = [
+        "--trigger",
+        ex.trigger_kind(config, wildcards.trigger),
+        "--trigger-params",
+        as_json(ex.trigger_params(config, wildcards.trigger)),
+    ]
     if "lv_fit" in input.keys():
         options += ["--lv-fit", input.lv_fit]
     if wildcards.strategy == ONE_TO_ONE:
@@ -255,7 +260,11 @@ def get_gallery_input():
 def get_gallery_options():
     """The image and the triggers of Fig. 2, each at the alpha and with the parameters the config gives it."""
     triggers = {
-        name: {"alpha": ex.trigger_default_alpha(config, name), "params": ex.trigger_params(config, name)}
+        name: {
+            "kind": ex.trigger_kind(config, name),
+            "alpha": ex.trigger_default_alpha(config, name),
+            "params": ex.trigger_params(config, name),
+        }
         for name in ex.trigger_names(config)
     }
     options = ["--triggers", json.dumps(triggers)]  # in the config's order, the panels' order

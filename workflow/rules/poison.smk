@@ -19,6 +19,6 @@ rule poison:
         options=get_poison_options,
     shell:
         "backdoor-eval poison --store {input.store:q} --partitions {input.partitions:q}"
-        " --trigger {wildcards.trigger:q} --alpha {wildcards.alpha} --poison-class {wildcards.poison_class:q}"
+        " --alpha {wildcards.alpha} --poison-class {wildcards.poison_class:q}"
         " --poison-rate {wildcards.poison_rate} --strategy {wildcards.strategy} --split {wildcards.split}"
         " {params.options} --out {output.poisoned:q} > {log:q} 2>&1"

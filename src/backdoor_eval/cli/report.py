@@ -80,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random square's position (default 0)")
     p.add_argument(
         "--triggers",
-        help='JSON {name: {"alpha": A, "params": {...}}}: the triggers to show, in order, as the config sets them '
+        help='JSON {name: {"kind": K, "alpha": A, "params": {...}}}: the triggers to show, in order, as the config sets them '
         f"(default: {', '.join(GALLERY_TRIGGERS)} at their own defaults)",
     )
     p.add_argument("--out-png", required=True, help="figure .png to write")
@@ -301,12 +301,13 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     specs = json_object(args.triggers, "--triggers") or {name: {} for name in GALLERY_TRIGGERS}
     triggers = []
     for name, spec in specs.items():
-        if not isinstance(spec, dict) or set(spec) - {"alpha", "params"}:
-            raise ValueError(f'--triggers {name}: {spec!r}; allowed: {{"alpha": A, "params": {{...}}}}')
+        if not isinstance(spec, dict) or set(spec) - {"kind", "alpha", "params"}:
+            raise ValueError(f'--triggers {name}: {spec!r}; allowed: {{"kind": K, "alpha": A, "params": {{...}}}}')
+        kind = spec.get("kind") or name
         params = dict(spec.get("params") or {})
-        if name == "lv":
+        if kind == "lv":
             params["fit"] = args.lv_fit
-        trigger = create_trigger(name, alpha=spec.get("alpha"), **params)
+        trigger = create_trigger(kind, alpha=spec.get("alpha"), **params)
         triggers.append((f"{display_name('trigger', name)} ({chr(945)}={trigger.alpha:g})", trigger))
     fig = fig2_trigger_gallery(image, triggers, seeding.rng(args.seed, "gallery/trigger"))
     save_figure(fig, args.out_png, args.out_pdf)
