@@ -267,7 +267,8 @@ def get_gallery_options():
         }
         for name in ex.trigger_names(config)
     }
-    options = ["--triggers", json.dumps(triggers)]  # in the config's order, the panels' order
+    # In the config's order (the panels' order); the gallery's seed places the random square.
+    options = ["--triggers", json.dumps(triggers), "--seed", str(config["gallery"]["seed"])]
     index = config["gallery"].get("image_index")
     if index is not None:
         options += ["--image-index", str(index)]

@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--store", required=True, type=Path, help="canonical dataset store folder")
-        p.add_argument("--partitions", required=True, type=Path, help="partitions .npz of the run's seed")
+        p.add_argument("--partitions", required=True, type=Path, help="partitions .npz of the run's split")
         p.add_argument("--poisoned", required=True, type=Path, help="poison overlay folder")
         if phase == CLEAN_PHASE:
             p.add_argument("--init-model", required=True, type=Path, help="the poison phase's model.pt")

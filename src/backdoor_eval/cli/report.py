@@ -308,7 +308,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
         if kind == "lv":
             params["fit"] = args.lv_fit
         trigger = create_trigger(kind, alpha=spec.get("alpha"), **params)
-        triggers.append((f"{display_name('trigger', name)} ({chr(945)}={trigger.alpha:g})", trigger))
+        triggers.append((display_name("trigger", name), trigger))  # the figure adds each alpha
     fig = fig2_trigger_gallery(image, triggers, seeding.rng(args.seed, "gallery/trigger"))
     save_figure(fig, args.out_png, args.out_pdf)
     log.info("gallery: wrote %s and %s", args.out_png, args.out_pdf)
