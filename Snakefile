@@ -18,8 +18,10 @@ if not workflow.overwrite_configfiles:
 
 # The package's one loader: the schema (workflow/schemas/config.schema.yaml,
 # shipped inside the package) with its defaults, then every check that can be
-# made from the config alone, registry names included, before any job.
-prepare_config(config)
+# made from the config alone, before any job. The registry names (which need
+# torch and timm, ~4-9 s of imports) are checked by the main Snakemake process
+# only, not again by each job that re-reads this file on a cluster.
+prepare_config(config, check_registries=workflow.is_main_process)
 
 
 report: "workflow/report/workflow.rst"
