@@ -12,7 +12,7 @@ from snakemake.logging import logger
 from backdoor_eval import experiments as ex
 from backdoor_eval import seeding
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
-from backdoor_eval.names import CLEAN_PHASE, ONE_TO_ONE, POISON_PHASE
+from backdoor_eval import names
 
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
@@ -25,9 +25,10 @@ EXPERIMENTS = ex.expand(config)
 RUNS = ex.union(EXPERIMENTS)
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
 OUTPUTS = ex.outputs(config)
-RETRAINING_TABLES = [name for name in ("table2", "table3") if name in OUTPUTS]
-STRATEGY_TABLES = [name for name in ("table4", "table5") if name in OUTPUTS]
-FIGURES = [name for name in ("fig4", "fig5", "fig6", "fig7") if name in OUTPUTS]
+RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
+STRATEGY_TABLES = [name for name in names.STRATEGY_TABLES if name in OUTPUTS]
+FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
+POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
 
 
@@ -137,7 +138,7 @@ def get_poison_options(wildcards, input):
     ]
     if "lv_fit" in input.keys():
         options += ["--lv-fit", input.lv_fit]
-    if wildcards.strategy == ONE_TO_ONE:
+    if wildcards.strategy == names.ONE_TO_ONE:
         options += ["--source", wildcards.source]
     return shlex.join(options)
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from backdoor_eval.names import FIGURES, TABLES, experiment_list
+from backdoor_eval.names import FIGURES, RETRAINING_TABLES, TABLES, experiment_list
 
 from .common import json_object
 
@@ -30,8 +30,6 @@ TABLE_TITLES = {
     "table4": "Table 4: accuracy, one-to-one vs many-to-one",
     "table5": "Table 5: adversarial success, one-to-one vs many-to-one",
 }
-# Tables 2 and 3 compare a poison-phase experiment ("No") with a retraining one ("Yes").
-RETRAINING_TABLES = ("table2", "table3")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
