@@ -140,3 +140,24 @@ def test_schema_default_reads_nested_and_defs_nodes():
     assert ex.DEFAULT_OUTPUTS["table2"] == ["E1", "E2"]
     with pytest.raises(KeyError, match="datasets"):
         cfg.schema_default("datasets")
+
+
+def test_show_config_prints_the_config_with_its_defaults(capsys):
+    from backdoor_eval.cli import main
+
+    assert main(["show-config", "--config", str(REPO / "config" / "quickstart.yaml")]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["experiments"]["E1"]["strategy"] == "many-to-one"  # filled from the schema
+    assert shown["resources"]["train"]["threads"] == 1 and shown["split"] == "shared"
+    assert shown == cfg.load_config(REPO / "config" / "quickstart.yaml")
+
+
+def test_show_config_names_a_bad_key_in_one_line(tmp_path, capsys):
+    from backdoor_eval.cli import main
+
+    config = raw("quickstart.yaml")
+    config["train"]["lr"] = "3e-3"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["show-config", "--config", str(path)]) == 2
+    assert "train.lr: '3e-3' is not valid" in capsys.readouterr().err
