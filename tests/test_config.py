@@ -161,3 +161,18 @@ def test_show_config_names_a_bad_key_in_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     assert main(["show-config", "--config", str(path)]) == 2
     assert "train.lr: '3e-3' is not valid" in capsys.readouterr().err
+
+
+def test_written_outputs_must_name_defined_experiments_but_defaults_make_what_exists():
+    config = raw("quickstart.yaml")
+    config["outputs"]["fig6"] = "E9"
+    with pytest.raises(
+        ValueError, match=r"^outputs\.fig6: experiment 'E9' is not defined in experiments; defined: E1, E2"
+    ):
+        cfg.prepare_config(config, check_registries=False)
+    config = raw("quickstart.yaml")
+    del config["outputs"]
+    for name in ("E3", "E4"):
+        del config["experiments"][name]
+    cfg.prepare_config(config, check_registries=False)  # the schema's default outputs: fig4-6 are left out
+    assert set(ex.outputs(config)) == {"table2", "table3", "table4", "table5", "fig7"}

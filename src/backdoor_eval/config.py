@@ -88,8 +88,13 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     """
     from backdoor_eval import experiments
 
+    # The default outputs name every paper experiment and make the ones the
+    # config has; outputs the user wrote must name experiments that exist.
+    explicit_outputs = config.get("outputs") is not None
     validate_schema(config)
     experiments.validate(config, check_registries=check_registries)
+    if explicit_outputs:
+        experiments.check_output_experiments(config)
     return config
 
 

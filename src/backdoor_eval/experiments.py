@@ -668,6 +668,17 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
             raise ValueError(f"regularizers.{name}.weight: {weight!r} is not a weight; allowed: a number >= 0")
 
 
+def check_output_experiments(config: Mapping[str, Any]) -> None:
+    """Every experiment the ``outputs:`` block names exists (else that output would silently not be made)."""
+    defined = list(config.get("experiments") or {})
+    for output, value in (config.get("outputs") or {}).items():
+        for name in experiment_list(value):
+            if name not in defined:
+                raise ValueError(
+                    f"outputs.{output}: experiment {name!r} is not defined in experiments; defined: {', '.join(defined)}"
+                )
+
+
 def _validate_blocks(config: Mapping[str, Any]) -> None:
     for output, names in (config.get("outputs") or {}).items():
         if output not in OUTPUTS:
