@@ -18,7 +18,7 @@ def raw(name: str) -> dict:
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "quickstart.yaml"])
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "config").glob("*.yaml")))
 def test_shipped_configs_load_with_defaults_filled(name):
     config = cfg.load_config(REPO / "config" / name)
     assert config["experiments"]["E1"]["strategy"] == "many-to-one"
