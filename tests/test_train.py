@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -279,3 +280,49 @@ def test_bad_training_option_is_a_clear_cli_error(run_inputs, tmp_path, capsys):
     assert cli(args) == 2
     assert "'rmsprop'" in capsys.readouterr().err
     assert not (tmp_path / "out" / "final.json").exists()
+
+
+def test_a_diverged_run_fails_naming_run_phase_epoch_and_setting_and_keeps_the_last_good_checkpoint(
+    run_inputs, tmp_path, capsys
+):
+    # A huge learning rate makes the loss overflow within a few epochs.
+    train = dict(TRAIN, lr=1e30, max_epochs=6, patience=10)
+    out, ckpt = tmp_path / "run" / "poison", tmp_path / "ckpt"
+    assert cli(phase_args(run_inputs, "poison", out, ckpt, train=train)) == 2
+    err = capsys.readouterr().err
+    match = re.search(
+        r"run .*run: training diverged in the poison phase at epoch (\d+): .*lower the learning rate \(now 1e\+30: train\.lr",
+        err,
+    )
+    assert match, err
+    assert not (out / "final.json").exists() and not (out / "model.pt").exists()
+    diverged_at = int(match.group(1))
+    if diverged_at > 1:  # the checkpoint holds the last good epoch, every weight finite
+        state = torch.load(ckpt / "poison.pt", weights_only=True)
+        assert state["epoch"] == diverged_at - 1
+        assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+class _Payload:
+    """A pickle that would run code when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_model_and_checkpoint_files_never_run_code(run_inputs, trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad" / "model.pt"
+    bad.parent.mkdir()
+    torch.save({"model": "small_cnn", "state_dict": _Payload()}, bad)
+    args = phase_args(run_inputs, "clean", tmp_path / "out", tmp_path / "ckpt", init=bad.parent)
+    assert cli(args) == 2
+    assert "is not a model file this workflow wrote" in capsys.readouterr().err
+    assert not (tmp_path / "PWNED").exists()
+    # A crafted checkpoint is refused (and the phase starts afresh), never executed.
+    (tmp_path / "ckpt").mkdir(exist_ok=True)
+    torch.save({"fingerprint": "x", "epoch": 0, "model": _Payload()}, tmp_path / "ckpt" / "poison.pt")
+    from backdoor_eval.train import _load_checkpoint
+
+    assert _load_checkpoint(tmp_path / "ckpt" / "poison.pt", "x") is None
+    assert not (tmp_path / "PWNED").exists()

@@ -131,7 +131,10 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
             str(job.init_model.resolve()) if job.init_model is not None else None,
         ]
     )
-    result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
+    try:
+        result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
+    except engine.DivergedError as exc:
+        raise engine.DivergedError(f"run {job.out_final.parent.parent}: {exc}") from None
 
     history = pd.DataFrame(result.history)
     final = final_document(
@@ -195,7 +198,13 @@ def _load_model_file(path: Path, model_name: str, num_classes: int, model_params
 
     from backdoor_eval.models import create_model
 
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        # Tensors and plain data only: a model file never runs code (no arbitrary pickles).
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unpickling refusal, a truncated or foreign file
+        raise ValueError(
+            f"--init-model {path} is not a model file this workflow wrote ({exc}); rebuild it by rerunning its train job"
+        ) from None
     if saved.get("model") != model_name:
         raise ValueError(f"--init-model {path} holds a {saved.get('model')!r} model, not {model_name!r}")
     model = create_model(model_name, num_classes=num_classes, pretrained=False, **model_params)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -343,6 +344,9 @@ class Engine:
             torch.manual_seed(seeding.derived_seed(streams[0], "train/torch", *streams[1:]))  # dropout etc.
             generator = torch.Generator().manual_seed(seeding.derived_seed(streams[0], "train/data", *streams[1:]))
             train_loss = float("nan") if epoch == 0 else self.train_epoch(optimizer, images, labels, generator)
+            if epoch > 0:
+                # Before anything is recorded or saved: the last checkpoint stays the last good epoch.
+                _check_finite(self.model, train_loss, phase, epoch, lr)
             scores = self.evaluate(sets)
             row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, **scores}
             if phase == POISON_PHASE:
@@ -397,6 +401,26 @@ class Engine:
         )
 
 
+class DivergedError(ValueError):
+    """Training produced a non-finite loss or weights: the run has no valid result."""
+
+
+def _check_finite(model: torch.nn.Module, train_loss: float, phase: str, epoch: int, lr: float) -> None:
+    """Raise :class:`DivergedError` when the epoch's loss or any weight is NaN or infinite."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if math.isfinite(train_loss) and not bad:
+        return
+    what = f"training loss {train_loss}" if not math.isfinite(train_loss) else f"non-finite weights ({bad[0]})"
+    raise DivergedError(
+        f"training diverged in the {phase} phase at epoch {epoch}: {what}. Nothing of this epoch was kept; "
+        f"lower the learning rate (now {lr:g}: train.lr, or train.retrain_lr for the clean phase) and run again"
+    )
+
+
 def _clone_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -410,7 +434,8 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
     if path is None or not Path(path).exists():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors and plain data only: a checkpoint never runs code (no arbitrary pickles).
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a torn file from a crash mid-write cannot happen (atomic), but be safe
         log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None
