@@ -326,3 +326,26 @@ def test_model_and_checkpoint_files_never_run_code(run_inputs, trained, tmp_path
 
     assert _load_checkpoint(tmp_path / "ckpt" / "poison.pt", "x") is None
     assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--threads", "0", "argument --threads: 0 is not allowed; allowed: a whole number >= 1"),
+        ("--threads", "-2", "argument --threads: -2 is not allowed; allowed: a whole number >= 1"),
+        ("--seed", "-5", "argument --seed: -5 is not allowed; allowed: a whole number >= 0"),
+    ],
+)
+def test_bad_threads_and_seeds_are_named_by_the_parser(run_inputs, tmp_path, capsys, option, value, message):
+    args = phase_args(run_inputs, "poison", tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*args, option, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_output_under_an_existing_file_is_named_not_a_traceback(run_inputs, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    args = phase_args(run_inputs, "poison", tmp_path / "taken" / "poison", train=dict(TRAIN, max_epochs=1))
+    assert cli(args) == 2
+    assert f"error: {tmp_path / 'taken'}" in capsys.readouterr().err

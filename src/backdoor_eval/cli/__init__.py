@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"backdoor-eval {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A path that cannot be read or written (a folder where a file should be, no permission,
+        # a full disk): name the file and the reason.
+        where = exc.filename if exc.filename is not None else "(a file)"
+        print(f"backdoor-eval {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -6,6 +6,28 @@ import argparse
 import json
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (threads, sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; allowed: 1, 2, ...") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: a whole number >= 1")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """An argparse type: a seed, a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; allowed: 0, 1, 2, ...") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: a whole number >= 0")
+    return value
+
+
 def json_object(text: str | None, option: str) -> dict:
     """``text`` as a JSON object (empty or None: ``{}``), or a ``ValueError`` naming the option and the text."""
     if not text:
@@ -22,7 +44,9 @@ def json_object(text: str | None, option: str) -> dict:
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """``--split ID`` (what the workflow passes) or ``--seed N`` (shorthand for ``--split seedN``)."""
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--seed", type=int, metavar="N", help="the seed of a split shared per seed (= --split seedN)")
+    group.add_argument(
+        "--seed", type=seed_int, metavar="N", help="the seed of a split shared per seed (= --split seedN)"
+    )
     group.add_argument(
         "--split",
         metavar="ID",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from backdoor_eval.names import CLEAN_PHASE, POISON_PHASE
 
-from .common import json_object
+from .common import json_object, positive_int, seed_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--regularizer", default="none", help="regularizer name (REGULARIZERS registry)")
         p.add_argument("--regularizer-params", default="", help="JSON: weight and hyper-parameters")
         p.add_argument("--train-params", default="", help="JSON: TrainConfig fields")
-        p.add_argument("--seed", required=True, type=int)
+        p.add_argument("--seed", required=True, type=seed_int, help="the run's seed (a whole number >= 0)")
         p.add_argument("--out-model", required=True, type=Path, help="model.pt to write (the kept weights)")
         p.add_argument("--out-epochs", required=True, type=Path, help="epochs.parquet to write (one row per epoch)")
         p.add_argument(
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file (resume after a kill)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-        p.add_argument("--threads", type=int, help="CPU threads for torch (Snakemake's {threads})")
+        p.add_argument("--threads", type=positive_int, help="CPU threads for torch (Snakemake's {threads})")
         p.add_argument("--gpu-lock-dir", type=Path, help="take a GPU slot (CUDA_VISIBLE_DEVICES) via lock files here")
         p.set_defaults(func=cmd_train, phase=phase)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from backdoor_eval.names import FIGURES, RETRAINING_TABLES, TABLES, experiment_list
 
-from .common import json_object
+from .common import json_object, seed_int
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partitions", required=True, help="partitions .npz")
     p.add_argument("--lv-fit", required=True, help="LV fit .npz (from `fit-lv`)")
     p.add_argument("--image-index", type=int, default=0, help="position in the clean_val partition (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random square's position (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random square's position (default 0)")
     p.add_argument(
         "--triggers",
         help='JSON {name: {"kind": K, "alpha": A, "params": {...}}}: the triggers to show, in order, as the config sets them '
