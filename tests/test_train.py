@@ -349,3 +349,39 @@ def test_an_output_under_an_existing_file_is_named_not_a_traceback(run_inputs, t
     args = phase_args(run_inputs, "poison", tmp_path / "taken" / "poison", train=dict(TRAIN, max_epochs=1))
     assert cli(args) == 2
     assert f"error: {tmp_path / 'taken'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("target", "damage", "what", "rule"),
+    [
+        ("partitions", "garbage", "partitions file", "partition"),
+        ("partitions", "truncate", "partitions file", "partition"),
+        ("overlay", "garbage", "poison overlay", "poison"),
+        ("manifest", "garbage", "poison manifest", "poison"),
+        ("images", "truncate", "store image array", "ingest"),
+        ("store_manifest", "garbage", "store manifest", "ingest"),
+    ],
+)
+def test_a_corrupt_input_file_is_named_with_how_to_rebuild_it(run_inputs, tmp_path, capsys, target, damage, what, rule):
+    import shutil
+
+    root, store, parts, poisoned = run_inputs
+    copies = {"store": tmp_path / "store", "parts": tmp_path / "partitions.npz", "poisoned": tmp_path / "poisoned"}
+    shutil.copytree(store, copies["store"])
+    shutil.copy(parts, copies["parts"])
+    shutil.copytree(poisoned, copies["poisoned"])
+    path = {
+        "partitions": copies["parts"],
+        "overlay": copies["poisoned"] / "overlay.npz",
+        "manifest": copies["poisoned"] / "manifest.json",
+        "images": copies["store"] / "images.npy",
+        "store_manifest": copies["store"] / "manifest.json",
+    }[target]
+    if damage == "garbage":
+        path.write_bytes(b"\x00not what it should be\xff" * 10)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    args = phase_args((root, copies["store"], copies["parts"], copies["poisoned"]), "poison", tmp_path / "out")
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a readable {what}" in err and f"--forcerun {rule}" in err, err

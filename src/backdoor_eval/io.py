@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,35 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, what: str = "JSON file", rebuild: str | None = None) -> Any:
+    """The JSON document in ``path``; a corrupt file is a ``ValueError`` naming it (see :func:`reading`)."""
+    with reading(path, what, rebuild):
+        return json.loads(Path(path).read_text())
+
+
+# What reading a garbage, truncated or foreign file raises (np.load, zip, json).
+CORRUPT_FILE_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, what: str, rebuild: str | None = None) -> Iterator[None]:
+    """Turn the error of a corrupt or truncated file read inside into one ``ValueError`` naming the file.
+
+    ``rebuild`` says how to make the file again (e.g. the workflow rule that writes it).
+    A missing file stays a ``FileNotFoundError``.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except CORRUPT_FILE_ERRORS as exc:
+        how = rebuild or "delete it and run the step that writes it again"
+        raise ValueError(f"{os.fspath(path)} is not a readable {what} ({type(exc).__name__}: {exc}); {how}") from None
+
+
+def rebuild_hint(rule: str) -> str:
+    """How to rebuild a workflow output that is corrupt (Snakemake keeps a finished job's file)."""
+    return f"delete it and run the workflow again (or add `--forcerun {rule}`) to rebuild it"
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backdoor_eval.io import atomic_path
+from backdoor_eval.io import atomic_path, reading, rebuild_hint
 
 
 @dataclass
@@ -244,7 +244,7 @@ def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVar
     then None): applying the trigger needs only the pattern, and on Flowers
     the components are ~470 x 150,528 float32 (280 MB).
     """
-    with np.load(Path(path)) as npz:
+    with reading(path, "LV fit file", rebuild_hint("fit_lv")), np.load(Path(path)) as npz:
         missing = [field for field in _LV_FIELDS if field not in npz]
         if missing:
             raise ValueError(f"{path} is not an LV fit: arrays {missing} are missing")

@@ -17,7 +17,6 @@ sets back together.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ import pandas as pd
 
 from backdoor_eval import seeding
 from backdoor_eval.hashing import arrays_sha256
-from backdoor_eval.io import atomic_dir, write_json
+from backdoor_eval.io import atomic_dir, read_json, reading, rebuild_hint, write_json
 from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
 from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
 
@@ -377,13 +376,16 @@ def load_poisoned(store: Any, partitions: Mapping[str, np.ndarray], overlay_dir:
     as before poisoning). Clean sets: untouched store images.
     """
     overlay_dir = Path(overlay_dir)
-    manifest = json.loads((overlay_dir / MANIFEST_FILE).read_text())
+    manifest = read_json(overlay_dir / MANIFEST_FILE, "poison manifest", rebuild_hint("poison"))
     if manifest["partitions_sha256"] != partitions_sha256(partitions):
         raise ValueError(f"overlay {overlay_dir} was made for other partitions (partitions_sha256 differs)")
     store_sha = dict(getattr(store, "manifest", None) or {}).get("sha256")
     if store_sha is not None and manifest["store"].get("sha256") not in (None, store_sha):
         raise ValueError(f"overlay {overlay_dir} was made from another store (sha256 differs)")
-    with np.load(overlay_dir / OVERLAY_FILE) as npz:
+    with (
+        reading(overlay_dir / OVERLAY_FILE, "poison overlay", rebuild_hint("poison")),
+        np.load(overlay_dir / OVERLAY_FILE) as npz,
+    ):
         overlay = {key: npz[key] for key in npz.files}
     poison_class = int(manifest["poison_class"])
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from backdoor_eval import seeding
-from backdoor_eval.io import write_npz
+from backdoor_eval.io import reading, rebuild_hint, write_npz
 from backdoor_eval.names import PARTITIONS
 
 # Fractions as integer weights, so the rounding is exact (no 0.76 * 100 = 76.00000000000001).
@@ -170,7 +170,7 @@ def load_partitions(path: str | os.PathLike, num_images: int | None = None) -> d
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"partitions file {str(path)!r} does not exist (create it with `backdoor-eval partition`)")
-    with np.load(path, allow_pickle=False) as npz:
+    with reading(path, "partitions file", rebuild_hint("partition")), np.load(path, allow_pickle=False) as npz:
         parts = {name: npz[name] for name in npz.files}
     _check_partitions(parts, str(path), num_images)
     return parts

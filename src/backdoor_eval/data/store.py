@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from backdoor_eval.hashing import array_sha256
-from backdoor_eval.io import atomic_dir, read_json, write_json, write_npy
+from backdoor_eval.io import atomic_dir, read_json, reading, rebuild_hint, write_json, write_npy
 
 from .factory import create_dataset
 
@@ -154,9 +154,11 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
         raise ValueError(
             f"{root} is not a dataset store: missing {', '.join(missing)} (create one with `backdoor-eval ingest`)"
         )
-    manifest = read_json(root / "manifest.json")
-    images = np.load(root / "images.npy", mmap_mode="r")
-    labels = np.load(root / "labels.npy")
+    manifest = read_json(root / "manifest.json", "store manifest", rebuild_hint("ingest"))
+    with reading(root / "images.npy", "store image array", rebuild_hint("ingest")):
+        images = np.load(root / "images.npy", mmap_mode="r")
+    with reading(root / "labels.npy", "store label array", rebuild_hint("ingest")):
+        labels = np.load(root / "labels.npy")
     labels.flags.writeable = False
     class_names = list(manifest.get("class_names", []))
     problems = []
