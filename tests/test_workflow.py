@@ -269,6 +269,15 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     ]
     assert undeclared == []
 
+    # Adding retraining later: the dry run says, before any job, which poison phases train again and why.
+    config = slice_config()
+    config["experiments"]["E1"]["retrain"] = True
+    config_file.write_text(yaml.safe_dump(config))
+    dry = snakemake("--configfile", str(config_file), "-n", workdir=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "2 finished poison phase(s) will be trained again" in dry.stdout + dry.stderr
+    assert "keep_models: true" in dry.stdout + dry.stderr
+
 
 # --------------------------------------------------------------------------- the workflow CLI area
 

@@ -37,6 +37,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(root: str | os.PathLike) -> tuple[int, int]:
+    """Delete what killed writes left under ``root``: the ``.<name>.<random>.tmp`` files and folders
+    of :func:`atomic_path`/:func:`atomic_dir`. Returns ``(count, bytes)`` removed.
+
+    Only safe while nothing writes under ``root`` (the workflow calls it before its first job;
+    Snakemake's lock keeps a second run out of the folder).
+    """
+    count = size = 0
+    root = Path(root)
+    if not root.is_dir():
+        return 0, 0
+    for path in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
+        if not path.exists() or not path.name.startswith("."):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            shutil.rmtree(path)
+        else:
+            size += path.lstat().st_size
+            path.unlink()
+        count += 1
+    return count, size
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

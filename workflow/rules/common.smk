@@ -10,9 +10,9 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
-from backdoor_eval import seeding
+from backdoor_eval import names, seeding
+from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
-from backdoor_eval import names
 
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
@@ -32,6 +32,27 @@ POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
 
 
+def poison_phases_to_train_again():
+    """Finished poison phases that must train again: a run now asks for clean retraining, and
+    its model.pt, temporary with keep_models: false, was deleted once nothing needed it."""
+    return [
+        run_id
+        for run_id in sorted(RETRAIN_RUN_IDS)
+        if os.path.exists(PATHS.phase_file(POISON_PHASE, "final", run_id))
+        and not os.path.exists(PATHS.phase_file(POISON_PHASE, "model", run_id))
+        and not os.path.exists(PATHS.phase_file(CLEAN_PHASE, "final", run_id))
+    ]
+
+
+# Said before any job (a dry run too), so it is not first seen on the GPU bill.
+if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
+    logger.warning(
+        f"{len(AGAIN)} finished poison phase(s) will be trained again, because their runs now need clean "
+        f"retraining and their model.pt was deleted after training (keep_models: false); e.g. {AGAIN[0]}. "
+        "Set keep_models: true before a later experiment adds retraining to keep them."
+    )
+
+
 wildcard_constraints:
     dataset=ex.WILDCARD_CONSTRAINTS["dataset"],
     model=ex.WILDCARD_CONSTRAINTS["model"],
@@ -48,6 +69,12 @@ wildcard_constraints:
 
 onstart:
     logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
+    # Half-written files of killed jobs (a NASNet checkpoint is hundreds of MB); no job runs yet.
+    removed, size = remove_stale_temporaries(RESULTS)
+    if removed:
+        logger.info(
+            f"removed {removed} temporary file(s) left by killed jobs ({size / 1e6:.1f} MB) under {RESULTS}"
+        )
 
 
 def get_final_output():
