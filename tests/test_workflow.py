@@ -327,3 +327,18 @@ def test_check_store_cli(tmp_path, capsys):
     assert main(["check-store", "--store", str(tmp_path), "--classes", '["daisy", "rose"]']) == 0
     assert main(["check-store", "--store", str(tmp_path), "--classes", "rose,daisy"]) == 2
     assert "has classes ['daisy', 'rose']; the config declares ['rose', 'daisy']" in capsys.readouterr().err
+
+
+def test_device_cuda_without_a_gpu_is_a_warning_before_any_job(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here: nothing to warn about")
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["device"] = "cuda"
+    path = tmp_path / "cuda.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "device: cuda, but no GPU is visible here" in result.stdout + result.stderr

@@ -44,6 +44,20 @@ def poison_phases_to_train_again():
     ]
 
 
+def cuda_visible():
+    import torch  # already imported by the registry check of the main process
+
+    return torch.cuda.is_available()
+
+
+# A cluster's head node may have no GPU while its compute nodes do: a warning, not an error.
+if workflow.is_main_process and config["device"] == "cuda" and not cuda_visible():
+    logger.warning(
+        "device: cuda, but no GPU is visible here; the train and retrain jobs will fail unless they run "
+        "where one is (a cluster's GPU nodes). Use device: auto to train on the CPU when there is none."
+    )
+
+
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
     logger.warning(
