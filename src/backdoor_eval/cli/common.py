@@ -6,26 +6,25 @@ import argparse
 import json
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (threads, sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; allowed: 1, 2, ...") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: a whole number >= 1")
-    return value
+def int_at_least(minimum: int):
+    """An argparse type: a whole number >= ``minimum``, or a message naming the value and what is allowed."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; allowed: {minimum}, {minimum + 1}, ..."
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: a whole number >= {minimum}")
+        return value
+
+    return parse
 
 
-def seed_int(text: str) -> int:
-    """An argparse type: a seed, a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; allowed: 0, 1, 2, ...") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed; allowed: a whole number >= 0")
-    return value
+positive_int = int_at_least(1)  # threads, sizes
+seed_int = int_at_least(0)  # seeds
 
 
 def json_object(text: str | None, option: str) -> dict:
