@@ -56,21 +56,25 @@ class Layout:
     def run_dir(self) -> str:
         return f"{self.root}/runs/{RUN_ID_TEMPLATE}"
 
+    def _run_folder(self, run_id: str | None) -> str:
+        """The run folder pattern, or one run's folder given its ``run_id``."""
+        return self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+
     def phase_file(self, phase: str, name: str, run_id: str | None = None) -> str:
         """A phase's file (``model``, ``epochs`` or ``final``): a pattern, or the run's path given ``run_id``."""
         if phase not in PHASES:
             raise ValueError(f"phase {phase!r} is unknown; allowed: {', '.join(PHASES)}")
-        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        folder = self._run_folder(run_id)
         return f"{folder}/{phase}/{PHASE_FILES[name]}"
 
     def run_summary(self, run_id: str | None = None) -> str:
         """The run's tidy summary (one row per phase)."""
-        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        folder = self._run_folder(run_id)
         return f"{folder}/summary.parquet"
 
     def run_epochs(self, run_id: str | None = None) -> str:
         """The run's tidy per-epoch rows (both phases)."""
-        folder = self.run_dir if run_id is None else f"{self.root}/runs/{run_id}"
+        folder = self._run_folder(run_id)
         return f"{folder}/epochs.parquet"
 
     @property
