@@ -49,7 +49,7 @@ def tiny_config(**experiment) -> dict:
 # --------------------------------------------------------------------------- the paper grid's counts (docs/decisions.md#experiment-grid)
 
 
-def test_paper_config_gives_the_spec6_counts(paper):
+def test_paper_config_gives_the_paper_grid_counts(paper):
     runs = ex.expand(paper)
     assert {name: len(r) for name, r in runs.items()} == {
         "E1": 180,
@@ -147,7 +147,7 @@ def test_quickstart_is_reduced_but_builds_every_output(quickstart):
 # --------------------------------------------------------------------------- expansion rules
 
 
-def test_defaults_are_spec6():
+def test_defaults_are_the_paper_defaults():
     (run,) = ex.expand(tiny_config(poison_class="rose"))["E"]
     assert run == Run("flowers", "m", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 0)
 
@@ -374,3 +374,24 @@ def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quick
     quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
     with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.kind: 'lvx' is not registered"):
         ex.validate(quickstart, check_registries=True)
+
+
+def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quickstart):
+    config = copy.deepcopy(quickstart)
+    dataset = config["experiments"]["E5"]["dataset"]
+    classes = config["datasets"][dataset]["classes"]
+    # 100 images per class: 76 in the poison-set; 60 or 61 of them (80%, apportioned) poison-train.
+    ex.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
+    config["experiments"]["E5"]["poison_rate"] = [0.1, 0.016]
+    with pytest.raises(ValueError) as info:
+        ex.check_poison_counts(config, {dataset: [100] * len(classes)})
+    message = str(info.value)
+    assert message.startswith(f"experiments.E5.poison_rate: dataset {dataset}: poison_rate=0.016 x 60 ")
+    assert "rounds down to 0 poisoned images; allowed: a poison rate of at least 0.01667" in message
+    ex.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
+
+
+def test_poison_count_check_names_a_class_list_that_does_not_match_the_dataset(quickstart):
+    dataset = quickstart["experiments"]["E5"]["dataset"]
+    with pytest.raises(ValueError, match=rf"datasets\.{dataset}\.classes: \d+ classes declared, but the dataset has 3"):
+        ex.check_poison_counts(quickstart, {dataset: [100, 100, 100]})

@@ -227,6 +227,13 @@ def run_materialize(store, partitions, out_dir, trigger=None, seed=0, **kwargs):
     return materialize(store, partitions, trigger or create_trigger("bs"), seed=seed, out_dir=out_dir, **args)
 
 
+def test_materialize_refuses_a_run_that_poisons_no_training_image(store, partitions, tmp_path):
+    count = int((np.asarray(store.labels)[partitions["poison_train"]] == 1).sum())
+    with pytest.raises(ValueError, match=rf"poison_rate=0.01 x {count} poison-train images of class 'class1' rounds"):
+        run_materialize(store, partitions, tmp_path / "zero", poison_rate=0.01)
+    assert not (tmp_path / "zero").exists()
+
+
 def test_materialize_writes_only_indices_and_triggered_pixels(store, partitions, tmp_path):
     manifest = run_materialize(store, partitions, tmp_path / "run", trigger=create_trigger("sin"))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["manifest.json", "overlay.npz"]

@@ -14,6 +14,7 @@ from backdoor_eval.splits import (
     apportion,
     load_partitions,
     make_partitions,
+    partition_counts,
     save_partitions,
 )
 
@@ -198,3 +199,12 @@ def test_partition_command_takes_a_seed_or_a_split(tmp_path):
     assert not all(np.array_equal(seed[name], own[name]) for name in PARTITIONS)
     assert {name: len(own[name]) for name in PARTITIONS} == {name: len(seed[name]) for name in PARTITIONS}
     assert main(["partition", "--store", str(store), "--split", "seed2-zz", "--out", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_partition_counts_are_the_per_class_sizes_make_partitions_draws():
+    labels = np.repeat(np.arange(5), FLOWERS_COUNTS)
+    parts = make_partitions(labels, seed=3)
+    counts = partition_counts(FLOWERS_COUNTS)
+    assert list(counts) == list(PARTITIONS)
+    for name in PARTITIONS:
+        np.testing.assert_array_equal(np.bincount(labels[parts[name]], minlength=5), counts[name])

@@ -342,3 +342,16 @@ def test_device_cuda_without_a_gpu_is_a_warning_before_any_job(tmp_path):
     result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "device: cuda, but no GPU is visible here" in result.stdout + result.stderr
+
+
+def test_a_run_that_would_poison_no_image_fails_the_dry_run(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["experiments"]["E5"]["poison_rate"] = [0.1, 0.001]
+    path = tmp_path / "zero.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "experiments.E5.poison_rate: dataset " in message
+    assert "poison_rate=0.001 x " in message and "rounds down to 0 poisoned images" in message
+    assert "Job stats" not in message  # rejected before the DAG was built

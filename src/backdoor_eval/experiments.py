@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -733,3 +733,36 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
             TrainConfig.from_dict(train_params(config, dataset, model))
         except ValueError as exc:
             raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
+
+
+def check_poison_counts(config: Mapping[str, Any], class_counts: Mapping[str, Sequence[int]]) -> None:
+    """Every run poisons at least one training image, for the datasets whose class sizes are known.
+
+    ``class_counts`` maps a dataset name to its images per class (in the
+    order of its ``classes``). A run poisons floor(rate x N_t) of its
+    poison-train images of the poison class (docs/decisions.md#poison-sampling),
+    and N_t follows from the class sizes alone (:func:`backdoor_eval.splits.partition_counts`),
+    so a run that would poison none is an error here, before any job, naming
+    the experiment, the values and the lowest rate allowed.
+    """
+    from backdoor_eval.poison import num_poisoned, zero_poison_message
+    from backdoor_eval.splits import partition_counts
+
+    poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
+    for name, runs in expand(config).items():
+        for run in runs:
+            if run.dataset not in poison_train:
+                continue
+            classes = dataset_classes(config, run.dataset)
+            sizes = poison_train[run.dataset]
+            if len(sizes) != len(classes):
+                raise ValueError(
+                    f"datasets.{run.dataset}.classes: {len(classes)} classes declared, but the dataset has "
+                    f"{len(sizes)}; allowed: the dataset's class names in label order"
+                )
+            count = int(sizes[classes.index(run.poison_class)])
+            if num_poisoned(run.poison_rate, count) == 0:
+                raise ValueError(
+                    f"experiments.{name}.poison_rate: dataset {run.dataset}: "
+                    + zero_poison_message(run.poison_rate, count, run.poison_class)
+                )

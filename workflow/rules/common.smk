@@ -58,6 +58,24 @@ if workflow.is_main_process and config["device"] == "cuda" and not cuda_visible(
     )
 
 
+def known_class_counts():
+    """Images per class of each dataset whose sizes are known before its ingest job (or after it)."""
+    from backdoor_eval.data import known_class_counts
+
+    counts = {}
+    for name, spec in config["datasets"].items():
+        known = known_class_counts(PATHS.store.format(dataset=name), spec["kind"], spec.get("params"))
+        if known is not None:
+            counts[name] = known
+    return counts
+
+
+# A run that would poison no image is a config mistake: an error before any job
+# where the class sizes are known (synthetic, the official CIFAR-10, any ingested
+# store); for a dataset not yet ingested, its poison job fails with the same message.
+if workflow.is_main_process:
+    ex.check_poison_counts(config, known_class_counts())
+
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
     logger.warning(
