@@ -355,3 +355,112 @@ def test_a_run_that_would_poison_no_image_fails_the_dry_run(tmp_path):
     assert "experiments.E5.poison_rate: dataset " in message
     assert "poison_rate=0.001 x " in message and "rounds down to 0 poisoned images" in message
     assert "Job stats" not in message  # rejected before the DAG was built
+
+
+@pytest.mark.slow
+def test_a_diverged_run_fails_its_job_and_never_becomes_a_row(tmp_path):
+    import pandas as pd
+
+    config = slice_config()
+    config["models"]["small_cnn_hot"] = {**config["models"]["small_cnn"], "train": {"lr": 1.0e30}}
+    config["experiments"]["E1"].update(model=["small_cnn", "small_cnn_hot"], trigger="bs")
+    config["outputs"] = {"table2": "E1"}
+    config_file = tmp_path / "nan.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(config_file), "--cores", "2", "--keep-going", workdir=tmp_path)
+    assert result.returncode != 0
+    results = tmp_path / "results" / "slice"
+    hot = "synthetic/small_cnn_hot/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0"
+    log = (results / "logs" / "train" / f"{hot}.log").read_text()
+    assert "training diverged in the poison phase" in log and "lower the learning rate (now 1e+30" in log
+    assert not (results / "runs" / hot / "poison" / "final.json").exists()
+    assert (results / "runs" / hot.replace("_hot", "") / "poison" / "final.json").is_file()  # the other run finished
+    assert not (results / "runs.parquet").exists()  # no table is built on a failed run
+
+    # Without the diverged model, the finished run is reused and is the only row.
+    config["models"].pop("small_cnn_hot")
+    config["experiments"]["E1"]["model"] = "small_cnn"
+    config_file.write_text(yaml.safe_dump(config))
+    again = snakemake("--configfile", str(config_file), "--cores", "2", workdir=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rule train:" not in again.stdout + again.stderr
+    runs = pd.read_parquet(results / "runs.parquet")
+    assert runs["model"].tolist() == ["small_cnn"]
+
+
+def _set(path: str, value):
+    """A config mutation: set the dotted ``path`` (list indices as numbers) to ``value``."""
+
+    def mutate(config: dict) -> None:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[last] = value
+
+    return mutate
+
+
+# Config mistakes the dry run must reject before any job, each with the key it must name.
+BROKEN_CONFIGS = {
+    "model arch": ([_set("models.small_cnn.arch", "resnet5O")], "models.small_cnn.arch: 'resnet5O' is not registered"),
+    "dataset kind": ([_set("datasets.synthetic.kind", "synthetc")], "datasets.synthetic.kind: 'synthetc' is not regis"),
+    "trigger kind": (
+        [_set("triggers.bz", {"kind": "bz"}), _set("experiments.E1.trigger", ["bs", "bz"])],
+        "triggers.bz.kind: 'bz' is not registered",
+    ),
+    "regularizer": (
+        [_set("regularizers.mixupp", {}), _set("experiments.E3.regularizer", ["none", "mixupp"])],
+        "regularizers.mixupp: 'mixupp' is not registered",
+    ),
+    "optimizer": ([_set("train.optimizer", "adamx")], "train.optimizer: optimizer 'adamx' is unknown; allowed:"),
+    "per-model optimizer": (
+        [_set("models.small_cnn.train", {"optimizer": "adamx"})],
+        "models.small_cnn.train.optimizer: optimizer 'adamx' is unknown",
+    ),
+    "unknown train key": ([_set("train.lrate", 0.1)], "train.lrate: unknown key; allowed: amp,"),
+    "lr read as text": ([_set("train.lr", "3e-3")], "train.lr: '3e-3' is not valid; allowed: number (YAML reads"),
+    "output naming no experiment": ([_set("outputs.table2", "E1+E9")], "outputs.table2: experiment 'E9' is not def"),
+    "empty factor list": ([_set("experiments.E1.trigger", [])], "experiments.E1.trigger: [] is not valid; allowed:"),
+    "unknown poison class": (
+        [_set("experiments.E1.poison_class", ["class0", "class12"])],
+        "experiments.E1.poison_class[1]: 'class12' is not a class of dataset synthetic",
+    ),
+    "source is the poison class": (
+        [_set("experiments.E6.source", "class0")],
+        "experiments.E6.source: 'class0' is the poison class",
+    ),
+    "undeclared model": ([_set("experiments.E1.model", "resnet50")], "experiments.E1.model: 'resnet50' is not decl"),
+    "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
+    "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
+    "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_dry_run_rejects_a_broken_config_naming_the_key(tmp_path, case):
+    mutations, message = BROKEN_CONFIGS[case]
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    for mutate in mutations:
+        mutate(config)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Job stats" not in result.stdout + result.stderr and not (tmp_path / "results").exists()
+
+
+def test_a_yaml_syntax_error_is_named_with_file_and_line_by_show_config(tmp_path):
+    # Snakemake parses --configfile itself, before the workflow starts, and drops the parser's line
+    # ("Config file is not valid JSON or YAML"); the package's loader names the file, line and column.
+    path = tmp_path / "broken.yaml"
+    path.write_text((REPO / "config" / "quickstart.yaml").read_text().replace("lr: 3.0e-3", "lr: [3.0e-3"))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0 and "Config file is not valid JSON or YAML" in result.stdout + result.stderr
+    shown = subprocess.run(
+        [str(BIN / "backdoor-eval"), "show-config", "--config", str(path)], capture_output=True, text=True, env=env()
+    )
+    assert shown.returncode == 2
+    assert re.search(rf"config {re.escape(str(path))}, line \d+, column \d+: YAML syntax error", shown.stderr)

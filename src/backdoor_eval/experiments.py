@@ -226,7 +226,10 @@ def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
     kind = trigger_kind(config, trigger)
     if kind in TRIGGERS:
         return float(TRIGGERS.get(kind).default_alpha)
-    raise ValueError(f"trigger {trigger!r} has no default alpha; set triggers.{trigger}.alpha in the config")
+    where = f"triggers.{trigger}.kind" if spec.get("kind") else f"triggers.{trigger}"
+    raise ValueError(
+        f"{where}: {kind!r} is not registered in backdoor_eval.triggers.TRIGGERS; registered: {', '.join(TRIGGERS.names())}"
+    )
 
 
 def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
@@ -729,10 +732,28 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
     from backdoor_eval.train import TrainConfig
 
     for dataset, model in sorted({(run.dataset, run.model) for run in union(expand(config))}):
+        merged = train_params(config, dataset, model)
         try:
-            TrainConfig.from_dict(train_params(config, dataset, model))
+            TrainConfig.from_dict(merged)
         except ValueError as exc:
+            # Name the config key that set the bad value: the first setting that fails on its own.
+            for key in merged:
+                try:
+                    TrainConfig.from_dict({key: merged[key]})
+                except ValueError:
+                    raise ValueError(f"{train_key_path(config, dataset, model, key)}: {exc}") from None
             raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
+
+
+def train_key_path(config: Mapping[str, Any], dataset: str, model: str, key: str) -> str:
+    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last of :func:`train_params`'s layers)."""
+    model_spec = (config.get("models") or {}).get(model) or {}
+    layers = [
+        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset)),
+        (f"models.{model}.train", model_spec.get("train")),
+        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train")),
+    ]
+    return next((f"{path}.{key}" for path, layer in layers if key in (layer or {})), f"train.{key}")
 
 
 def check_poison_counts(config: Mapping[str, Any], class_counts: Mapping[str, Sequence[int]]) -> None:
