@@ -354,12 +354,14 @@ def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper)
         assert ex.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
 
 
-def test_registry_check_names_a_bad_training_setting(quickstart):
+def test_registry_check_names_the_key_of_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
-    with pytest.raises(
-        ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"
-    ):
+    with pytest.raises(ValueError, match=r"^train\.optimizer: optimizer 'adamx' is unknown"):
+        ex.validate(quickstart, check_registries=True)
+    quickstart["train"]["optimizer"] = "adam"
+    quickstart["models"]["small_cnn"]["train_per_dataset"] = {"synthetic": {"batch_size": 0}}
+    with pytest.raises(ValueError, match=r"^models\.small_cnn\.train_per_dataset\.synthetic\.batch_size: "):
         ex.validate(quickstart, check_registries=True)
 
 
