@@ -385,3 +385,41 @@ def test_a_corrupt_input_file_is_named_with_how_to_rebuild_it(run_inputs, tmp_pa
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert f"{path} is not a readable {what}" in err and f"--forcerun {rule}" in err, err
+
+
+@pytest.mark.slow
+def test_a_phase_holds_its_lock_from_resume_to_checkpoint_deletion_then_frees_it(run_inputs, tmp_path, monkeypatch):
+    """The lock beside the checkpoint is held while the phase trains, writes its outputs and deletes its
+    checkpoint, and is free after; only the empty lock file stays."""
+    import pathlib
+
+    from backdoor_eval import io, locks
+
+    out, ckpt = tmp_path / "run" / "poison", tmp_path / "ckpt"
+    lock_file = ckpt / "poison.pt.lock"
+    held = []
+    run, write_json, unlink = engine.Engine.run_phase, io.write_json, pathlib.Path.unlink
+
+    def spy_run_phase(self, *args, **kwargs):
+        held.append(("train", locks.is_held(lock_file), locks.read_holder(lock_file)["pid"]))
+        return run(self, *args, **kwargs)
+
+    def spy_write_json(path, obj):
+        if path == out / "final.json":
+            held.append(("final.json", locks.is_held(lock_file)))
+        write_json(path, obj)
+
+    def spy_unlink(path, *args, **kwargs):
+        if path == ckpt / "poison.pt":
+            held.append(("delete checkpoint", locks.is_held(lock_file)))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Engine, "run_phase", spy_run_phase)
+    monkeypatch.setattr(io, "write_json", spy_write_json)
+    monkeypatch.setattr(pathlib.Path, "unlink", spy_unlink)
+    assert cli(phase_args(run_inputs, "poison", out, ckpt, train=dict(TRAIN, max_epochs=1))) == 0
+    assert held == [("train", True, os.getpid()), ("final.json", True), ("delete checkpoint", True)]
+    assert (out / "final.json").is_file() and not (ckpt / "poison.pt").exists()
+    assert not locks.is_held(lock_file) and locks.read_holder(lock_file) is None
+    assert sorted(p.name for p in ckpt.iterdir()) == ["poison.pt.lock"]
+    assert lock_file.stat().st_size == 0

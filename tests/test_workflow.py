@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -254,7 +258,8 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     assert (results / "membership.json").is_file()
 
     # Every file the jobs left is a declared output (or inside a declared directory output);
-    # logs and benchmarks are the rules' declared log: and benchmark: files.
+    # logs and benchmarks are the rules' declared log: and benchmark: files, and each training
+    # phase leaves its empty lock file beside its (deleted) checkpoint (backdoor_eval.locks).
     summary = snakemake("--configfile", str(config_file), "--summary", workdir=tmp_path)
     assert summary.returncode == 0, summary.stderr[-3000:]
     declared = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line}
@@ -267,7 +272,10 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
         and not any(path.startswith(folder + "/") for folder in declared)
         and not path.startswith(("results/slice/logs/", "results/slice/benchmarks/"))
     ]
-    assert undeclared == []
+    locks = [path for path in undeclared if path.startswith("results/slice/checkpoints/")]
+    assert sorted(locks) == sorted(f"results/slice/checkpoints/{run_id}/poison.pt.lock" for run_id in runs["run_id"])
+    assert all((tmp_path / path).stat().st_size == 0 for path in locks)
+    assert [path for path in undeclared if path not in locks] == []
 
     # Adding retraining later: the dry run says, before any job, which poison phases train again and why.
     config = slice_config()
@@ -464,3 +472,161 @@ def test_a_yaml_syntax_error_is_named_with_file_and_line_by_show_config(tmp_path
     )
     assert shown.returncode == 2
     assert re.search(rf"config {re.escape(str(path))}, line \d+, column \d+: YAML syntax error", shown.stderr)
+
+
+# --------------------------------------------------------------------------- a hard kill of Snakemake
+
+
+def killed_slice_config() -> dict:
+    """One run of a tiny synthetic set, trained long enough (no early stop) to be killed mid-training."""
+    config = copy.deepcopy(yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text()))
+    config["name"] = "killed"
+    config["gpu_lock_dir"] = None
+    config["datasets"]["synthetic"]["params"] = {"num_classes": 3, "per_class": 100, "size": 16, "seed": 0}
+    config["datasets"]["synthetic"]["classes"] = ["class0", "class1", "class2"]
+    config["train"].update(max_epochs=30, patience=30)
+    config["experiments"] = {
+        "E1": {
+            "dataset": "synthetic",
+            "model": "small_cnn",
+            "trigger": "bs",
+            "poison_class": "class0",
+            "poison_rate": 0.3,
+        }
+    }
+    config["outputs"] = {}
+    for block in ("table1", "gallery"):
+        config.pop(block, None)
+    return config
+
+
+def wait_for(condition, what: str, timeout: float = 120, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.mark.slow
+def test_after_a_hard_kill_a_duplicate_job_fails_on_the_lock_and_the_rerun_resumes_bit_identically(tmp_path):
+    """SIGKILL Snakemake (not its jobs) mid-training: after --unlock, a rerun beside the orphaned train job
+    fails on the run's lock and leaves the orphan's checkpoint alone; once the orphan is gone, a rerun
+    resumes from that checkpoint and ends with exactly the metrics of an uninterrupted run."""
+    import signal
+
+    import pandas as pd
+    import torch
+
+    from backdoor_eval import locks
+    from backdoor_eval.train import METRIC_COLUMNS
+
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(killed_slice_config()))
+    results = tmp_path / "results" / "killed"
+    run_id = "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0"
+    checkpoint = results / "checkpoints" / run_id / "poison.pt"
+    lock_file = checkpoint.with_name("poison.pt.lock")
+    final = results / "runs" / run_id / "poison" / "final.json"
+    train_log = results / "logs" / "train" / f"{run_id}.log"
+    args = ["--configfile", str(config_file), "--cores", "2", "-p"]
+    started: list[int] = []  # every Snakemake leads its own process group, which its jobs join
+
+    def start(*extra: str, name: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.out", "w") as out:
+            proc = subprocess.Popen(
+                [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), *extra],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env(),
+                start_new_session=True,
+            )
+        started.append(proc.pid)
+        return proc
+
+    def finish(*extra: str, name: str, timeout: float = 300) -> tuple[int, str]:
+        proc = start(*extra, name=name)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return code, (tmp_path / f"{name}.out").read_text()
+
+    orphan = None
+    try:
+        first = start(*args, name="first")
+        # Mid-training: the phase's checkpoint (written under its lock after every epoch) is past epoch 2.
+        wait_for(
+            lambda: (
+                first.poll() is not None
+                or (checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2)
+            ),
+            "a checkpoint after epoch 2",
+        )
+        assert first.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
+        orphan = locks.read_holder(lock_file)["pid"]
+        # Freeze the job mid-training (it keeps its lock) for as long as the test needs it, then kill Snakemake alone.
+        os.kill(orphan, signal.SIGSTOP)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert not final.exists(), "training ended before the kill: raise max_epochs"
+        assert locks.is_held(lock_file)
+        saved = checkpoint.read_bytes()
+
+        # (a) --unlock and rerun beside the orphan: the duplicate train job fails on the lock, touching nothing.
+        code, out = finish("--unlock", *args, name="unlock")
+        assert code == 0, out[-3000:]
+        code, out = finish(*args, name="duplicate")
+        assert code != 0
+        assert "1 training phase(s) are still running in processes this Snakemake did not start" in out, out[-3000:]
+        message = train_log.read_text()
+        assert f"the poison phase of run results/killed/runs/{run_id} is already running in another process" in message
+        assert f"pid {orphan} on host" in message and str(lock_file.relative_to(tmp_path)) in message
+        assert "Wait for that process to finish, or stop it" in message
+        assert checkpoint.read_bytes() == saved and not final.exists()
+        assert locks.read_holder(lock_file)["pid"] == orphan and locks.is_held(lock_file)
+
+        # (b) The orphan is killed; a rerun resumes from its checkpoint and completes.
+        os.kill(orphan, signal.SIGKILL)
+        wait_for(lambda: not locks.is_held(lock_file), "the killed orphan's lock to be released", timeout=30)
+        resumed_after = torch.load(checkpoint, weights_only=True)["epoch"]
+        code, out = finish(*args, name="rerun")
+        assert code == 0, out[-3000:] + train_log.read_text()[-3000:]
+        resumed = json.loads(final.read_text())
+        assert resumed["resumed_from_epoch"] == resumed_after + 1 >= 3
+        assert not checkpoint.exists() and not locks.is_held(lock_file) and locks.read_holder(lock_file) is None
+
+        # The same train command, uninterrupted, into other files: the same metrics, epoch by epoch.
+        command = next(line for line in out.splitlines() if line.startswith("Shell command: backdoor-eval train "))
+        words = shlex.split(command.removeprefix("Shell command: ").split(" > ", 1)[0])
+        reference = tmp_path / "reference"
+        for option, name in (
+            ("--out-model", "model.pt"),
+            ("--out-epochs", "epochs.parquet"),
+            ("--out-final", "final.json"),
+        ):
+            words[words.index(option) + 1] = str(reference / name)
+        words[words.index("--checkpoint") + 1] = str(reference / "poison.pt")
+        done = subprocess.run(
+            [str(BIN / words[0]), *words[1:]], cwd=tmp_path, env=env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        fresh = json.loads((reference / "final.json").read_text())
+        assert fresh["resumed_from_epoch"] is None
+        for metric in METRIC_COLUMNS:
+            assert resumed[metric] == fresh[metric] or (np.isnan(resumed[metric]) and np.isnan(fresh[metric])), metric
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(final.with_name("epochs.parquet")).drop(columns="seconds"),
+            pd.read_parquet(reference / "epochs.parquet").drop(columns="seconds"),
+        )
+        runs = pd.read_parquet(results / "runs.parquet")
+        assert list(runs["run_id"]) == [run_id]
+        assert runs["adversarial_success_rate"].iloc[0] == fresh["adversarial_success_rate"]
+    finally:
+        if orphan is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+        for group in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from backdoor_eval.locks import LockHeldError
 
 AREAS = ("data", "attack", "engine", "report", "workflow")
 
@@ -38,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = args.func(args)
+    except LockHeldError as exc:
+        # The same work runs in another process (e.g. the orphan of a killed Snakemake): who, and what to do.
+        print(f"backdoor-eval {args.command}: error: {exc}", file=sys.stderr)
+        return os.EX_TEMPFAIL  # 75: try again once that process is gone
     except (ValueError, KeyError, FileNotFoundError) as exc:
         # Bad input: one clear line naming the bad value, no traceback.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
