@@ -81,7 +81,8 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     device = engine.pick_device(job.device)
     engine.set_determinism(cfg, device)
 
-    store = open_store(job.store)
+    # The long jobs verify the store's sha256 (cheap against training): an edited labels.npy is named.
+    store = open_store(job.store, verify=True)
     partitions = load_partitions(job.partitions)
     data = load_poisoned(store, partitions, job.poisoned)
     num_classes = len(store.class_names)
