@@ -235,6 +235,20 @@ def test_open_store_names_missing_files_and_detects_tampering(tmp_path):
         open_store(tmp_path / "s")
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_store_label_array_is_named_with_how_to_rebuild_it(tmp_path, damage):
+    ingest("synthetic", {"num_classes": 2, "per_class": 3, "size": 4}, tmp_path / "s", progress=False)
+    path = tmp_path / "s" / "labels.npy"
+    if damage == "garbage":
+        path.write_bytes(b"\x00not an array\xff" * 10)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size - 8])
+    with pytest.raises(ValueError) as info:
+        open_store(tmp_path / "s")
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a readable store label array (") and "--forcerun ingest" in message
+
+
 def test_failed_ingest_leaves_nothing(tmp_path):
     archive = write_zip(tmp_path / "bad.zip", {**class_files("r/", {"cat": 1, "dog": 1}), "r/dog/x.png": b"garbage"})
     with pytest.raises(ValueError, match="cannot decode image 'r/dog/x.png'"):

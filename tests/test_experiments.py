@@ -281,6 +281,22 @@ def test_from_run_id_rejects_other_paths():
         ({"poison_rates": 0.1}, r"^experiments\.E\.poison_rates: unknown key"),
         ({"phases": ["clean"]}, r"^experiments\.E\.phases: 'clean' needs retrain: true$"),
     ],
+    ids=[
+        "trigger-undeclared",
+        "alpha-above-1",
+        "poison_rate-0",
+        "poison_rate-1",
+        "poison_class-unknown",
+        "source-is-poison-class",
+        "source-unknown",
+        "model-undeclared",
+        "regularizer-undeclared",
+        "dataset-undeclared",
+        "mapping-of-another-dataset",
+        "seed-negative",
+        "unknown-key",
+        "clean-phase-without-retrain",
+    ],
 )
 def test_validation_names_the_config_key(experiment, message):
     with pytest.raises(ValueError, match=message):

@@ -143,6 +143,17 @@ def test_source_counts_average_to_eq8():
         ({"strategy": "one-to-one", "source": 3, "poison_rate": 0.9}, r"hold only 5"),
         ({"poison_class": 7}, r"poison_class=7"),
     ],
+    ids=[
+        "rate-0",
+        "rate-1",
+        "rate-negative",
+        "strategy-unknown",
+        "source-is-poison-class",
+        "one-to-one-without-source",
+        "many-to-one-with-source",
+        "source-too-small",
+        "poison_class-out-of-range",
+    ],
 )
 def test_select_errors_name_the_bad_value(kwargs, message):
     labels = np.repeat(np.arange(4), [10, 10, 10, 5])
@@ -210,6 +221,14 @@ def test_poison_stats_cli_with_names_and_one_to_one(capsys):
         (["--rate", "0.1", "--strategy", "one-to-one", "--source", "lily"], "--source 'lily'; allowed"),
         (["--class-counts", "710,x", "--rate", "0.1"], "--class-counts '710,x'"),
         (["--rate", "0.1", "--class-names", "a,b"], "2 class names for 5"),
+    ],
+    ids=[
+        "rate-1.5",
+        "one-to-one-without-source",
+        "source-index-out-of-range",
+        "source-unknown-name",
+        "class-counts-not-numbers",
+        "class-names-count",
     ],
 )
 def test_poison_stats_cli_errors_exit_2(capsys, extra, message):

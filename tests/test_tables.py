@@ -465,7 +465,14 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     for args, message in (
         (table_args("table4", "E6", runs_path, bad, counts=True), "only with table2 or table3"),
         (one_counts_file, "--out-counts-csv and --out-counts-md go together"),
-        (table_args("table4", "E6+E1", runs_path, bad), "--experiments 'E6+E1' for table4"),
+        (
+            table_args("table4", "E6+E1", runs_path, bad),
+            "--experiments 'E6+E1' for table4; allowed: one experiment name (e.g. 'E3')",
+        ),
+        (
+            table_args("table2", "E1+E2+E6", runs_path, bad, counts=True),
+            "--experiments 'E1+E2+E6' for table2; allowed: one or two experiment names joined by '+' (e.g. 'E1' or",
+        ),
         (table_args("table2", "E1", tmp_path / "none.parquet", bad), "none.parquet not found"),
     ):
         assert main(args) == 2
@@ -474,6 +481,10 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     with pytest.raises(SystemExit) as exit_info:
         main(table_args("table9", "E1", runs_path, bad))
     assert exit_info.value.code == 2
+    assert (
+        "backdoor-eval table: error: argument --name: invalid choice: 'table9' "
+        "(choose from 'table2', 'table3', 'table4', 'table5')"
+    ) in capsys.readouterr().err
 
 
 def table1_args(out, *extra):

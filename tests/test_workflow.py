@@ -310,6 +310,26 @@ def test_expand_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     assert "experiments.E6.source[0]: 'class0' is the poison class" in capsys.readouterr().err
 
 
+def test_expand_cli_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path, capsys):
+    from backdoor_eval.cli import main
+
+    lines = (REPO / "config" / "quickstart.yaml").read_text().splitlines()
+    bad_line = lines.index("  lr: 3.0e-3") + 1
+    lines[bad_line - 1] = "  lr: [3.0e-3"  # an unclosed list
+    path = tmp_path / "broken.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["expand", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    match = re.fullmatch(
+        rf"backdoor-eval expand: error: config {re.escape(str(path))}, line (\d+), column \d+: "
+        r"YAML syntax error: expected ',' or '\]', but got ':'\n",
+        captured.err,
+    )
+    assert match, captured.err
+    assert int(match.group(1)) in (bad_line, bad_line + 1)  # where the parser notices the unclosed list
+
+
 def test_membership_cli_writes_the_document(tmp_path):
     import json
 
@@ -630,3 +650,28 @@ def test_after_a_hard_kill_a_duplicate_job_fails_on_the_lock_and_the_rerun_resum
         for group in started:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_the_workflow_removes_what_killed_writes_left_before_its_first_job(tmp_path):
+    config_file = tmp_path / "slice.yaml"
+    config_file.write_text(yaml.safe_dump(slice_config()))
+    results = tmp_path / "results" / "slice"
+    run = results / "runs" / "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0" / "poison"
+    run.mkdir(parents=True)
+    (run / ".model.pt.k2x9a_qz.tmp").write_bytes(bytes(300_000))  # a killed torch.save
+    overlay = results / "poison" / "synthetic" / ".poisoned.3hf8s1lk.tmp"  # a killed atomic_dir
+    overlay.mkdir(parents=True)
+    (overlay / "overlay.npz").write_bytes(bytes(200_000))
+    (results / "notes.tmp").write_text("the user's own file")  # no leading dot: not the writers' temporary
+    # The cheapest real run: only the synthetic set's ingest job (a dry run does not run onstart).
+    result = snakemake(
+        "--configfile", str(config_file), "--cores", "1", "results/slice/data/synthetic/store", workdir=tmp_path
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "removed 2 temporary file(s) left by killed jobs (0.5 MB) under results/slice" in output
+    assert output.index("removed 2 temporary file(s)") < output.index("rule ingest:")  # before the first job
+    assert not (run / ".model.pt.k2x9a_qz.tmp").exists() and not overlay.exists()
+    assert (results / "notes.tmp").read_text() == "the user's own file"
+    assert (results / "data" / "synthetic" / "store" / "manifest.json").is_file()

@@ -65,6 +65,23 @@ def remove_stale_temporaries(root: str | os.PathLike, keep: Iterable[str | os.Pa
     return count, size
 
 
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``path`` could not be written: a
+    file stands where one of its folders should be, or the nearest existing folder is not writable.
+
+    Creates nothing: the commands call it on every output before any work, so a phase that
+    cannot write its model fails at once rather than after training.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path} cannot be written: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} cannot be written: no permission to write in {ancestor}")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

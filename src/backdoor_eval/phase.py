@@ -120,7 +120,8 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     device = engine.pick_device(job.device)
     engine.set_determinism(cfg, device)
 
-    store = open_store(job.store)
+    # The long jobs verify the store's sha256 (cheap against training): an edited labels.npy is named.
+    store = open_store(job.store, verify=True)
     partitions = load_partitions(job.partitions)
     data = load_poisoned(store, partitions, job.poisoned)
     num_classes = len(store.class_names)

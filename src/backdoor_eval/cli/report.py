@@ -93,7 +93,11 @@ def parse_experiments(text: str, name: str, count: int) -> list[str]:
     """``--experiments`` of output ``name``: 1..``count`` experiment names ("E1+E2")."""
     experiments = experiment_list(text)
     if not 1 <= len(experiments) <= count:
-        allowed = '"E1" or "E1+E2"' if count == 2 else '"E1"'
+        allowed = (
+            "one or two experiment names joined by '+' (e.g. 'E1' or 'E1+E2')"
+            if count == 2
+            else "one experiment name (e.g. 'E3')"
+        )
         raise ValueError(f"--experiments {text!r} for {name}; allowed: {allowed}")
     return experiments
 

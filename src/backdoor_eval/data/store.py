@@ -170,7 +170,10 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
     """Open the store in ``path``; ``images`` is a read-only memmap.
 
     Checks that the three files exist and agree with each other; with
-    ``verify=True`` also recomputes the sha256 of both arrays.
+    ``verify=True`` also recomputes the sha256 of both arrays, so an edited
+    ``labels.npy`` of the right shape is found (the train and retrain jobs
+    verify: about 0.7 s for a store of the Flowers size, 4,317 images of
+    224 x 224, against minutes to hours of training).
     """
     root = Path(path)
     missing = [n for n in ("images.npy", "labels.npy", "manifest.json") if not (root / n).is_file()]
@@ -205,7 +208,7 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
                     f"sha256 of {name}.npy is {actual}, manifest says {manifest.get('sha256', {}).get(name)}"
                 )
     if problems:
-        raise ValueError(f"store {root} is inconsistent: " + "; ".join(problems))
+        raise ValueError(f"store {root} is inconsistent: " + "; ".join(problems) + f"; {rebuild_hint('ingest')}")
     return Store(root=root, images=images, labels=labels, class_names=class_names, manifest=manifest)
 
 
