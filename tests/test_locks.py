@@ -100,13 +100,13 @@ def test_train_beside_a_running_phase_fails_at_once_and_touches_nothing(holder, 
     assert locks.read_holder(lock_file)["pid"] == proc.pid
 
 
-def test_without_a_checkpoint_the_lock_sits_beside_final_json(tmp_path):
+def test_the_lock_sits_beside_the_checkpoint_and_a_job_without_one_takes_none(tmp_path):
     from backdoor_eval.phase import PhaseJob
 
     paths = {name: tmp_path / name for name in ("store", "partitions", "poisoned")}
     outputs = {f"out_{name}": tmp_path / "p" / file for name, file in (("model", "model.pt"), ("epochs", "e.parquet"))}
     job = PhaseJob("poison", **paths, **outputs, out_final=tmp_path / "p" / "final.json", model="small_cnn", seed=0)
-    assert job.lock_file == tmp_path / "p" / "final.json.lock"
+    assert job.lock_file is None
     job.checkpoint = tmp_path / "ckpt" / "poison.pt"
     assert job.lock_file == tmp_path / "ckpt" / "poison.pt.lock"
 

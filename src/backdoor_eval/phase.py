@@ -68,10 +68,12 @@ class PhaseJob:
             raise ValueError("the clean phase needs the poison phase's model (init_model), and only it")
 
     @property
-    def lock_file(self) -> Path:
-        """The phase's lock: ``<checkpoint>.lock`` (``<out_final>.lock`` without a checkpoint)."""
-        anchor = self.checkpoint if self.checkpoint is not None else self.out_final
-        return anchor.with_name(anchor.name + ".lock")
+    def lock_file(self) -> Path | None:
+        """The phase's lock, ``<checkpoint>.lock``; none without a checkpoint (nothing shared to
+        protect: the outputs are written atomically, and the workflow always gives a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.with_name(self.checkpoint.name + ".lock")
 
     @property
     def run_label(self) -> str:
@@ -87,7 +89,10 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
     """
     from backdoor_eval import locks
 
-    with locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}"):
+    held: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if job.lock_file is not None:
+        held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")
+    with held:
         slot: contextlib.AbstractContextManager = contextlib.nullcontext(None)
         if job.gpu_lock_dir is not None:
             from backdoor_eval.gpus import gpu_slot
