@@ -413,3 +413,12 @@ def test_poison_count_check_names_a_class_list_that_does_not_match_the_dataset(q
     dataset = quickstart["experiments"]["E5"]["dataset"]
     with pytest.raises(ValueError, match=rf"datasets\.{dataset}\.classes: \d+ classes declared, but the dataset has 3"):
         ex.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
+
+
+def test_outputs_take_as_many_experiments_as_they_can_use(quickstart):
+    config = copy.deepcopy(quickstart)
+    config["outputs"]["table2"] = "E1+E2+E4"  # each fills the halves it has phases for
+    ex.validate(config)
+    config["outputs"]["fig4"] = "E3+E1"
+    with pytest.raises(ValueError, match=r"^outputs\.fig4: 'E3\+E1'; allowed: one experiment name \(e\.g\. 'E3'\)"):
+        ex.validate(config)

@@ -54,6 +54,7 @@ from backdoor_eval.names import (
     SHARED_SPLIT,
     SPLIT_POLICIES,
     STRATEGIES,
+    check_output_experiment_count,
     experiment_list,
 )
 
@@ -688,6 +689,7 @@ def _validate_blocks(config: Mapping[str, Any]) -> None:
             raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(OUTPUTS)}")
         if not experiment_list(names):
             raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
+        check_output_experiment_count(output, experiment_list(names), f"outputs.{output}: {names!r}")
     for block in ("table1", "gallery"):
         spec = config.get(block)
         if spec is None:
