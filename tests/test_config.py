@@ -76,13 +76,42 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
             lambda c: c["train"].update(lr="3e-3"),
             r"^train\.lr: '3e-3' is not valid; .*write it with a decimal point, e\.g\. 3\.0e-3",
         ),
-        (lambda c: c["experiments"]["E1"].update(trigger=[]), r"^experiments\.E1\.trigger: "),
+        (
+            lambda c: c["experiments"]["E1"].update(trigger=[]),
+            r"^experiments\.E1\.trigger: \[\] is not valid; allowed: trigger name\(s\) declared in `triggers`",
+        ),
         (lambda c: c.update(device="gpu"), r"^device: 'gpu' is not valid; allowed: auto, cpu, cuda$"),
         (lambda c: c.pop("datasets"), r"^datasets: required key is missing$"),
         (
             lambda c: c["resources"].update(train={"threads": 0}),
             r"^resources\.train\.threads: 0 is not valid; less than the minimum of 1$",
         ),
+        (
+            lambda c: c["outputs"].update(table9="E1"),
+            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, table2, table3, table4, table5$",
+        ),
+        (
+            lambda c: c.update(name="my run"),
+            r"^name: 'my run' is not valid; allowed: letters, digits, _ \. \+ - \(starting with a letter",
+        ),
+        (lambda c: c.update(name="../x"), r"^name: '\.\./x' is not valid; allowed: letters, digits"),
+        (
+            lambda c: c["gallery"].update(seed=-1),
+            r"^gallery\.seed: -1 is not valid; less than the minimum of 0$",
+        ),
+    ],
+    ids=[
+        "retrain-not-boolean",
+        "train-unknown-key",
+        "lr-as-text",
+        "empty-trigger-list",
+        "device-gpu",
+        "datasets-missing",
+        "threads-zero",
+        "outputs-unknown-name",
+        "name-with-space",
+        "name-with-path",
+        "gallery-seed-negative",
     ],
 )
 def test_schema_errors_name_the_key_and_what_is_allowed(change, message):
@@ -96,6 +125,13 @@ def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\ndatasets:\n  a: [1, 2\n")
     with pytest.raises(ValueError, match=r"bad\.yaml, line \d+, column \d+: YAML syntax error"):
+        cfg.load_config(path)
+
+
+def test_a_config_that_is_not_a_mapping_is_named(tmp_path):
+    path = tmp_path / "scalar.yaml"
+    path.write_text("just a string\n")
+    with pytest.raises(ValueError, match=r"^config '.*scalar\.yaml' is not a mapping of keys; allowed: a YAML mapping"):
         cfg.load_config(path)
 
 

@@ -22,6 +22,7 @@ from backdoor_eval.data import (
     RawDataset,
     create_dataset,
     ingest,
+    known_class_counts,
     make_synthetic,
     open_store,
 )
@@ -234,6 +235,20 @@ def test_open_store_names_missing_files_and_detects_tampering(tmp_path):
         open_store(tmp_path / "s")
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_store_label_array_is_named_with_how_to_rebuild_it(tmp_path, damage):
+    ingest("synthetic", {"num_classes": 2, "per_class": 3, "size": 4}, tmp_path / "s", progress=False)
+    path = tmp_path / "s" / "labels.npy"
+    if damage == "garbage":
+        path.write_bytes(b"\x00not an array\xff" * 10)
+    else:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size - 8])
+    with pytest.raises(ValueError) as info:
+        open_store(tmp_path / "s")
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a readable store label array (") and "--forcerun ingest" in message
+
+
 def test_failed_ingest_leaves_nothing(tmp_path):
     archive = write_zip(tmp_path / "bad.zip", {**class_files("r/", {"cat": 1, "dog": 1}), "r/dog/x.png": b"garbage"})
     with pytest.raises(ValueError, match="cannot decode image 'r/dog/x.png'"):
@@ -270,6 +285,18 @@ def test_imagefolder_zip_without_split_level(tmp_path):
     source = store.manifest["source"]
     assert source["kind"] == "zip" and source["root"] == "flowers" and source["has_splits"] is False
     assert source["md5"] == md5_of(archive)
+
+
+def test_imagefolder_zip_symlink_is_named_not_decoded(tmp_path):
+    archive = write_zip(tmp_path / "flowers.zip", class_files("flowers/", {"cat": 2, "dog": 2}))
+    link = zipfile.ZipInfo("flowers/dog/link.png")
+    link.external_attr = (0o120777 << 16) | 0x20  # a symlink, as `zip --symlinks` stores it
+    with zipfile.ZipFile(archive, "a") as out:
+        out.writestr(link, "../cat/0.png")
+    with pytest.raises(
+        ValueError, match=r"entry 'flowers/dog/link.png' in .* is a symbolic link \(to '../cat/0.png'\)"
+    ):
+        create_dataset("imagefolder", {"path": str(archive)}).load(progress=False)
 
 
 def test_imagefolder_folder_with_split_level(tmp_path):
@@ -524,3 +551,17 @@ def test_real_flowers_zip(flowers_zip, tmp_path):
         "tulip": 984,
     }
     assert store.manifest["source"]["md5"] == "b81d18df4adf3781b9e91a563f12591a"
+
+
+def test_known_class_counts_before_and_after_ingest(tmp_path):
+    params = {"num_classes": 3, "per_class": 7, "size": 8}
+    store_dir = tmp_path / "store"
+    assert known_class_counts(store_dir, "synthetic", params) == [7, 7, 7]  # from the parameters
+    assert known_class_counts(store_dir, "cifar10", {}) == [6000] * 10  # the official archive
+    assert known_class_counts(store_dir, "cifar10", {"md5": None}) is None  # any archive: unknown
+    ingest("synthetic", params, store_dir)
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    manifest["class_counts"] = [5, 6, 7]  # what the store holds wins when its parameters match
+    (store_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert known_class_counts(store_dir, "synthetic", params) == [5, 6, 7]
+    assert known_class_counts(store_dir, "synthetic", {**params, "per_class": 9}) == [9, 9, 9]

@@ -49,7 +49,7 @@ def tiny_config(**experiment) -> dict:
 # --------------------------------------------------------------------------- the paper grid's counts (docs/decisions.md#experiment-grid)
 
 
-def test_paper_config_gives_the_spec6_counts(paper):
+def test_paper_config_gives_the_paper_grid_counts(paper):
     runs = ex.expand(paper)
     assert {name: len(r) for name, r in runs.items()} == {
         "E1": 180,
@@ -147,7 +147,7 @@ def test_quickstart_is_reduced_but_builds_every_output(quickstart):
 # --------------------------------------------------------------------------- expansion rules
 
 
-def test_defaults_are_spec6():
+def test_defaults_are_the_paper_defaults():
     (run,) = ex.expand(tiny_config(poison_class="rose"))["E"]
     assert run == Run("flowers", "m", "bs", 1.0, "many-to-one", "rose", "all", 0.1, "none", 0)
 
@@ -281,6 +281,22 @@ def test_from_run_id_rejects_other_paths():
         ({"poison_rates": 0.1}, r"^experiments\.E\.poison_rates: unknown key"),
         ({"phases": ["clean"]}, r"^experiments\.E\.phases: 'clean' needs retrain: true$"),
     ],
+    ids=[
+        "trigger-undeclared",
+        "alpha-above-1",
+        "poison_rate-0",
+        "poison_rate-1",
+        "poison_class-unknown",
+        "source-is-poison-class",
+        "source-unknown",
+        "model-undeclared",
+        "regularizer-undeclared",
+        "dataset-undeclared",
+        "mapping-of-another-dataset",
+        "seed-negative",
+        "unknown-key",
+        "clean-phase-without-retrain",
+    ],
 )
 def test_validation_names_the_config_key(experiment, message):
     with pytest.raises(ValueError, match=message):
@@ -354,12 +370,14 @@ def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper)
         assert ex.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
 
 
-def test_registry_check_names_a_bad_training_setting(quickstart):
+def test_registry_check_names_the_key_of_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
-    with pytest.raises(
-        ValueError, match=r"training settings of model small_cnn on dataset synthetic: optimizer 'adamx'"
-    ):
+    with pytest.raises(ValueError, match=r"^train\.optimizer: optimizer 'adamx' is unknown"):
+        ex.validate(quickstart, check_registries=True)
+    quickstart["train"]["optimizer"] = "adam"
+    quickstart["models"]["small_cnn"]["train_per_dataset"] = {"synthetic": {"batch_size": 0}}
+    with pytest.raises(ValueError, match=r"^models\.small_cnn\.train_per_dataset\.synthetic\.batch_size: "):
         ex.validate(quickstart, check_registries=True)
 
 
@@ -374,3 +392,33 @@ def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quick
     quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
     with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.kind: 'lvx' is not registered"):
         ex.validate(quickstart, check_registries=True)
+
+
+def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quickstart):
+    config = copy.deepcopy(quickstart)
+    dataset = config["experiments"]["E5"]["dataset"]
+    classes = config["datasets"][dataset]["classes"]
+    # 100 images per class: 76 in the poison-set; 60 or 61 of them (80%, apportioned) poison-train.
+    ex.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
+    config["experiments"]["E5"]["poison_rate"] = [0.1, 0.016]
+    with pytest.raises(ValueError) as info:
+        ex.check_poison_counts(config, {dataset: [100] * len(classes)})
+    message = str(info.value)
+    assert message.startswith(f"experiments.E5.poison_rate: dataset {dataset}: poison_rate=0.016 x 60 ")
+    assert "rounds down to 0 poisoned images; allowed: a poison rate of at least 0.01667" in message
+    ex.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
+
+
+def test_poison_count_check_names_a_class_list_that_does_not_match_the_dataset(quickstart):
+    dataset = quickstart["experiments"]["E5"]["dataset"]
+    with pytest.raises(ValueError, match=rf"datasets\.{dataset}\.classes: \d+ classes declared, but the dataset has 3"):
+        ex.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
+
+
+def test_outputs_take_as_many_experiments_as_they_can_use(quickstart):
+    config = copy.deepcopy(quickstart)
+    config["outputs"]["table2"] = "E1+E2+E4"  # each fills the halves it has phases for
+    ex.validate(config)
+    config["outputs"]["fig4"] = "E3+E1"
+    with pytest.raises(ValueError, match=r"^outputs\.fig4: 'E3\+E1'; allowed: one experiment name \(e\.g\. 'E3'\)"):
+        ex.validate(config)

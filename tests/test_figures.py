@@ -297,12 +297,15 @@ def test_figure_command_writes_present_and_rejects_absent(e3_runs, tmp_path, cap
     assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
     # A figure is built from one experiment; a missing runs file is an error too.
     assert main(figure_args("fig4", "E3+E1", runs_path, out)) == 2
+    assert (
+        "backdoor-eval figure: error: --experiments 'E3+E1' for fig4; allowed: one experiment name (e.g. 'E3')"
+    ) in capsys.readouterr().err
     assert main(figure_args("fig4", "E3", tmp_path / "none.parquet", out)) == 2
-    assert "runs file" in capsys.readouterr().err
+    assert f"runs file {tmp_path / 'none.parquet'} not found" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["fig4.pdf", "fig4.png"]
 
 
-def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
+def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path, capsys):
     images = np.zeros((5, 16, 16, 3), np.uint8)
     images[3] = 77  # clean_val[1] -> store index 3
     store = types.SimpleNamespace(images=images)
@@ -354,10 +357,20 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path):
     assert main([*args, "--triggers", json.dumps(specs)]) == 0
     assert made == [("lv", 0.3, {"reading": "scaled", "fit": lv_fit}), ("bs", 0.5, {})]
     assert list(seen["computed"]) == ["LV", "Square"]
+    capsys.readouterr()
     assert main([*args, "--triggers", json.dumps({"bs": {"size": 3}})]) == 2
+    assert (
+        'backdoor-eval gallery: error: --triggers bs: {\'size\': 3}; allowed: {"kind": K, "alpha": A, "params": {...}}'
+    ) in capsys.readouterr().err
     outs = args[-4:]
     assert main(args[:-6] + ["--image-index", "3", *outs]) == 2
+    assert (
+        "backdoor-eval gallery: error: --image-index 3 is out of range; allowed: 0..2 (a position in the clean_val"
+    ) in capsys.readouterr().err
     assert main(args[:-4] + ["--out-png", str(tmp_path / "fig2.jpg"), "--out-pdf", str(tmp_path / "fig2.pdf")]) == 2
+    assert (
+        f"backdoor-eval gallery: error: figure file {tmp_path / 'fig2.jpg'} ends in '.jpg'; allowed: .png, .pdf"
+    ) in capsys.readouterr().err
     assert not (tmp_path / "fig2.jpg").exists()
 
 

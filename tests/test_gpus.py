@@ -140,17 +140,20 @@ def test_bad_counts_are_value_errors(clean_env, tmp_path):
 
 
 def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
-    """`train --gpu-lock-dir` takes a slot itself: the phase sees its device and slot, released afterwards."""
+    """`train --gpu-lock-dir` takes a slot itself, inside the phase's lock: the phase sees its device and slot,
+    released afterwards."""
     import backdoor_eval.phase
+    from backdoor_eval import locks
     from backdoor_eval.cli import main
 
     seen = []
 
-    def fake_run_phase(job, gpu_slot=None):
+    def fake_run_locked(job, gpu_slot):
+        assert locks.is_held(job.lock_file)
         seen.append((job.phase, gpu_slot, os.environ.get("CUDA_VISIBLE_DEVICES")))
         return {}
 
-    clean_env.setattr(backdoor_eval.phase, "run_phase", fake_run_phase)
+    clean_env.setattr(backdoor_eval.phase, "_run_locked", fake_run_locked)
     clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "2")
     args = [
         "train",

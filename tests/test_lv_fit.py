@@ -84,3 +84,21 @@ def test_lv_fit_roundtrips_through_npz(lv_fit, tmp_path):
 def test_lv_fit_input_errors(low_rank_images):
     with pytest.raises(ValueError, match="variance_fraction"):
         fit_low_variance(low_rank_images(n=5), low_rank_images(n=1)[0], variance_fraction=1.5)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
+def test_a_corrupt_lv_fit_file_is_named_with_how_to_rebuild_it(lv_fit, tmp_path, damage):
+    path = tmp_path / "lv_fit.npz"
+    save_lv_fit(path, lv_fit)
+    if damage == "garbage":
+        path.write_bytes(b"\x00not an npz\xff" * 10)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        np.savez(path, pattern=lv_fit.pattern)  # an npz, but not a whole fit
+    with pytest.raises(ValueError) as info:
+        load_lv_fit(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not a readable LV fit file (") and "--forcerun fit_lv" in message
+    if damage == "foreign":
+        assert "arrays ['pattern_scaled'," in message

@@ -143,6 +143,17 @@ def test_source_counts_average_to_eq8():
         ({"strategy": "one-to-one", "source": 3, "poison_rate": 0.9}, r"hold only 5"),
         ({"poison_class": 7}, r"poison_class=7"),
     ],
+    ids=[
+        "rate-0",
+        "rate-1",
+        "rate-negative",
+        "strategy-unknown",
+        "source-is-poison-class",
+        "one-to-one-without-source",
+        "many-to-one-with-source",
+        "source-too-small",
+        "poison_class-out-of-range",
+    ],
 )
 def test_select_errors_name_the_bad_value(kwargs, message):
     labels = np.repeat(np.arange(4), [10, 10, 10, 5])
@@ -211,6 +222,14 @@ def test_poison_stats_cli_with_names_and_one_to_one(capsys):
         (["--class-counts", "710,x", "--rate", "0.1"], "--class-counts '710,x'"),
         (["--rate", "0.1", "--class-names", "a,b"], "2 class names for 5"),
     ],
+    ids=[
+        "rate-1.5",
+        "one-to-one-without-source",
+        "source-index-out-of-range",
+        "source-unknown-name",
+        "class-counts-not-numbers",
+        "class-names-count",
+    ],
 )
 def test_poison_stats_cli_errors_exit_2(capsys, extra, message):
     argv = ["poison-stats", "--class-counts", "710,980,734,675,904", *extra]
@@ -225,6 +244,13 @@ def test_poison_stats_cli_errors_exit_2(capsys, extra, message):
 def run_materialize(store, partitions, out_dir, trigger=None, seed=0, **kwargs):
     args = {"poison_class": 1, "poison_rate": 0.2, "strategy": "many-to-one", "source": None, **kwargs}
     return materialize(store, partitions, trigger or create_trigger("bs"), seed=seed, out_dir=out_dir, **args)
+
+
+def test_materialize_refuses_a_run_that_poisons_no_training_image(store, partitions, tmp_path):
+    count = int((np.asarray(store.labels)[partitions["poison_train"]] == 1).sum())
+    with pytest.raises(ValueError, match=rf"poison_rate=0.01 x {count} poison-train images of class 'class1' rounds"):
+        run_materialize(store, partitions, tmp_path / "zero", poison_rate=0.01)
+    assert not (tmp_path / "zero").exists()
 
 
 def test_materialize_writes_only_indices_and_triggered_pixels(store, partitions, tmp_path):

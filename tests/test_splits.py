@@ -14,6 +14,7 @@ from backdoor_eval.splits import (
     apportion,
     load_partitions,
     make_partitions,
+    partition_counts,
     save_partitions,
 )
 
@@ -168,7 +169,7 @@ def test_load_rejects_bad_files(tmp_path):
         save_partitions(tmp_path / "bad.npz", {"poison_train": np.arange(3)})
 
 
-def test_cli_partition_writes_only_the_partitions_file(tmp_path):
+def test_cli_partition_writes_only_the_partitions_file(tmp_path, capsys):
     store = ingest("synthetic", {"num_classes": 3, "per_class": 21}, tmp_path / "store", progress=False)
     out = tmp_path / "parts" / "seed5.npz"
     assert cli.main(["partition", "--store", str(store.root), "--seed", "5", "--out", str(out)]) == 0
@@ -176,10 +177,15 @@ def test_cli_partition_writes_only_the_partitions_file(tmp_path):
     loaded = load_partitions(out, num_images=63)
     expected = make_partitions(store.labels, 5)
     assert all(np.array_equal(loaded[name], expected[name]) for name in PARTITIONS)
+    capsys.readouterr()
     assert cli.main(["partition", "--store", str(tmp_path / "nope"), "--seed", "5", "--out", str(out)]) == 2
+    assert (
+        f"backdoor-eval partition: error: {tmp_path / 'nope'} is not a dataset store: "
+        "missing images.npy, labels.npy, manifest.json (create one with `backdoor-eval ingest`)"
+    ) in capsys.readouterr().err
 
 
-def test_partition_command_takes_a_seed_or_a_split(tmp_path):
+def test_partition_command_takes_a_seed_or_a_split(tmp_path, capsys):
     from backdoor_eval.cli import main
 
     store = tmp_path / "store"
@@ -197,4 +203,19 @@ def test_partition_command_takes_a_seed_or_a_split(tmp_path):
     assert all(np.array_equal(seed[name], shared[name]) for name in PARTITIONS)
     assert not all(np.array_equal(seed[name], own[name]) for name in PARTITIONS)
     assert {name: len(own[name]) for name in PARTITIONS} == {name: len(seed[name]) for name in PARTITIONS}
+    capsys.readouterr()
     assert main(["partition", "--store", str(store), "--split", "seed2-zz", "--out", str(tmp_path / "bad.npz")]) == 2
+    assert (
+        "backdoor-eval partition: error: split 'seed2-zz' is not a split id; "
+        "allowed: seed<N> or seed<N>-<16 hex digits>"
+    ) in capsys.readouterr().err
+    assert not (tmp_path / "bad.npz").exists()
+
+
+def test_partition_counts_are_the_per_class_sizes_make_partitions_draws():
+    labels = np.repeat(np.arange(5), FLOWERS_COUNTS)
+    parts = make_partitions(labels, seed=3)
+    counts = partition_counts(FLOWERS_COUNTS)
+    assert list(counts) == list(PARTITIONS)
+    for name in PARTITIONS:
+        np.testing.assert_array_equal(np.bincount(labels[parts[name]], minlength=5), counts[name])

@@ -98,6 +98,27 @@ def test_table2_cell_is_mean_over_poison_classes_and_seeds():
     assert spread.iloc[0, 0] == pytest.approx(statistics.stdev(values_no))
 
 
+def test_table2_takes_each_experiments_phases_and_counts_a_shared_run_once():
+    rows = [
+        run_row("E1", "poison", adversarial_success_rate=0.8),
+        run_row("E2", "clean", adversarial_success_rate=0.2),
+        # E7 has both phases: its poison phase joins the "No" rows, its clean phase the "Yes" rows.
+        run_row("E7", "poison", poison_class="tulip", adversarial_success_rate=0.6),
+        run_row("E7", "clean", poison_class="tulip", adversarial_success_rate=0.4),
+        # The E1 run again under E7: one run, counted once.
+        run_row("E7", "poison", adversarial_success_rate=0.8),
+    ]
+    runs = frame(rows)
+    no, yes = tables.retraining_halves(runs, ["E1", "E2", "E7"])
+    assert (no, yes) == (["E1", "E7"], ["E2", "E7"])
+    assert tables.retraining_halves(runs, ["E1", "E2"]) == (["E1"], ["E2"])  # the paper's reading of "E1+E2"
+    table = tables.table2(runs, no=no, yes=yes)
+    assert table.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Square")] == pytest.approx(0.7)
+    assert table.loc[("Flowers", "Adversarial Test", "Yes"), ("ResNet50", "Square")] == pytest.approx(0.3)
+    counts = tables.table2(runs, no=no, yes=yes, statistic="count")
+    assert counts.loc[("Flowers", "Adversarial Test", "No"), ("ResNet50", "Square")] == 2
+
+
 def test_table2_layout_follows_the_paper_then_unknown_names(grid_runs):
     table = tables.table2(grid_runs)
     assert table.index.names == ["Dataset", "Split", "Retrained?"]
@@ -465,7 +486,14 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     for args, message in (
         (table_args("table4", "E6", runs_path, bad, counts=True), "only with table2 or table3"),
         (one_counts_file, "--out-counts-csv and --out-counts-md go together"),
-        (table_args("table4", "E6+E1", runs_path, bad), "--experiments 'E6+E1' for table4"),
+        (
+            table_args("table4", "E6+E1", runs_path, bad),
+            "--experiments 'E6+E1' for table4; allowed: one experiment name (e.g. 'E3')",
+        ),
+        (
+            table_args("table2", "+", runs_path, bad, counts=True),
+            "--experiments '+' for table2; allowed: one or more experiment names joined by '+' (e.g. 'E1+E2')",
+        ),
         (table_args("table2", "E1", tmp_path / "none.parquet", bad), "none.parquet not found"),
     ):
         assert main(args) == 2
@@ -474,6 +502,10 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     with pytest.raises(SystemExit) as exit_info:
         main(table_args("table9", "E1", runs_path, bad))
     assert exit_info.value.code == 2
+    assert (
+        "backdoor-eval table: error: argument --name: invalid choice: 'table9' "
+        "(choose from 'table2', 'table3', 'table4', 'table5')"
+    ) in capsys.readouterr().err
 
 
 def table1_args(out, *extra):

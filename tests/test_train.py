@@ -310,7 +310,7 @@ class _Payload:
         return (os.system, ("touch PWNED",))
 
 
-def test_model_and_checkpoint_files_never_run_code(run_inputs, trained, tmp_path, monkeypatch, capsys):
+def test_model_and_checkpoint_files_never_run_code(run_inputs, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "bad" / "model.pt"
     bad.parent.mkdir()
@@ -335,6 +335,7 @@ def test_model_and_checkpoint_files_never_run_code(run_inputs, trained, tmp_path
         ("--threads", "-2", "argument --threads: -2 is not allowed; allowed: a whole number >= 1"),
         ("--seed", "-5", "argument --seed: -5 is not allowed; allowed: a whole number >= 0"),
     ],
+    ids=["threads-0", "threads-negative", "seed-negative"],
 )
 def test_bad_threads_and_seeds_are_named_by_the_parser(run_inputs, tmp_path, capsys, option, value, message):
     args = phase_args(run_inputs, "poison", tmp_path / "out")
@@ -344,11 +345,18 @@ def test_bad_threads_and_seeds_are_named_by_the_parser(run_inputs, tmp_path, cap
     assert message in capsys.readouterr().err
 
 
-def test_an_output_under_an_existing_file_is_named_not_a_traceback(run_inputs, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--out-model", "--out-epochs", "--out-final", "--checkpoint"])
+def test_an_output_under_an_existing_file_fails_before_any_training(run_inputs, tmp_path, capsys, option):
     (tmp_path / "taken").write_text("a file, not a folder")
-    args = phase_args(run_inputs, "poison", tmp_path / "taken" / "poison", train=dict(TRAIN, max_epochs=1))
+    ckpt = tmp_path / "ckpt"
+    args = phase_args(run_inputs, "poison", tmp_path / "out", ckpt, train=dict(TRAIN, max_epochs=1))
+    bad = tmp_path / "taken" / "poison" / "file"
+    args[args.index(option) + 1] = str(bad)
     assert cli(args) == 2
-    assert f"error: {tmp_path / 'taken'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {option} {bad} cannot be written: {tmp_path / 'taken'} is a file, not a folder" in err, err
+    # Nothing trained: no epoch was checkpointed and no output written.
+    assert not (ckpt / "poison.pt").exists() and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -357,6 +365,7 @@ def test_an_output_under_an_existing_file_is_named_not_a_traceback(run_inputs, t
         ("partitions", "garbage", "partitions file", "partition"),
         ("partitions", "truncate", "partitions file", "partition"),
         ("overlay", "garbage", "poison overlay", "poison"),
+        ("overlay", "truncate", "poison overlay", "poison"),
         ("manifest", "garbage", "poison manifest", "poison"),
         ("images", "truncate", "store image array", "ingest"),
         ("store_manifest", "garbage", "store manifest", "ingest"),
@@ -385,3 +394,131 @@ def test_a_corrupt_input_file_is_named_with_how_to_rebuild_it(run_inputs, tmp_pa
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert f"{path} is not a readable {what}" in err and f"--forcerun {rule}" in err, err
+
+
+@pytest.mark.slow
+def test_a_phase_holds_its_lock_from_resume_to_checkpoint_deletion_then_frees_it(run_inputs, tmp_path, monkeypatch):
+    """The lock beside the checkpoint is held while the phase trains, writes its outputs and deletes its
+    checkpoint, and is free after; only the empty lock file stays."""
+    import pathlib
+
+    from backdoor_eval import io, locks
+
+    out, ckpt = tmp_path / "run" / "poison", tmp_path / "ckpt"
+    lock_file = ckpt / "poison.pt.lock"
+    held = []
+    run, write_json, unlink = engine.Engine.run_phase, io.write_json, pathlib.Path.unlink
+
+    def spy_run_phase(self, *args, **kwargs):
+        held.append(("train", locks.is_held(lock_file), locks.read_holder(lock_file)["pid"]))
+        return run(self, *args, **kwargs)
+
+    def spy_write_json(path, obj):
+        if path == out / "final.json":
+            held.append(("final.json", locks.is_held(lock_file)))
+        write_json(path, obj)
+
+    def spy_unlink(path, *args, **kwargs):
+        if path == ckpt / "poison.pt":
+            held.append(("delete checkpoint", locks.is_held(lock_file)))
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Engine, "run_phase", spy_run_phase)
+    monkeypatch.setattr(io, "write_json", spy_write_json)
+    monkeypatch.setattr(pathlib.Path, "unlink", spy_unlink)
+    assert cli(phase_args(run_inputs, "poison", out, ckpt, train=dict(TRAIN, max_epochs=1))) == 0
+    assert held == [("train", True, os.getpid()), ("final.json", True), ("delete checkpoint", True)]
+    assert (out / "final.json").is_file() and not (ckpt / "poison.pt").exists()
+    assert not locks.is_held(lock_file) and locks.read_holder(lock_file) is None
+    assert sorted(p.name for p in ckpt.iterdir()) == ["poison.pt.lock"]
+    assert lock_file.stat().st_size == 0
+
+
+def test_an_edited_store_label_array_is_named_before_training(run_inputs, tmp_path, capsys):
+    import shutil
+
+    root, store, parts, poisoned = run_inputs
+    shutil.copytree(store, tmp_path / "store")
+    labels = np.load(tmp_path / "store" / "labels.npy")
+    np.save(tmp_path / "store" / "labels.npy", np.roll(labels, 1))  # same shape, dtype and classes
+    ckpt = tmp_path / "ckpt"
+    args = phase_args((root, tmp_path / "store", parts, poisoned), "poison", tmp_path / "out", ckpt)
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert f"store {tmp_path / 'store'} is inconsistent: sha256 of labels.npy is " in err, err
+    assert "--forcerun ingest" in err
+    assert not (ckpt / "poison.pt").exists() and not (tmp_path / "out").exists()
+
+
+def save_model_file(path, model="small_cnn", state_dict=None):
+    """A ``model.pt`` as the train job writes it (see ``phase.run_phase``)."""
+    from backdoor_eval.models import create_model
+
+    if state_dict is None:
+        state_dict = create_model("small_cnn", num_classes=10, **MODEL_PARAMS).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "model_params": MODEL_PARAMS, "num_classes": 10, "state_dict": state_dict}, path)
+
+
+def test_a_diverged_clean_phase_fails_naming_the_clean_phase_and_writes_nothing(run_inputs, tmp_path, capsys):
+    poison_out = tmp_path / "run" / "poison"
+    assert cli(phase_args(run_inputs, "poison", poison_out, train=dict(TRAIN, max_epochs=1))) == 0
+    capsys.readouterr()
+    # Retraining with a huge learning rate: the poisoned model's epoch 0 is finite, the first update is not.
+    train = dict(TRAIN, retrain_lr=1e30, retrain_epochs=3)
+    out, ckpt = tmp_path / "run" / "clean", tmp_path / "ckpt"
+    assert cli(phase_args(run_inputs, "clean", out, ckpt, train=train, init=poison_out)) == 2
+    err = capsys.readouterr().err
+    match = re.search(
+        r"run .*run: training diverged in the clean phase at epoch (\d+): .*"
+        r"lower the learning rate \(now 1e\+30: train\.lr, or train\.retrain_lr for the clean phase\)",
+        err,
+    )
+    assert match, err
+    assert not out.exists()  # no model.pt, epochs.parquet or final.json: no row for this run
+    state = torch.load(ckpt / "clean.pt", weights_only=True)  # the last good epoch, every weight finite
+    assert state["epoch"] == int(match.group(1)) - 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_an_init_model_of_another_model_is_named(run_inputs, tmp_path, capsys):
+    save_model_file(tmp_path / "poison" / "model.pt", model="resnet18")
+    args = phase_args(run_inputs, "clean", tmp_path / "clean", init=tmp_path / "poison")
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert f"--init-model {tmp_path / 'poison' / 'model.pt'} holds a 'resnet18' model, not 'small_cnn'" in err
+    assert not (tmp_path / "clean").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_an_unusable_checkpoint_is_a_warning_and_the_phase_starts_afresh(run_inputs, tmp_path, caplog, damage):
+    poison_out = tmp_path / "poison"
+    save_model_file(poison_out / "model.pt")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    state = {"fingerprint": "settings of another run", "epoch": 2, "model": {"w": torch.zeros(3)}}
+    torch.save(state, ckpt / "clean.pt")
+    if damage == "truncated":
+        data = (ckpt / "clean.pt").read_bytes()
+        (ckpt / "clean.pt").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "clean"
+    train = dict(TRAIN, retrain_epochs=1)
+    with caplog.at_level("WARNING", logger="backdoor_eval.train"):
+        assert cli(phase_args(run_inputs, "clean", out, ckpt, train=train, init=poison_out)) == 0
+    expected = "ignoring unreadable checkpoint" if damage == "truncated" else "belongs to other settings"
+    assert any(
+        expected in record.getMessage() and str(ckpt / "clean.pt") in record.getMessage() for record in caplog.records
+    )
+    final = json.loads((out / "final.json").read_text())
+    assert final["resumed_from_epoch"] is None and final["epochs_run"] == 1
+    assert not (ckpt / "clean.pt").exists()  # the phase finished: its checkpoint is gone
+
+
+def test_device_cuda_without_a_gpu_is_named(run_inputs, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    args = phase_args(run_inputs, "poison", tmp_path / "out")
+    args[args.index("--device") + 1] = "cuda"
+    assert cli(args) == 2
+    assert "device 'cuda' was asked for but no CUDA device is visible" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -254,7 +258,8 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     assert (results / "membership.json").is_file()
 
     # Every file the jobs left is a declared output (or inside a declared directory output);
-    # logs and benchmarks are the rules' declared log: and benchmark: files.
+    # logs and benchmarks are the rules' declared log: and benchmark: files, and each training
+    # phase leaves its empty lock file beside its (deleted) checkpoint (backdoor_eval.locks).
     summary = snakemake("--configfile", str(config_file), "--summary", workdir=tmp_path)
     assert summary.returncode == 0, summary.stderr[-3000:]
     declared = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if "\t" in line}
@@ -267,7 +272,10 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
         and not any(path.startswith(folder + "/") for folder in declared)
         and not path.startswith(("results/slice/logs/", "results/slice/benchmarks/"))
     ]
-    assert undeclared == []
+    locks = [path for path in undeclared if path.startswith("results/slice/checkpoints/")]
+    assert sorted(locks) == sorted(f"results/slice/checkpoints/{run_id}/poison.pt.lock" for run_id in runs["run_id"])
+    assert all((tmp_path / path).stat().st_size == 0 for path in locks)
+    assert [path for path in undeclared if path not in locks] == []
 
     # Adding retraining later: the dry run says, before any job, which poison phases train again and why.
     config = slice_config()
@@ -300,6 +308,26 @@ def test_expand_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
     path.write_text(yaml.safe_dump(config))
     assert main(["expand", "--config", str(path)]) == 2
     assert "experiments.E6.source[0]: 'class0' is the poison class" in capsys.readouterr().err
+
+
+def test_expand_cli_names_the_file_and_line_of_a_yaml_syntax_error(tmp_path, capsys):
+    from backdoor_eval.cli import main
+
+    lines = (REPO / "config" / "quickstart.yaml").read_text().splitlines()
+    bad_line = lines.index("  lr: 3.0e-3") + 1
+    lines[bad_line - 1] = "  lr: [3.0e-3"  # an unclosed list
+    path = tmp_path / "broken.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["expand", "--config", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1, captured.err
+    match = re.fullmatch(
+        rf"backdoor-eval expand: error: config {re.escape(str(path))}, line (\d+), column \d+: "
+        r"YAML syntax error: expected ',' or '\]', but got ':'\n",
+        captured.err,
+    )
+    assert match, captured.err
+    assert int(match.group(1)) in (bad_line, bad_line + 1)  # where the parser notices the unclosed list
 
 
 def test_membership_cli_writes_the_document(tmp_path):
@@ -342,3 +370,308 @@ def test_device_cuda_without_a_gpu_is_a_warning_before_any_job(tmp_path):
     result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "device: cuda, but no GPU is visible here" in result.stdout + result.stderr
+
+
+def test_a_run_that_would_poison_no_image_fails_the_dry_run(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["experiments"]["E5"]["poison_rate"] = [0.1, 0.001]
+    path = tmp_path / "zero.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "experiments.E5.poison_rate: dataset " in message
+    assert "poison_rate=0.001 x " in message and "rounds down to 0 poisoned images" in message
+    assert "Job stats" not in message  # rejected before the DAG was built
+
+
+@pytest.mark.slow
+def test_a_diverged_run_fails_its_job_and_never_becomes_a_row(tmp_path):
+    import pandas as pd
+
+    config = slice_config()
+    config["models"]["small_cnn_hot"] = {**config["models"]["small_cnn"], "train": {"lr": 1.0e30}}
+    config["experiments"]["E1"].update(model=["small_cnn", "small_cnn_hot"], trigger="bs")
+    config["outputs"] = {"table2": "E1"}
+    config_file = tmp_path / "nan.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(config_file), "--cores", "2", "--keep-going", workdir=tmp_path)
+    assert result.returncode != 0
+    results = tmp_path / "results" / "slice"
+    hot = "synthetic/small_cnn_hot/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0"
+    log = (results / "logs" / "train" / f"{hot}.log").read_text()
+    assert "training diverged in the poison phase" in log and "lower the learning rate (now 1e+30" in log
+    assert not (results / "runs" / hot / "poison" / "final.json").exists()
+    assert (results / "runs" / hot.replace("_hot", "") / "poison" / "final.json").is_file()  # the other run finished
+    assert not (results / "runs.parquet").exists()  # no table is built on a failed run
+
+    # Without the diverged model, the finished run is reused and is the only row.
+    config["models"].pop("small_cnn_hot")
+    config["experiments"]["E1"]["model"] = "small_cnn"
+    config_file.write_text(yaml.safe_dump(config))
+    again = snakemake("--configfile", str(config_file), "--cores", "2", workdir=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rule train:" not in again.stdout + again.stderr
+    runs = pd.read_parquet(results / "runs.parquet")
+    assert runs["model"].tolist() == ["small_cnn"]
+
+
+def _set(path: str, value):
+    """A config mutation: set the dotted ``path`` (list indices as numbers) to ``value``."""
+
+    def mutate(config: dict) -> None:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[last] = value
+
+    return mutate
+
+
+# Config mistakes the dry run must reject before any job, each with the key it must name.
+BROKEN_CONFIGS = {
+    "model arch": ([_set("models.small_cnn.arch", "resnet5O")], "models.small_cnn.arch: 'resnet5O' is not registered"),
+    "dataset kind": ([_set("datasets.synthetic.kind", "synthetc")], "datasets.synthetic.kind: 'synthetc' is not regis"),
+    "trigger kind": (
+        [_set("triggers.bz", {"kind": "bz"}), _set("experiments.E1.trigger", ["bs", "bz"])],
+        "triggers.bz.kind: 'bz' is not registered",
+    ),
+    "regularizer": (
+        [_set("regularizers.mixupp", {}), _set("experiments.E3.regularizer", ["none", "mixupp"])],
+        "regularizers.mixupp: 'mixupp' is not registered",
+    ),
+    "optimizer": ([_set("train.optimizer", "adamx")], "train.optimizer: optimizer 'adamx' is unknown; allowed:"),
+    "per-model optimizer": (
+        [_set("models.small_cnn.train", {"optimizer": "adamx"})],
+        "models.small_cnn.train.optimizer: optimizer 'adamx' is unknown",
+    ),
+    "unknown train key": ([_set("train.lrate", 0.1)], "train.lrate: unknown key; allowed: amp,"),
+    "lr read as text": ([_set("train.lr", "3e-3")], "train.lr: '3e-3' is not valid; allowed: number (YAML reads"),
+    "output naming no experiment": ([_set("outputs.table2", "E1+E9")], "outputs.table2: experiment 'E9' is not def"),
+    "empty factor list": ([_set("experiments.E1.trigger", [])], "experiments.E1.trigger: [] is not valid; allowed:"),
+    "unknown poison class": (
+        [_set("experiments.E1.poison_class", ["class0", "class12"])],
+        "experiments.E1.poison_class[1]: 'class12' is not a class of dataset synthetic",
+    ),
+    "source is the poison class": (
+        [_set("experiments.E6.source", "class0")],
+        "experiments.E6.source: 'class0' is the poison class",
+    ),
+    "undeclared model": ([_set("experiments.E1.model", "resnet50")], "experiments.E1.model: 'resnet50' is not decl"),
+    "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
+    "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
+    "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(BROKEN_CONFIGS))
+def test_dry_run_rejects_a_broken_config_naming_the_key(tmp_path, case):
+    mutations, message = BROKEN_CONFIGS[case]
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    for mutate in mutations:
+        mutate(config)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Job stats" not in result.stdout + result.stderr and not (tmp_path / "results").exists()
+
+
+def test_a_yaml_syntax_error_is_named_with_file_and_line_by_show_config(tmp_path):
+    # Snakemake parses --configfile itself, before the workflow starts, and drops the parser's line
+    # ("Config file is not valid JSON or YAML"); the package's loader names the file, line and column.
+    path = tmp_path / "broken.yaml"
+    path.write_text((REPO / "config" / "quickstart.yaml").read_text().replace("lr: 3.0e-3", "lr: [3.0e-3"))
+    result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
+    assert result.returncode != 0 and "Config file is not valid JSON or YAML" in result.stdout + result.stderr
+    shown = subprocess.run(
+        [str(BIN / "backdoor-eval"), "show-config", "--config", str(path)], capture_output=True, text=True, env=env()
+    )
+    assert shown.returncode == 2
+    assert re.search(rf"config {re.escape(str(path))}, line \d+, column \d+: YAML syntax error", shown.stderr)
+
+
+# --------------------------------------------------------------------------- a hard kill of Snakemake
+
+
+def killed_slice_config() -> dict:
+    """One run of a tiny synthetic set, trained long enough (no early stop) to be killed mid-training."""
+    config = copy.deepcopy(yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text()))
+    config["name"] = "killed"
+    config["gpu_lock_dir"] = None
+    config["datasets"]["synthetic"]["params"] = {"num_classes": 3, "per_class": 100, "size": 16, "seed": 0}
+    config["datasets"]["synthetic"]["classes"] = ["class0", "class1", "class2"]
+    config["train"].update(max_epochs=30, patience=30)
+    config["experiments"] = {
+        "E1": {
+            "dataset": "synthetic",
+            "model": "small_cnn",
+            "trigger": "bs",
+            "poison_class": "class0",
+            "poison_rate": 0.3,
+        }
+    }
+    config["outputs"] = {}
+    for block in ("table1", "gallery"):
+        config.pop(block, None)
+    return config
+
+
+def wait_for(condition, what: str, timeout: float = 120, every: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.mark.slow
+def test_after_a_hard_kill_a_duplicate_job_fails_on_the_lock_and_the_rerun_resumes_bit_identically(tmp_path):
+    """SIGKILL Snakemake (not its jobs) mid-training: after --unlock, a rerun beside the orphaned train job
+    fails on the run's lock and leaves the orphan's checkpoint alone; once the orphan is gone, a rerun
+    resumes from that checkpoint and ends with exactly the metrics of an uninterrupted run."""
+    import signal
+
+    import pandas as pd
+    import torch
+
+    from backdoor_eval import locks
+    from backdoor_eval.train import METRIC_COLUMNS
+
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(yaml.safe_dump(killed_slice_config()))
+    results = tmp_path / "results" / "killed"
+    run_id = "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0"
+    checkpoint = results / "checkpoints" / run_id / "poison.pt"
+    lock_file = checkpoint.with_name("poison.pt.lock")
+    final = results / "runs" / run_id / "poison" / "final.json"
+    train_log = results / "logs" / "train" / f"{run_id}.log"
+    args = ["--configfile", str(config_file), "--cores", "2", "-p"]
+    started: list[int] = []  # every Snakemake leads its own process group, which its jobs join
+
+    def start(*extra: str, name: str) -> subprocess.Popen:
+        with open(tmp_path / f"{name}.out", "w") as out:
+            proc = subprocess.Popen(
+                [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), *extra],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env(),
+                start_new_session=True,
+            )
+        started.append(proc.pid)
+        return proc
+
+    def finish(*extra: str, name: str, timeout: float = 300) -> tuple[int, str]:
+        proc = start(*extra, name=name)
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        return code, (tmp_path / f"{name}.out").read_text()
+
+    orphan = None
+    try:
+        first = start(*args, name="first")
+        # Mid-training: the phase's checkpoint (written under its lock after every epoch) is past epoch 2.
+        wait_for(
+            lambda: (
+                first.poll() is not None
+                or (checkpoint.exists() and torch.load(checkpoint, weights_only=True)["epoch"] >= 2)
+            ),
+            "a checkpoint after epoch 2",
+        )
+        assert first.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
+        orphan = locks.read_holder(lock_file)["pid"]
+        # Freeze the job mid-training (it keeps its lock) for as long as the test needs it, then kill Snakemake alone.
+        os.kill(orphan, signal.SIGSTOP)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert not final.exists(), "training ended before the kill: raise max_epochs"
+        assert locks.is_held(lock_file)
+        saved = checkpoint.read_bytes()
+
+        # (a) --unlock and rerun beside the orphan: the duplicate train job fails on the lock, touching nothing.
+        code, out = finish("--unlock", *args, name="unlock")
+        assert code == 0, out[-3000:]
+        code, out = finish(*args, name="duplicate")
+        assert code != 0
+        assert "1 training phase(s) are still running in processes this Snakemake did not start" in out, out[-3000:]
+        message = train_log.read_text()
+        assert f"the poison phase of run results/killed/runs/{run_id} is already running in another process" in message
+        assert f"pid {orphan} on host" in message and str(lock_file.relative_to(tmp_path)) in message
+        assert "Wait for that process to finish, or stop it" in message
+        assert checkpoint.read_bytes() == saved and not final.exists()
+        assert locks.read_holder(lock_file)["pid"] == orphan and locks.is_held(lock_file)
+
+        # (b) The orphan is killed; a rerun resumes from its checkpoint and completes.
+        os.kill(orphan, signal.SIGKILL)
+        wait_for(lambda: not locks.is_held(lock_file), "the killed orphan's lock to be released", timeout=30)
+        resumed_after = torch.load(checkpoint, weights_only=True)["epoch"]
+        code, out = finish(*args, name="rerun")
+        assert code == 0, out[-3000:] + train_log.read_text()[-3000:]
+        resumed = json.loads(final.read_text())
+        assert resumed["resumed_from_epoch"] == resumed_after + 1 >= 3
+        assert not checkpoint.exists() and not locks.is_held(lock_file) and locks.read_holder(lock_file) is None
+
+        # The same train command, uninterrupted, into other files: the same metrics, epoch by epoch.
+        command = next(line for line in out.splitlines() if line.startswith("Shell command: backdoor-eval train "))
+        words = shlex.split(command.removeprefix("Shell command: ").split(" > ", 1)[0])
+        reference = tmp_path / "reference"
+        for option, name in (
+            ("--out-model", "model.pt"),
+            ("--out-epochs", "epochs.parquet"),
+            ("--out-final", "final.json"),
+        ):
+            words[words.index(option) + 1] = str(reference / name)
+        words[words.index("--checkpoint") + 1] = str(reference / "poison.pt")
+        done = subprocess.run(
+            [str(BIN / words[0]), *words[1:]], cwd=tmp_path, env=env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        fresh = json.loads((reference / "final.json").read_text())
+        assert fresh["resumed_from_epoch"] is None
+        for metric in METRIC_COLUMNS:
+            assert resumed[metric] == fresh[metric] or (np.isnan(resumed[metric]) and np.isnan(fresh[metric])), metric
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(final.with_name("epochs.parquet")).drop(columns="seconds"),
+            pd.read_parquet(reference / "epochs.parquet").drop(columns="seconds"),
+        )
+        runs = pd.read_parquet(results / "runs.parquet")
+        assert list(runs["run_id"]) == [run_id]
+        assert runs["adversarial_success_rate"].iloc[0] == fresh["adversarial_success_rate"]
+    finally:
+        if orphan is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(orphan, signal.SIGKILL)
+        for group in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_the_workflow_removes_what_killed_writes_left_before_its_first_job(tmp_path):
+    config_file = tmp_path / "slice.yaml"
+    config_file.write_text(yaml.safe_dump(slice_config()))
+    results = tmp_path / "results" / "slice"
+    run = results / "runs" / "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.1/none/seed0" / "poison"
+    run.mkdir(parents=True)
+    (run / ".model.pt.k2x9a_qz.tmp").write_bytes(bytes(300_000))  # a killed torch.save
+    overlay = results / "poison" / "synthetic" / ".poisoned.3hf8s1lk.tmp"  # a killed atomic_dir
+    overlay.mkdir(parents=True)
+    (overlay / "overlay.npz").write_bytes(bytes(200_000))
+    (results / "notes.tmp").write_text("the user's own file")  # no leading dot: not the writers' temporary
+    # The cheapest real run: only the synthetic set's ingest job (a dry run does not run onstart).
+    result = snakemake(
+        "--configfile", str(config_file), "--cores", "1", "results/slice/data/synthetic/store", workdir=tmp_path
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "removed 2 temporary file(s) left by killed jobs (0.5 MB) under results/slice" in output
+    assert output.index("removed 2 temporary file(s)") < output.index("rule ingest:")  # before the first job
+    assert not (run / ".model.pt.k2x9a_qz.tmp").exists() and not overlay.exists()
+    assert (results / "notes.tmp").read_text() == "the user's own file"
+    assert (results / "data" / "synthetic" / "store" / "manifest.json").is_file()

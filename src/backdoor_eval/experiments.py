@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -54,6 +54,7 @@ from backdoor_eval.names import (
     SHARED_SPLIT,
     SPLIT_POLICIES,
     STRATEGIES,
+    check_output_experiment_count,
     experiment_list,
 )
 
@@ -226,7 +227,10 @@ def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
     kind = trigger_kind(config, trigger)
     if kind in TRIGGERS:
         return float(TRIGGERS.get(kind).default_alpha)
-    raise ValueError(f"trigger {trigger!r} has no default alpha; set triggers.{trigger}.alpha in the config")
+    where = f"triggers.{trigger}.kind" if spec.get("kind") else f"triggers.{trigger}"
+    raise ValueError(
+        f"{where}: {kind!r} is not registered in backdoor_eval.triggers.TRIGGERS; registered: {', '.join(TRIGGERS.names())}"
+    )
 
 
 def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
@@ -685,6 +689,7 @@ def _validate_blocks(config: Mapping[str, Any]) -> None:
             raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(OUTPUTS)}")
         if not experiment_list(names):
             raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
+        check_output_experiment_count(output, experiment_list(names), f"outputs.{output}: {names!r}")
     for block in ("table1", "gallery"):
         spec = config.get(block)
         if spec is None:
@@ -729,7 +734,58 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
     from backdoor_eval.train import TrainConfig
 
     for dataset, model in sorted({(run.dataset, run.model) for run in union(expand(config))}):
+        merged = train_params(config, dataset, model)
         try:
-            TrainConfig.from_dict(train_params(config, dataset, model))
+            TrainConfig.from_dict(merged)
         except ValueError as exc:
+            # Name the config key that set the bad value: the first setting that fails on its own.
+            for key in merged:
+                try:
+                    TrainConfig.from_dict({key: merged[key]})
+                except ValueError:
+                    raise ValueError(f"{train_key_path(config, dataset, model, key)}: {exc}") from None
             raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
+
+
+def train_key_path(config: Mapping[str, Any], dataset: str, model: str, key: str) -> str:
+    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last of :func:`train_params`'s layers)."""
+    model_spec = (config.get("models") or {}).get(model) or {}
+    layers = [
+        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset)),
+        (f"models.{model}.train", model_spec.get("train")),
+        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train")),
+    ]
+    return next((f"{path}.{key}" for path, layer in layers if key in (layer or {})), f"train.{key}")
+
+
+def check_poison_counts(config: Mapping[str, Any], class_counts: Mapping[str, Sequence[int]]) -> None:
+    """Every run poisons at least one training image, for the datasets whose class sizes are known.
+
+    ``class_counts`` maps a dataset name to its images per class (in the
+    order of its ``classes``). A run poisons floor(rate x N_t) of its
+    poison-train images of the poison class (docs/decisions.md#poison-sampling),
+    and N_t follows from the class sizes alone (:func:`backdoor_eval.splits.partition_counts`),
+    so a run that would poison none is an error here, before any job, naming
+    the experiment, the values and the lowest rate allowed.
+    """
+    from backdoor_eval.poison import num_poisoned, zero_poison_message
+    from backdoor_eval.splits import partition_counts
+
+    poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
+    for name, runs in expand(config).items():
+        for run in runs:
+            if run.dataset not in poison_train:
+                continue
+            classes = dataset_classes(config, run.dataset)
+            sizes = poison_train[run.dataset]
+            if len(sizes) != len(classes):
+                raise ValueError(
+                    f"datasets.{run.dataset}.classes: {len(classes)} classes declared, but the dataset has "
+                    f"{len(sizes)}; allowed: the dataset's class names in label order"
+                )
+            count = int(sizes[classes.index(run.poison_class)])
+            if num_poisoned(run.poison_rate, count) == 0:
+                raise ValueError(
+                    f"experiments.{name}.poison_rate: dataset {run.dataset}: "
+                    + zero_poison_message(run.poison_rate, count, run.poison_class)
+                )

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +37,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def remove_stale_temporaries(root: str | os.PathLike) -> tuple[int, int]:
+def remove_stale_temporaries(root: str | os.PathLike, keep: Iterable[str | os.PathLike] = ()) -> tuple[int, int]:
     """Delete what killed writes left under ``root``: the ``.<name>.<random>.tmp`` files and folders
-    of :func:`atomic_path`/:func:`atomic_dir`. Returns ``(count, bytes)`` removed.
+    of :func:`atomic_path`/:func:`atomic_dir`, except inside the folders ``keep``. Returns ``(count, bytes)`` removed.
 
-    Only safe while nothing writes under ``root`` (the workflow calls it before its first job;
-    Snakemake's lock keeps a second run out of the folder).
+    Only safe while nothing writes under ``root`` outside ``keep`` (the workflow calls it before its first
+    job, keeping the folders of phases that a process left over from a killed run still holds; Snakemake's
+    lock keeps a second run out of the folder).
     """
     count = size = 0
     root = Path(root)
     if not root.is_dir():
         return 0, 0
+    kept = {Path(folder).resolve() for folder in keep}
     for path in sorted(root.rglob(".*.tmp"), key=lambda p: len(p.parts), reverse=True):
         if not path.exists() or not path.name.startswith("."):
+            continue
+        if kept and not kept.isdisjoint(path.resolve().parents):
             continue
         if path.is_dir() and not path.is_symlink():
             size += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -59,6 +63,23 @@ def remove_stale_temporaries(root: str | os.PathLike) -> tuple[int, int]:
             path.unlink()
         count += 1
     return count, size
+
+
+def check_writable(path: str | os.PathLike, option: str) -> None:
+    """Raise a ``ValueError`` naming ``option`` and ``path`` when ``path`` could not be written: a
+    file stands where one of its folders should be, or the nearest existing folder is not writable.
+
+    Creates nothing: the commands call it on every output before any work, so a phase that
+    cannot write its model fails at once rather than after training.
+    """
+    path = Path(path)
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{option} {path} cannot be written: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} cannot be written: no permission to write in {ancestor}")
 
 
 def _umask() -> int:

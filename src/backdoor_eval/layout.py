@@ -78,9 +78,14 @@ class Layout:
         return f"{folder}/epochs.parquet"
 
     @property
+    def checkpoint_root(self) -> str:
+        """The folder of every run's checkpoints (and the phases' lock files beside them)."""
+        return f"{self.root}/checkpoints"
+
+    @property
     def checkpoints(self) -> str:
         """Resumable training state; deliberately no declared output (it must outlive a failed attempt)."""
-        return f"{self.root}/checkpoints/{RUN_ID_TEMPLATE}"
+        return f"{self.checkpoint_root}/{RUN_ID_TEMPLATE}"
 
     # ------------------------------------------------------------------ report
     @property

@@ -69,3 +69,13 @@ def experiment_list(value: object) -> list[str]:
     if isinstance(value, str):
         return [part.strip() for part in value.split(EXPERIMENT_SEPARATOR) if part.strip()]
     return [str(item) for item in value]  # type: ignore[union-attr]
+
+
+def check_output_experiment_count(output: str, experiments: list[str], where: str) -> None:
+    """Tables 2 and 3 take one or more experiments (each fills the halves it has phases for); every
+    other table and figure exactly one. A ``ValueError`` starting with ``where`` otherwise."""
+    if output in RETRAINING_TABLES:
+        if not experiments:
+            raise ValueError(f"{where}; allowed: one or more experiment names joined by '+' (e.g. 'E1+E2')")
+    elif len(experiments) != 1:
+        raise ValueError(f"{where}; allowed: one experiment name (e.g. 'E3')")

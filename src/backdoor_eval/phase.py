@@ -8,6 +8,14 @@ the per-epoch metrics and ``final.json`` atomically (``final.json`` last, so
 its presence means the phase finished). The CLI only parses arguments into a
 :class:`PhaseJob`.
 
+One process per run phase: :func:`run_phase` holds an exclusive lock
+(:mod:`backdoor_eval.locks`) on :attr:`PhaseJob.lock_file`, beside the
+checkpoint, from before the checkpoint is read until after it is deleted; a
+second process on the same phase (e.g. a rerun beside the orphan of a killed
+Snakemake) fails at once, naming the holder, before it writes or deletes
+anything. The GPU slot (:func:`backdoor_eval.gpus.gpu_slot`) is taken after
+the lock, so such a duplicate never waits for a GPU.
+
 Phases (docs/decisions.md#training): ``poison`` trains the freshly built
 model on poison-train with early stopping; ``clean`` fine-tunes the poison
 phase's kept model (``init_model``) on clean-train for a fixed number of
@@ -16,6 +24,7 @@ epochs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -50,6 +59,7 @@ class PhaseJob:
     checkpoint: Path | None = None  # resumable state, kept outside the declared outputs
     device: str = "auto"
     threads: int | None = None
+    gpu_lock_dir: Path | None = None  # take a GPU slot via lock files here (backdoor_eval.gpus)
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -57,9 +67,43 @@ class PhaseJob:
         if (self.phase == CLEAN_PHASE) != (self.init_model is not None):
             raise ValueError("the clean phase needs the poison phase's model (init_model), and only it")
 
+    @property
+    def lock_file(self) -> Path | None:
+        """The phase's lock, ``<checkpoint>.lock``; none without a checkpoint (nothing shared to
+        protect: the outputs are written atomically, and the workflow always gives a checkpoint)."""
+        if self.checkpoint is None:
+            return None
+        return self.checkpoint.with_name(self.checkpoint.name + ".lock")
 
-def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
-    """Run ``job`` and write its three outputs; return the ``final.json`` document."""
+    @property
+    def run_label(self) -> str:
+        """The run as messages name it: its folder (``.../runs/<run_id>``)."""
+        return str(self.out_final.parent.parent)
+
+
+def run_phase(job: PhaseJob) -> dict[str, Any]:
+    """Run ``job`` and write its three outputs; return the ``final.json`` document.
+
+    Holds the phase's lock throughout (:class:`backdoor_eval.locks.LockHeldError` at once when another
+    process holds it), then a GPU slot when ``job.gpu_lock_dir`` is set.
+    """
+    from backdoor_eval import locks
+
+    held: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if job.lock_file is not None:
+        held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")
+    with held:
+        slot: contextlib.AbstractContextManager = contextlib.nullcontext(None)
+        if job.gpu_lock_dir is not None:
+            from backdoor_eval.gpus import gpu_slot
+
+            slot = gpu_slot(lock_dir=job.gpu_lock_dir)
+        with slot as index:
+            return _run_locked(job, gpu_slot=index)
+
+
+def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
+    """:func:`run_phase` once the phase's lock (and GPU slot, if any) is held."""
     import numpy as np
     import pandas as pd
     import torch
@@ -81,7 +125,8 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     device = engine.pick_device(job.device)
     engine.set_determinism(cfg, device)
 
-    store = open_store(job.store)
+    # The long jobs verify the store's sha256 (cheap against training): an edited labels.npy is named.
+    store = open_store(job.store, verify=True)
     partitions = load_partitions(job.partitions)
     data = load_poisoned(store, partitions, job.poisoned)
     num_classes = len(store.class_names)
@@ -134,7 +179,7 @@ def run_phase(job: PhaseJob, gpu_slot: int | None = None) -> dict[str, Any]:
     try:
         result = runner.run_phase(job.phase, train_set, sets, job.checkpoint, key)
     except engine.DivergedError as exc:
-        raise engine.DivergedError(f"run {job.out_final.parent.parent}: {exc}") from None
+        raise engine.DivergedError(f"run {job.run_label}: {exc}") from None
 
     history = pd.DataFrame(result.history)
     final = final_document(

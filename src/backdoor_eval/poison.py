@@ -66,6 +66,15 @@ def num_poisoned(poison_rate: float, poison_class_count: int) -> int:
     return int(math.floor(check_poison_rate(poison_rate) * int(poison_class_count) + 1e-9))
 
 
+def zero_poison_message(poison_rate: float, poison_class_count: int, class_name: str) -> str:
+    """The error for a run that would poison no training image: the rate, the class size, the lowest rate allowed."""
+    return (
+        f"poison_rate={poison_rate} x {poison_class_count} poison-train images of class {class_name!r} rounds down "
+        f"to 0 poisoned images; allowed: a poison rate of at least {1 / max(poison_class_count, 1):.4g} for this "
+        "class (docs/decisions.md#poison-sampling)"
+    )
+
+
 def source_classes(num_classes: int, poison_class: int, strategy: str, source: int | None) -> list[int]:
     """The source classes K: all but the poison class (many-to-one) or the single source (one-to-one)."""
     check_strategy(strategy)
@@ -259,6 +268,10 @@ def materialize(
             source_index,
             seeding.rng(seed, f"{set_name}/select", *split_keys),
         )
+        if set_name == "poison_train" and drawn_pos.size == 0:
+            raise ValueError(
+                zero_poison_message(poison_rate, int((labels == poison_index).sum()), class_names[poison_index])
+            )
         replaced, drawn = indices[replaced_pos], indices[drawn_pos]
         pixels = _triggered_pixels(
             np.asarray(store.images[drawn]), trigger, seeding.rng(seed, f"{set_name}/trigger", *split_keys)

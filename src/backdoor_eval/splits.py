@@ -124,6 +124,19 @@ def _cheapest_move_path(rounded_up: np.ndarray, remainders: np.ndarray, excess: 
     return reach[ends[0][1]][1] if ends else None
 
 
+def partition_counts(class_sizes: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """Images per class in each partition, for classes of ``class_sizes``: int64 arrays by partition name.
+
+    Depends on the class sizes only (see the module docstring), so the number
+    of images a run poisons is known before any partition is drawn.
+    """
+    set_counts = apportion(class_sizes, SET_WEIGHTS)
+    poison_split = apportion(set_counts[:, 0], TRAIN_VAL_WEIGHTS)
+    clean_split = apportion(set_counts[:, 1], TRAIN_VAL_WEIGHTS)
+    columns = (poison_split[:, 0], poison_split[:, 1], clean_split[:, 0], clean_split[:, 1], set_counts[:, 2])
+    return dict(zip(PARTITIONS, columns))
+
+
 def make_partitions(labels: np.ndarray, seed: int, split_keys: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
     """Partitions of a dataset with ``labels`` (docs/decisions.md#partitions): sorted int64 store indices per part.
 
@@ -141,16 +154,12 @@ def make_partitions(labels: np.ndarray, seed: int, split_keys: tuple[int, ...] =
     rng = seeding.rng(seed, "partitions", *split_keys)
     classes = np.unique(labels)
     members = [np.flatnonzero(labels == c) for c in classes]
-    set_counts = apportion([m.size for m in members], SET_WEIGHTS)
-    poison_split = apportion(set_counts[:, 0], TRAIN_VAL_WEIGHTS)
-    clean_split = apportion(set_counts[:, 1], TRAIN_VAL_WEIGHTS)
+    counts = partition_counts([m.size for m in members])
 
     parts: dict[str, list[np.ndarray]] = {name: [] for name in PARTITIONS}
     for c, indices in enumerate(members):
         shuffled = rng.permutation(indices)
-        n_poison_train, n_poison_val = poison_split[c]
-        n_clean_train, n_clean_val = clean_split[c]
-        bounds = np.cumsum([0, n_poison_train, n_poison_val, n_clean_train, n_clean_val, set_counts[c, 2]])
+        bounds = np.cumsum([0] + [int(counts[name][c]) for name in PARTITIONS])
         for name, start, stop in zip(PARTITIONS, bounds[:-1], bounds[1:]):
             parts[name].append(shuffled[start:stop])
     return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}

@@ -197,6 +197,23 @@ def table1_decimals(frame: pd.DataFrame) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- Tables 2, 3
 
+Experiments = str | Sequence[str] | None  # one experiment, several, or none (that half left out)
+
+
+def retraining_halves(runs: pd.DataFrame, experiments: Sequence[str]) -> tuple[Experiments, Experiments]:
+    """The (``no``, ``yes``) experiments of Tables 2 and 3 for ``experiments`` ("E1+E2+E7").
+
+    Each experiment gives the "No" rows its poison-phase runs and the "Yes"
+    rows its clean-phase runs, whichever of the two it has: "E1+E2" is the
+    paper's (E1 trained, E2 retrained), and an experiment with both phases
+    (``retrain: true``) fills both halves.
+    """
+    _require_columns(runs, ["experiment", "phase"], "runs (expected runs.parquet from `backdoor-eval aggregate`)")
+    phases = runs.groupby("experiment")["phase"].agg(set)
+    no = [name for name in experiments if POISON_PHASE in phases.get(name, set())]
+    yes = [name for name in experiments if CLEAN_PHASE in phases.get(name, set())]
+    return (no or None), (yes or None)
+
 
 def _paper_grid(
     runs: pd.DataFrame,
@@ -207,7 +224,7 @@ def _paper_grid(
 ) -> pd.DataFrame:
     """Rows (Dataset, Split, Retrained?) x columns (Model, Trigger), as Tables 2 and 3.
 
-    ``halves``: (Retrained? label, experiment or None, phase); ``splits``:
+    ``halves``: (Retrained? label, experiment(s) or None, phase); ``splits``:
     (Split label, metric column). Each cell reduces every run of its
     (dataset, model, trigger) with ``statistic``.
     """
@@ -220,7 +237,9 @@ def _paper_grid(
     for retrained, experiment, phase in halves:
         if experiment is None:
             continue
-        part = select_runs(runs, experiment, phase)
+        names = [experiment] if isinstance(experiment, str) else list(experiment)
+        # A run in two of the experiments counts once.
+        part = pd.concat([select_runs(runs, name, phase) for name in names]).drop_duplicates(["run_id", "phase"])
         metrics = [column for _, column in splits]
         _require_columns(part, ["dataset", "model", "trigger", *metrics], f"runs of experiment {experiment!r}")
         grouped = part.groupby(["dataset", "model", "trigger"], sort=False)[metrics].agg(statistic)
@@ -259,20 +278,25 @@ def _paper_grid(
     return wide
 
 
-def table2(runs: pd.DataFrame, no: str | None = "E1", yes: str | None = "E2", statistic: str = "mean") -> pd.DataFrame:
+def table2(
+    runs: pd.DataFrame, no: Experiments = "E1", yes: Experiments = "E2", statistic: str = "mean"
+) -> pd.DataFrame:
     """Table 2: adversarial success rate before (``no``) and after (``yes``) clean retraining.
 
     Rows (Dataset, Split="Adversarial Test", Retrained? No/Yes), columns
     (Model, Trigger) in the paper's order. "No" rows are the ``poison`` phase
-    of experiment ``no``, "Yes" rows the ``clean`` phase of experiment ``yes``;
-    pass ``None`` to leave a half out. Each cell is ``statistic`` ("mean",
-    "std" (ddof=1) or "count" of runs) over poison classes and seeds.
+    of experiment(s) ``no``, "Yes" rows the ``clean`` phase of experiment(s)
+    ``yes`` (a name or a list; a run in several counts once); pass ``None``
+    to leave a half out. Each cell is ``statistic`` ("mean", "std" (ddof=1)
+    or "count" of runs) over poison classes and seeds.
     """
     halves = [("No", no, POISON_PHASE), ("Yes", yes, CLEAN_PHASE)]
     return _paper_grid(runs, halves, [("Adversarial Test", "adversarial_success_rate")], statistic, "table2")
 
 
-def table3(runs: pd.DataFrame, no: str | None = "E1", yes: str | None = "E2", statistic: str = "mean") -> pd.DataFrame:
+def table3(
+    runs: pd.DataFrame, no: Experiments = "E1", yes: Experiments = "E2", statistic: str = "mean"
+) -> pd.DataFrame:
     """Table 3: accuracy before/after clean retraining, as :func:`table2`.
 
     Split "Poisoned" is ``poison_val_accuracy``, "Clean" is ``clean_val_accuracy``.

@@ -12,6 +12,7 @@ from snakemake.logging import logger
 from backdoor_eval import experiments as ex
 from backdoor_eval import names, seeding
 from backdoor_eval.io import remove_stale_temporaries
+from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
@@ -58,6 +59,24 @@ if workflow.is_main_process and config["device"] == "cuda" and not cuda_visible(
     )
 
 
+def known_class_counts():
+    """Images per class of each dataset whose sizes are known before its ingest job (or after it)."""
+    from backdoor_eval.data import known_class_counts
+
+    counts = {}
+    for name, spec in config["datasets"].items():
+        known = known_class_counts(PATHS.store.format(dataset=name), spec["kind"], spec.get("params"))
+        if known is not None:
+            counts[name] = known
+    return counts
+
+
+# A run that would poison no image is a config mistake: an error before any job
+# where the class sizes are known (synthetic, the official CIFAR-10, any ingested
+# store); for a dataset not yet ingested, its poison job fails with the same message.
+if workflow.is_main_process:
+    ex.check_poison_counts(config, known_class_counts())
+
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
     logger.warning(
@@ -81,10 +100,34 @@ wildcard_constraints:
     split=ex.WILDCARD_CONSTRAINTS["split"],
 
 
+def phases_running_elsewhere():
+    """(run_id, phase, holder) of the training phases some process runs now, before any job of ours:
+    the orphans of a killed Snakemake (their phase lock, backdoor_eval.phase.run_phase, is held)."""
+    checkpoints = PATHS.checkpoint_root
+    running = []
+    for lock in held_locks(checkpoints, "*.lock"):
+        run_id = lock.parent.relative_to(checkpoints).as_posix()
+        holder = read_holder(lock) or {}
+        running.append((run_id, lock.name.split(".", 1)[0], f"pid {holder.get('pid')} on {holder.get('host')}"))
+    return running
+
+
 onstart:
     logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
-    # Half-written files of killed jobs (a NASNet checkpoint is hundreds of MB); no job runs yet.
-    removed, size = remove_stale_temporaries(RESULTS)
+    running = phases_running_elsewhere()
+    if running:
+        run_id, phase, holder = running[0]
+        logger.warning(
+            f"{len(running)} training phase(s) are still running in processes this Snakemake did not start "
+            f"(left by a killed run?), e.g. the {phase} phase of {run_id} ({holder}). If scheduled again, their "
+            "jobs fail at once with a lock message; wait for those processes to finish, or kill them, then run "
+            "the workflow again (README.md: When something goes wrong)."
+        )
+    # Half-written files of killed jobs (a NASNet checkpoint is hundreds of MB); no job of ours runs yet,
+    # and the folders of phases still running elsewhere are left alone.
+    busy = [f"{PATHS.checkpoint_root}/{run_id}" for run_id, _, _ in running]
+    busy += [os.path.dirname(PATHS.phase_file(phase, "final", run_id)) for run_id, phase, _ in running]
+    removed, size = remove_stale_temporaries(RESULTS, keep=busy)
     if removed:
         logger.info(
             f"removed {removed} temporary file(s) left by killed jobs ({size / 1e6:.1f} MB) under {RESULTS}"

@@ -3,7 +3,9 @@
 Each area registers its own subcommands (``cli/data.py``, ``cli/attack.py``,
 ``cli/engine.py``, ``cli/report.py``, ``cli/workflow.py``); each handler,
 ``cmd_<command>``, parses its arguments and calls the package, which writes
-every file atomically to the paths the arguments name.
+every file atomically to the paths the arguments name. Before any handler
+runs, ``main`` checks that every output path can be written
+(:func:`check_outputs`), and prints bad input as one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from backdoor_eval.locks import LockHeldError
 
 AREAS = ("data", "attack", "engine", "report", "workflow")
 
@@ -29,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: every file the command is to write (``--out``, ``--out-*``, ``--checkpoint``)
+    can be written, so a bad path fails at once, naming it, and not after a phase has trained."""
+    from backdoor_eval.io import check_writable
+
+    for dest, value in vars(args).items():
+        if value is not None and (dest in ("out", "checkpoint") or dest.startswith("out_")):
+            check_writable(value, "--" + dest.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        check_outputs(args)
         result = args.func(args)
+    except LockHeldError as exc:
+        # The same work runs in another process (e.g. the orphan of a killed Snakemake): who, and what to do.
+        print(f"backdoor-eval {args.command}: error: {exc}", file=sys.stderr)
+        return os.EX_TEMPFAIL  # 75: try again once that process is gone
     except (ValueError, KeyError, FileNotFoundError) as exc:
         # Bad input: one clear line naming the bad value, no traceback.
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

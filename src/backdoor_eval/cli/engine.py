@@ -1,7 +1,8 @@
 """CLI subcommands of the training engine: ``train``, ``retrain``, ``summarize``.
 
 Argument parsing only: ``train``/``retrain`` hand a
-:class:`backdoor_eval.phase.PhaseJob` to :func:`backdoor_eval.phase.run_phase`;
+:class:`backdoor_eval.phase.PhaseJob` to :func:`backdoor_eval.phase.run_phase`
+(which takes the phase's lock, then a GPU slot with ``--gpu-lock-dir``);
 ``summarize`` collects a run's phases into its tidy tables
 (:func:`backdoor_eval.evaluate.summarize`). Every file read or written is
 named on the command line.
@@ -10,7 +11,6 @@ named on the command line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 from pathlib import Path
 
 from backdoor_eval.names import CLEAN_PHASE, POISON_PHASE
@@ -86,14 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         device=args.device,
         threads=args.threads,
+        gpu_lock_dir=args.gpu_lock_dir,
     )
-    slot: contextlib.AbstractContextManager = contextlib.nullcontext(None)
-    if args.gpu_lock_dir is not None:
-        from backdoor_eval.gpus import gpu_slot
-
-        slot = gpu_slot(lock_dir=args.gpu_lock_dir)
-    with slot as index:
-        run_phase(job, gpu_slot=index)
+    run_phase(job)
     return 0
 
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from backdoor_eval.names import FIGURES, RETRAINING_TABLES, TABLES, experiment_list
+from backdoor_eval.names import FIGURES, RETRAINING_TABLES, TABLES, check_output_experiment_count, experiment_list
 
 from .common import json_object, seed_int
 
@@ -89,12 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- argument helpers
 
 
-def parse_experiments(text: str, name: str, count: int) -> list[str]:
-    """``--experiments`` of output ``name``: 1..``count`` experiment names ("E1+E2")."""
+def parse_experiments(text: str, name: str) -> list[str]:
+    """``--experiments`` of output ``name``: experiment names ("E1+E2"), as many as the output takes."""
     experiments = experiment_list(text)
-    if not 1 <= len(experiments) <= count:
-        allowed = '"E1" or "E1+E2"' if count == 2 else '"E1"'
-        raise ValueError(f"--experiments {text!r} for {name}; allowed: {allowed}")
+    check_output_experiment_count(name, experiments, f"--experiments {text!r} for {name}")
     return experiments
 
 
@@ -196,7 +194,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     from backdoor_eval import tables
 
     retraining = args.name in RETRAINING_TABLES
-    experiments = parse_experiments(args.experiments, args.name, 2 if retraining else 1)
+    experiments = parse_experiments(args.experiments, args.name)
     wants_counts = args.out_counts_csv is not None or args.out_counts_md is not None
     if wants_counts and not (retraining and args.out_counts_csv and args.out_counts_md):
         raise ValueError(
@@ -207,7 +205,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     build = getattr(tables, args.name)
     note = tables.TABLE_NOTES[args.name] + " " + _built_from(experiments)
     if retraining:
-        no, yes = experiments[0], (experiments[1] if len(experiments) > 1 else None)
+        no, yes = tables.retraining_halves(runs, experiments)
         frame = build(runs, no=no, yes=yes)
         if wants_counts:
             tables.write_table(
@@ -256,7 +254,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
     """One of Figs. 4-7 from the kept-epoch metrics of its experiment's runs."""
     from backdoor_eval import figures
 
-    (experiment,) = parse_experiments(args.experiments, args.name, 1)
+    (experiment,) = parse_experiments(args.experiments, args.name)
     runs = _read_parquet(args.runs, "runs file")
     _require_experiments(runs, [experiment], args.runs)
     builders = {

@@ -16,7 +16,8 @@ training) reads the store, never the original archive. The datasets
 Modules:
 
 - ``factory``: the registry ``DATASETS`` and ``create_dataset``;
-- ``store``: ``RawDataset``, ``Store``, ``ingest``, ``open_store``, ``describe``;
+- ``store``: ``RawDataset``, ``Store``, ``ingest``, ``open_store``, ``describe``,
+  ``known_class_counts`` (class sizes before ingest, for the dry run's checks);
 - ``download``: ``download`` into a cache and md5 checks;
 - ``decode``: the parallel image decoding pool (``decode_images``);
 - ``readers``: one module per registered dataset.
@@ -30,7 +31,7 @@ from .decode import decode_images
 from .download import DEFAULT_CACHE_DIR, check_md5, download
 from .factory import DATASETS, create_dataset
 from .readers import Cifar10, Flowers, ImageFolder, Synthetic, make_synthetic
-from .store import STORE_FORMAT_VERSION, RawDataset, Store, describe, ingest, open_store
+from .store import STORE_FORMAT_VERSION, RawDataset, Store, describe, ingest, known_class_counts, open_store
 
 __all__ = [
     "DATASETS",
@@ -38,6 +39,7 @@ __all__ = [
     "Store",
     "ingest",
     "open_store",
+    "known_class_counts",
     "create_dataset",
     "decode_images",
     "make_synthetic",

@@ -142,11 +142,38 @@ def ingest(name: str, params: dict[str, Any] | None, out_dir: str | os.PathLike,
     return open_store(out_dir)
 
 
+def known_class_counts(store_dir: str | os.PathLike, name: str, params: dict[str, Any] | None) -> list[int] | None:
+    """Images per class of dataset ``name`` with ``params``, if known without ingesting it; else ``None``.
+
+    From the store's manifest when ``store_dir`` holds the same dataset with
+    the same parameters, else from the reader when its parameters settle it
+    (``synthetic``, the official CIFAR-10 archive). Reads no image.
+    """
+    manifest_path = Path(store_dir) / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            manifest = read_json(manifest_path, "store manifest", rebuild_hint("ingest"))
+        except ValueError:
+            manifest = None  # a corrupt manifest is named by the ingest or the job that reads it
+        if (
+            isinstance(manifest, dict)
+            and manifest.get("dataset") == name
+            and all(manifest.get("params", {}).get(key) == value for key, value in (params or {}).items())
+            and isinstance(manifest.get("class_counts"), list)
+        ):
+            return [int(count) for count in manifest["class_counts"]]
+    counts = getattr(create_dataset(name, params), "known_class_counts", None)
+    return None if counts is None else counts()
+
+
 def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
     """Open the store in ``path``; ``images`` is a read-only memmap.
 
     Checks that the three files exist and agree with each other; with
-    ``verify=True`` also recomputes the sha256 of both arrays.
+    ``verify=True`` also recomputes the sha256 of both arrays, so an edited
+    ``labels.npy`` of the right shape is found (the train and retrain jobs
+    verify: about 0.7 s for a store of the Flowers size, 4,317 images of
+    224 x 224, against minutes to hours of training).
     """
     root = Path(path)
     missing = [n for n in ("images.npy", "labels.npy", "manifest.json") if not (root / n).is_file()]
@@ -181,7 +208,7 @@ def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
                     f"sha256 of {name}.npy is {actual}, manifest says {manifest.get('sha256', {}).get(name)}"
                 )
     if problems:
-        raise ValueError(f"store {root} is inconsistent: " + "; ".join(problems))
+        raise ValueError(f"store {root} is inconsistent: " + "; ".join(problems) + f"; {rebuild_hint('ingest')}")
     return Store(root=root, images=images, labels=labels, class_names=class_names, manifest=manifest)
 
 

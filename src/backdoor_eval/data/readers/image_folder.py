@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -295,6 +296,12 @@ def list_zip(archive: zipfile.ZipFile, where: Path):
             continue
         if info.is_dir():
             dirs.append(parts)
+        elif stat.S_ISLNK(info.external_attr >> 16):  # Unix mode in the high 16 bits; the data is the link target
+            target = archive.read(info).decode("utf-8", "replace")
+            raise ValueError(
+                f"entry {info.filename!r} in {str(where)!r} is a symbolic link (to {target!r}), which a zip cannot "
+                "resolve; allowed: regular image files (zip the folder again without --symlinks / -y)"
+            )
         else:
             files.append(parts)
             names[parts] = info.filename

@@ -71,6 +71,10 @@ class Synthetic:
             "min_contrast": float(min_contrast),
         }
 
+    def known_class_counts(self) -> list[int]:
+        """Images per class, known from the parameters alone (checked before any job)."""
+        return [self.params["per_class"]] * self.params["num_classes"]
+
     def generate(self) -> tuple[np.ndarray, np.ndarray]:
         """The pixels (uint8 ``(N, size, size, 3)``) and labels, sorted by class."""
         return _generate(**self.params)
