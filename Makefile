@@ -39,10 +39,12 @@ clean-results:
 	rm -rf results/quickstart
 
 # Copy a finished config's tables and PNG figures under docs/results/<name>/
-# (what docs/results.md shows), e.g. `make publish-results NAME=real-cifar10`.
+# with its runs.parquet (what docs/results.md shows and quotes), e.g.
+# `make publish-results NAME=real-cifar10`.
 publish-results:
 	@test -n "$(NAME)" || { echo "usage: make publish-results NAME=<config name, a folder under results/>"; exit 2; }
 	@test -f results/$(NAME)/runs.parquet || { echo "results/$(NAME)/runs.parquet is missing: run that config's workflow to the end first"; exit 2; }
 	mkdir -p docs/results/$(NAME)/tables docs/results/$(NAME)/figures
 	cp results/$(NAME)/tables/*.md results/$(NAME)/tables/*.csv docs/results/$(NAME)/tables/
 	cp results/$(NAME)/figures/*.png docs/results/$(NAME)/figures/
+	cp results/$(NAME)/runs.parquet docs/results/$(NAME)/
