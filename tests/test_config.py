@@ -152,6 +152,19 @@ def test_show_config_prints_the_config_with_its_defaults(capsys):
     assert shown == cfg.load_config(REPO / "config" / "quickstart.yaml")
 
 
+def test_keys_of_other_types_are_named():
+    """YAML reads `1:`, `null:` and `true:` as keys that do not sort with text (this was a TypeError)."""
+    config = raw("quickstart.yaml")
+    config["resources"].update({1: {}, "zz": {}})
+    with pytest.raises(ValueError, match=r"^resources\.1: unknown key; allowed: retrain, train$"):
+        cfg.prepare_config(config, check_registries=False)
+    config = raw("quickstart.yaml")
+    config["models"][None] = {"arch": 5}
+    config["models"]["small_cnn"]["arch"] = 5
+    with pytest.raises(ValueError, match=r"^models: None is not valid; allowed: string$"):
+        cfg.prepare_config(config, check_registries=False)
+
+
 def test_show_config_names_a_bad_key_in_one_line(tmp_path, capsys):
     from backdoor_eval.cli import main
 

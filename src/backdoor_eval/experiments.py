@@ -584,7 +584,7 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
         prefix = f"experiments.{name}"
         if not isinstance(spec, Mapping):
             raise ValueError(f"{prefix}: {spec!r} is not a mapping of factors")
-        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS))
+        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS), key=str)
         if unknown:
             raise ValueError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}")
         for factor in REQUIRED_FACTORS:
