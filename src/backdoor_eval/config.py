@@ -95,6 +95,11 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     experiments.validate(config, check_registries=check_registries)
     if explicit_outputs:
         experiments.check_output_experiments(config)
+    else:
+        # Only the defaults this config makes, so that the completed config
+        # (`backdoor-eval show-config`) loads again: written, they must exist.
+        made = experiments.outputs(config)
+        config["outputs"] = {output: value for output, value in config["outputs"].items() if output in made}
     return config
 
 
