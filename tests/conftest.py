@@ -1,4 +1,4 @@
-"""Shared fixtures: where the real datasets are (skipping when they are not), and a small LV fit."""
+"""Shared fixtures: where the real datasets are (skipping when they are not), a small LV fit; Hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from backdoor_eval.lv_fit import fit_low_variance
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(os.environ.get("BACKDOOR_EVAL_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+
+# Property-based tests (tests/test_properties_*.py). No deadline: the tests share the machine with
+# other work, and a slow example is not a failure. `ci` (active when the CI variable is set) is
+# Hypothesis's own: derandomized, no example database. `pytest --hypothesis-profile=thorough` hunts longer.
+settings.register_profile("default", settings.get_profile("default"), max_examples=100, deadline=None)
+settings.register_profile("ci", settings.get_profile("ci"), max_examples=100, deadline=None)
+settings.register_profile("thorough", settings.get_profile("default"), max_examples=2000)
 
 
 def shared_dataset(name: str) -> Path:

@@ -188,6 +188,35 @@ def test_show_config_prints_the_config_with_its_defaults(capsys):
     assert shown == cfg.load_config(REPO / "config" / "quickstart.yaml")
 
 
+def test_a_completed_config_loads_again(tmp_path, capsys):
+    """show-config of a config without `outputs:` and some paper experiments loads again (it used to
+    print every default output, which, written, must name experiments that exist)."""
+    from backdoor_eval.cli import main
+
+    config = raw("quickstart.yaml")
+    del config["outputs"], config["experiments"]["E3"], config["experiments"]["E4"]
+    path = tmp_path / "partial.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["show-config", "--config", str(path)]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["outputs"] == {"table2": "E1+E2", "table3": "E1+E2", "table4": "E6", "table5": "E6", "fig7": "E5"}
+    path.write_text(yaml.safe_dump(shown))
+    assert cfg.load_config(path) == shown
+
+
+def test_keys_of_other_types_are_named():
+    """YAML reads `1:`, `null:` and `true:` as keys that do not sort with text (this was a TypeError)."""
+    config = raw("quickstart.yaml")
+    config["resources"].update({1: {}, "zz": {}})
+    with pytest.raises(ValueError, match=r"^resources\.1: unknown key; allowed: retrain, train$"):
+        cfg.prepare_config(config, check_registries=False)
+    config = raw("quickstart.yaml")
+    config["models"][None] = {"arch": 5}
+    config["models"]["small_cnn"]["arch"] = 5
+    with pytest.raises(ValueError, match=r"^models: None is not valid; allowed: string$"):
+        cfg.prepare_config(config, check_registries=False)
+
+
 def test_show_config_names_a_bad_key_in_one_line(tmp_path, capsys):
     from backdoor_eval.cli import main
 

@@ -173,6 +173,15 @@ def test_per_dataset_mapping_and_seed_range():
     ]
 
 
+def test_a_per_dataset_seed_range():
+    config = tiny_config(
+        dataset=["flowers", "cifar10"], poison_class="all", seed={"flowers": {"range": [1, 3]}, "cifar10": 0}
+    )
+    ex.validate(config)
+    runs = ex.expand(config)["E"]
+    assert sorted({(r.dataset, r.seed) for r in runs}) == [("cifar10", 0), ("flowers", 1), ("flowers", 2)]
+
+
 def test_one_to_one_others_and_many_to_one_ignores_source():
     runs = ex.expand(
         tiny_config(dataset="cifar10", poison_class="truck", strategy=["many-to-one", "one-to-one"], source="others")
@@ -280,6 +289,16 @@ def test_from_run_id_rejects_other_paths():
         ({"seed": [0, -1]}, r"^experiments\.E\.seed\[1\]: -1 is not a seed"),
         ({"poison_rates": 0.1}, r"^experiments\.E\.poison_rates: unknown key"),
         ({"phases": ["clean"]}, r"^experiments\.E\.phases: 'clean' needs retrain: true$"),
+        # Per-dataset values escape the schema's checks of the factor's forms (were TypeError, KeyError).
+        (
+            {"model": {"flowers": [["m"]]}},
+            r"^experiments\.E\.model\.flowers\[0\]: \['m'\] is not a single value; allowed: a value or a list",
+        ),
+        ({"poison_rate": {"flowers": {"low": 0.1}}}, r"^experiments\.E\.poison_rate\.flowers: \{'low': 0\.1\} is not"),
+        ({"seed": {"flowers": {"start": 1}}}, r"^experiments\.E\.seed\.flowers: \{'start': 1\} is not a seed range"),
+        ({"seed": {"flowers": {"range": "2"}}}, r"^experiments\.E\.seed\.flowers: \{'range': '2'\} is not a seed"),
+        # An empty range would leave the experiment without runs.
+        ({"seed": {"range": [3, 3]}}, r"^experiments\.E\.seed: \{'range': \[3, 3\]\} is not a seed range; allowed:"),
     ],
     ids=[
         "trigger-undeclared",

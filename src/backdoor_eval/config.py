@@ -95,13 +95,18 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     experiments.validate(config, check_registries=check_registries)
     if explicit_outputs:
         experiments.check_output_experiments(config)
+    else:
+        # Only the defaults this config makes, so that the completed config
+        # (`backdoor-eval show-config`) loads again: written, they must exist.
+        made = experiments.outputs(config)
+        config["outputs"] = {output: value for output, value in config["outputs"].items() if output in made}
     return config
 
 
 def validate_schema(config: MutableMapping[str, Any]) -> None:
     """Check ``config`` against the schema and fill in its defaults (in place)."""
     validator = _defaults_filling_validator()(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda error: list(error.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=lambda error: _path_order(error.absolute_path))
     if errors:
         raise ValueError(describe_schema_error(_most_specific(errors[0])))
 
@@ -115,7 +120,7 @@ def describe_schema_error(error: Any) -> str:
         return f"{_join(key, missing) if key != '(top level)' else missing}: required key is missing"
     if error.validator == "additionalProperties":
         allowed = sorted((error.schema.get("properties") or {}).keys())
-        extra = sorted(set(value) - set(allowed)) if isinstance(value, Mapping) else []
+        extra = sorted(set(value) - set(allowed), key=str) if isinstance(value, Mapping) else []
         name = extra[0] if extra else "?"
         return f"{_join(key, name)}: unknown key; allowed: {', '.join(allowed) or '(none)'}"
     if error.validator == "minItems" and isinstance(value, list) and not value:
@@ -154,6 +159,11 @@ def _allowed(error: Any) -> str:
         described = error.schema.get("description")
         return f"allowed: {described}" if described else "allowed: see the schema's description of this key"
     return error.message
+
+
+def _path_order(path: Iterator[Any]) -> list[tuple[int, int, str]]:
+    """Sort key of an error's path: list indices in order, keys by text (YAML keys may be 1, null, true)."""
+    return [(0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in path]
 
 
 def _key_path(path: Iterator[Any]) -> str:

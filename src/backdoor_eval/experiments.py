@@ -339,12 +339,25 @@ def _is_per_dataset(factor: str, value: Any) -> bool:
     return isinstance(value, Mapping) and not (factor == "seed" and "range" in value)
 
 
-def _seeds(value: Any) -> list[Any]:
-    if isinstance(value, Mapping):
-        bounds = value["range"]
-        start, stop = (0, bounds) if not isinstance(bounds, (list, tuple)) else tuple(bounds)
-        return list(range(int(start), int(stop)))
-    return _as_list(value)
+def _seeds(value: Mapping[str, Any], path: str) -> list[int]:
+    """The seeds of ``{range: N}`` (0..N-1) or ``{range: [start, stop]}``; an empty range is an error.
+
+    Checked here as well as in the schema: a per-dataset value escapes the schema's checks.
+    """
+    bounds = value.get("range")
+    pair = list(bounds) if isinstance(bounds, (list, tuple)) else [0, bounds]
+    if (
+        set(value) != {"range"}
+        or len(pair) != 2
+        or not all(isinstance(bound, int) and not isinstance(bound, bool) for bound in pair)
+        or not 0 <= pair[0] < pair[1]
+    ):
+        raise _PathError(
+            path,
+            f"{dict(value)!r} is not a seed range; allowed: {{range: N}} (seeds 0..N-1, N >= 1) "
+            "or {range: [start, stop]} (seeds start..stop-1, 0 <= start < stop)",
+        )
+    return list(range(pair[0], pair[1]))
 
 
 def _values(spec: Mapping[str, Any], factor: str, dataset: str) -> list[tuple[str, Any]]:
@@ -358,12 +371,18 @@ def _values(spec: Mapping[str, Any], factor: str, dataset: str) -> list[tuple[st
             )
         value, path = value[dataset], f"{factor}.{dataset}"
     if factor == "seed" and isinstance(value, Mapping):
-        return [(path, seed) for seed in _seeds(value)]
+        return [(path, seed) for seed in _seeds(value, path)]
     if isinstance(value, (list, tuple)):
         if not value:
             raise _PathError(path, "is an empty list; give at least one value")
-        return [(f"{path}[{i}]", item) for i, item in enumerate(value)]
-    return [(path, value)]
+        values = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        values = [(path, value)]
+    for item_path, item in values:
+        # A per-dataset value escapes the schema's checks of the factor's forms.
+        if isinstance(item, (Mapping, list, tuple)):
+            raise _PathError(item_path, f"{item!r} is not a single value; allowed: a value or a list of values")
+    return values
 
 
 class _PathError(ValueError):
@@ -588,7 +607,7 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
         prefix = f"experiments.{name}"
         if not isinstance(spec, Mapping):
             raise ValueError(f"{prefix}: {spec!r} is not a mapping of factors")
-        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS))
+        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS), key=str)
         if unknown:
             raise ValueError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}")
         for factor in REQUIRED_FACTORS:
