@@ -99,6 +99,7 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
             lambda c: c["gallery"].update(seed=-1),
             r"^gallery\.seed: -1 is not valid; less than the minimum of 0$",
         ),
+        (lambda c: c.update(spilt="shared"), r"^spilt: unknown key; allowed: datasets, device, experiments, "),
     ],
     ids=[
         "retrain-not-boolean",
@@ -112,6 +113,7 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
         "name-with-space",
         "name-with-path",
         "gallery-seed-negative",
+        "top-level-unknown-key",
     ],
 )
 def test_schema_errors_name_the_key_and_what_is_allowed(change, message):

@@ -315,6 +315,11 @@ def test_from_run_id_rejects_other_paths():
         "seed-negative",
         "unknown-key",
         "clean-phase-without-retrain",
+        "per-dataset-nested-list",
+        "per-dataset-mapping-value",
+        "per-dataset-seed-without-range",
+        "per-dataset-seed-range-text",
+        "seed-range-empty",
     ],
 )
 def test_validation_names_the_config_key(experiment, message):

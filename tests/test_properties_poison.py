@@ -195,8 +195,9 @@ def test_poisoned_sets_relabel_exactly_the_drawn_images_and_keep_every_other(
         out = Path(tmp) / "overlay"
         try:
             manifest = materialize(store, parts, trigger, poison_class, rate, strategy, source, seed, out, split_keys)
-        except ValueError as exc:  # too few source images for the rate: named, nothing written
-            assert "allowed: a lower poison rate" in str(exc) and not out.exists()
+        except ValueError as exc:  # too few source images, or none poisoned at this rate: named, nothing written
+            assert "allowed: a lower poison rate" in str(exc) or "rounds down to 0 poisoned images" in str(exc)
+            assert not out.exists()
             return
         with np.load(out / OVERLAY_FILE) as npz:
             overlay = {key: npz[key] for key in npz.files}
