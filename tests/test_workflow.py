@@ -63,7 +63,23 @@ def expected_counts(config: dict) -> dict[str, int]:
         gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
         partitions.add(gallery)
         lv_fits.add(gallery)
+    ingested = {r.dataset for r in runs} | {config[b]["dataset"] for b in ("table1", "gallery") if config.get(b)}
+    # fetched first (local rules): each pretrained architecture's hub weights or weights URL (not a local
+    # file), and each dataset archive that a reader would download (cifar10 by its url, others with a url)
+    weights = {
+        (spec.get("arch"), spec.get("weights"))
+        for spec in (config["models"][m] for m in {r.model for r in runs})
+        if spec.get("pretrained") and (spec.get("weights") is None or str(spec["weights"]).startswith("http"))
+    }
+    archives = set()
+    for spec in (config["datasets"][d] for d in ingested):
+        params = spec.get("params") or {}
+        url = params.get("url", "https://x/cifar-10-python.tar.gz" if spec["kind"] == "cifar10" else None)
+        if url and not params.get("path"):
+            archives.add((params.get("cache_dir", "resources/downloads"), url.rsplit("/", 1)[1]))
     counts = {
+        "fetch_weights": len(weights),
+        "fetch_dataset": len(archives),
         "ingest": len({r.dataset for r in runs} | ({config["table1"]["dataset"]} if config.get("table1") else set())),
         "partition": len(partitions),
         "fit_lv": len(lv_fits),
@@ -87,6 +103,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     for block, rule in (("table1", "table1"), ("gallery", "gallery")):
         if config.get(block):
             counts[rule] = 1
+    counts = {rule: count for rule, count in counts.items() if count}  # the dry run lists rules with jobs
     counts["total"] = sum(counts.values())
     return counts
 
@@ -112,6 +129,8 @@ def test_paper_dry_run_job_counts(tmp_path):
     assert (counts["train"], counts["summarize"], counts["retrain"]) == (922, 922, 600)
     # A split per run (the paper's): each run its own partitions and poisoned set; every lv run its own fit.
     assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (922, 923, 265, 2)
+    # Fetched first on the submitting node: the three models' ImageNet weights and the CIFAR-10 archive.
+    assert (counts["fetch_weights"], counts["fetch_dataset"], counts["total"]) == (3, 1, 4573)
 
 
 @pytest.mark.slow

@@ -89,6 +89,12 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
     """
     from backdoor_eval import locks
 
+    weights = job.model_params.get("weights")
+    if job.phase == POISON_PHASE and job.model_params.get("pretrained") and weights is not None:
+        from backdoor_eval.models.weights import check_weights_file
+
+        # before the lock, the GPU slot and the data: a missing weights file is named at once
+        check_weights_file(weights, repr(job.model))
     held: contextlib.AbstractContextManager = contextlib.nullcontext()
     if job.lock_file is not None:
         held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")

@@ -3,6 +3,7 @@
 # onto wildcards, input functions (get_*) and command-line arguments.
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -10,15 +11,22 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
-from backdoor_eval import names, seeding
+from backdoor_eval import names, offline, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 
+# Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
+# the fetch rules (fetch.smk), which run first on the submitting node, alone turn the network back
+# on (docs/workflow.md#offline-compute-nodes). Set in the shell prefix rather than in each rule's
+# command, whose change would make Snakemake rerun the jobs that finished before. Bash's strict
+# mode, Snakemake's default prefix, is kept.
+SHELL_PREFIX = "set -euo pipefail; export " + " ".join(f"{k}={v}" for k, v in offline.OFFLINE_ENV.items()) + "; "
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
 if shutil.which("backdoor-eval") is None:
-    shell.prefix(f"PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
+    SHELL_PREFIX += f"PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(SHELL_PREFIX)
 
 RESULTS = f"results/{config['name']}"
 PATHS = Layout(RESULTS)
@@ -31,6 +39,17 @@ STRATEGY_TABLES = [name for name in names.STRATEGY_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
 POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
+INGESTED_DATASETS = {run.dataset for run in RUNS} | {
+    config[block]["dataset"] for block in ("table1", "gallery") if config.get(block)
+}
+# What the fetch rules download before any compute job (backdoor_eval.offline): each model's
+# (weights file, fetch or None) and each dataset's archive.
+MODEL_WEIGHTS = {model: offline.model_weights(config, model) for model in sorted({run.model for run in RUNS})}
+WEIGHTS_TO_FETCH = offline.weights_to_fetch(config, MODEL_WEIGHTS)
+ARCHIVE_OF = offline.archives_to_fetch(config, INGESTED_DATASETS)
+ARCHIVE_DATASET = {}  # archive -> the (first) dataset that reads it
+for _dataset, _archive in sorted(ARCHIVE_OF.items()):
+    ARCHIVE_DATASET.setdefault(_archive, _dataset)
 
 
 def poison_phases_to_train_again():
@@ -157,6 +176,12 @@ def one_of(names):
     return "|".join(names) if names else "(?!)"
 
 
+def exactly(strings):
+    """A wildcard constraint matching exactly ``strings`` (file paths: escaped)."""
+    strings = sorted(strings)
+    return "|".join(map(re.escape, strings)) if strings else "(?!)"
+
+
 def model_file(path):
     """Model weights are big (ResNet-50 ~95 MB, NASNet-A Large ~350 MB): temporary unless keep_models."""
     return path if config["keep_models"] else temp(path)
@@ -175,7 +200,30 @@ def benchmark_of(rule_name, pattern):
     return PATHS.benchmark(rule_name, pattern)
 
 
+# ---------------------------------------------------------------- fetch
+
+
+def get_fetch_weights_options(wildcards):
+    """`backdoor-eval fetch-weights` arguments of one weights file: the model and, for a URL, the source."""
+    fetch = WEIGHTS_TO_FETCH[f"{offline.WEIGHTS_DIR}/{wildcards.weights}"]
+    return shlex.join(["--model", fetch.arch] + (["--source", fetch.source] if fetch.source else []))
+
+
+def get_fetched_dataset_kind(wildcards):
+    return config["datasets"][ARCHIVE_DATASET[wildcards.archive]]["kind"]
+
+
+def get_fetched_dataset_params(wildcards):
+    return as_json(config["datasets"][ARCHIVE_DATASET[wildcards.archive]].get("params") or {})
+
+
 # ---------------------------------------------------------------- data
+
+
+def get_ingest_input(wildcards):
+    """The archive fetch_dataset downloaded, for a dataset whose reader downloads one; else nothing."""
+    archive = ARCHIVE_OF.get(wildcards.dataset)
+    return {"archive": archive} if archive else {}
 
 
 def get_dataset_kind(wildcards):
@@ -241,6 +289,13 @@ def get_run_data(wildcards):
     }
 
 
+def get_model_weights(wildcards):
+    """The pretrained weights file a run's model starts from (fetched, or the config's local file); none
+    when it is not pretrained. An input of train: Snakemake names it when it is missing."""
+    weights, _ = MODEL_WEIGHTS[wildcards.model]
+    return {"weights": weights} if weights else {}
+
+
 def get_train_options(wildcards):
     """Model, regularizer and training arguments of `backdoor-eval train/retrain`, shell-quoted.
 
@@ -248,6 +303,9 @@ def get_train_options(wildcards):
     function once per job, which is most of a dry run's time on the paper grid.
     """
     arch, model_params = ex.model_spec(config, wildcards.model)
+    weights, fetch = MODEL_WEIGHTS[wildcards.model]
+    if fetch is not None:
+        model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
     options = [
         "--model",
         arch,

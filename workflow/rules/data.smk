@@ -7,7 +7,10 @@ localrules:
 
 
 rule ingest:
-    # Runs on the head node: it may download the official archive.
+    # Runs on the submitting node: it reads a whole archive (fetched by fetch_dataset when it
+    # has a url) once. Offline like every job but the fetch rules.
+    input:
+        unpack(get_ingest_input),
     output:
         store=directory(PATHS.store),
     log:

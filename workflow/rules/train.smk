@@ -11,6 +11,7 @@ localrules:
 rule train:
     input:
         unpack(get_run_data),
+        unpack(get_model_weights),
     output:
         model=model_file(PATHS.phase_file(POISON_PHASE, "model")),
         epochs=PATHS.phase_file(POISON_PHASE, "epochs"),

@@ -15,10 +15,11 @@ training) reads the store, never the original archive. The datasets
 
 Modules:
 
-- ``factory``: the registry ``DATASETS`` and ``create_dataset``;
+- ``factory``: the registry ``DATASETS``, ``create_dataset``, and ``remote_archive`` /
+  ``fetch_archive`` (the archive a reader downloads, fetched by the workflow's ``fetch_dataset`` rule);
 - ``store``: ``RawDataset``, ``Store``, ``ingest``, ``open_store``, ``describe``,
   ``known_class_counts`` (class sizes before ingest, for the dry run's checks);
-- ``download``: ``download`` into a cache and md5 checks;
+- ``download``: ``download`` into a cache (nothing with downloads off), ``RemoteArchive`` and md5 checks;
 - ``decode``: the parallel image decoding pool (``decode_images``);
 - ``readers``: one module per registered dataset.
 
@@ -28,8 +29,8 @@ The names below are the package's public API; import them from here.
 from __future__ import annotations
 
 from .decode import decode_images
-from .download import DEFAULT_CACHE_DIR, check_md5, download
-from .factory import DATASETS, create_dataset
+from .download import DEFAULT_CACHE_DIR, RemoteArchive, check_md5, download
+from .factory import DATASETS, create_dataset, fetch_archive, remote_archive
 from .readers import Cifar10, Flowers, ImageFolder, Synthetic, make_synthetic
 from .store import STORE_FORMAT_VERSION, RawDataset, Store, describe, ingest, known_class_counts, open_store
 
@@ -41,6 +42,9 @@ __all__ = [
     "open_store",
     "known_class_counts",
     "create_dataset",
+    "remote_archive",
+    "fetch_archive",
+    "RemoteArchive",
     "decode_images",
     "make_synthetic",
     "check_md5",

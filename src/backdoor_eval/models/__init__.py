@@ -10,7 +10,8 @@ regularizers of section 2.3 (eqs. 1-6) act on, ``head`` (g with ``head(h) == log
 One concern per module, as in timm:
 
 - ``classifier``: the :class:`Classifier` contract and its input-size handling;
-- ``registry``: the ``MODELS`` registry; ``factory``: :func:`create_model`;
+- ``registry``: the ``MODELS`` registry; ``factory``: :func:`create_model`, and :func:`fetch_weights`
+  (a model's pretrained backbone as a local file: the workflow's ``fetch_weights`` rule);
 - ``weights``: pretrained weights (local file, URL, hub, offline detection,
   :class:`WeightsUnavailableError`), through public timm/torch.hub/huggingface_hub APIs only;
 - ``timm_models``: ``resnet50``, ``resnet18``, ``nasnet_large`` and ``timm:<any timm name>``;
@@ -31,7 +32,7 @@ Any timm architecture is also reachable as ``create_model("timm:<name>", ...)``.
 from __future__ import annotations
 
 from .classifier import Classifier
-from .factory import create_model
+from .factory import create_model, fetch_weights
 
 # the architecture modules: importing them registers their builders in MODELS
 from .nasnet_mobile import CADENE_NASNET_MOBILE_URL, NASNetAMobile, convert_cadene_nasnet_mobile_state_dict
@@ -45,6 +46,7 @@ __all__ = [
     "Classifier",
     "WeightsUnavailableError",
     "create_model",
+    "fetch_weights",
     "timm_classifier",
     "SmallCNN",
     "NASNetAMobile",

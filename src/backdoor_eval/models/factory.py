@@ -8,8 +8,9 @@ from typing import Any
 from .classifier import Classifier, as_input_size
 from .registry import MODELS
 from .timm_models import TIMM_PREFIX, any_timm_classifier
+from .weights import save_backbone_weights
 
-__all__ = ["create_model"]
+__all__ = ["create_model", "fetch_weights"]
 
 
 def create_model(
@@ -62,3 +63,22 @@ def create_model(
     model.model_name = name
     model.model_params = params
     return model
+
+
+def fetch_weights(name: str, out: str | os.PathLike, source: str | os.PathLike | None = None) -> int:
+    """Write model ``name``'s pretrained backbone weights to ``out`` (safetensors, classifier left out).
+
+    ``source`` ``None``: the model's hub weights (the Hugging Face or torch-hub cache, else downloaded);
+    else a local file or URL of a checkpoint ``create_model(..., weights=source)`` accepts (timm layout,
+    a saved ``Classifier``, Cadene's NASNet-A Mobile), checked to fit. The file loads back with
+    ``create_model(name, ..., pretrained=True, weights=out)`` and never needs the network: what the
+    workflow's ``fetch_weights`` rule runs on the submitting node. Returns the number of tensors written.
+    """
+    if not str(out).endswith(".safetensors"):  # before any download
+        raise ValueError(f"weights file {out} must end in .safetensors (it is read by its extension)")
+    model = create_model(name, num_classes=1, pretrained=True, weights=source)
+    backbone = model.backbone
+    if source is None:
+        cfg = getattr(backbone, "pretrained_cfg", None) or {}
+        source = cfg.get("hf_hub_id") or cfg.get("url") or "hub"
+    return save_backbone_weights(backbone, out, model=name, source=str(source))

@@ -11,7 +11,7 @@ import numpy as np
 
 from backdoor_eval.hashing import file_digest
 
-from ..download import DEFAULT_CACHE_DIR, check_md5, check_md5_param, download
+from ..download import DEFAULT_CACHE_DIR, RemoteArchive, archive_path, check_md5, check_md5_param, download
 from ..factory import DATASETS
 from ..store import RawDataset
 
@@ -70,6 +70,12 @@ class Cifar10:
             "md5": self.md5,
             "cache_dir": str(cache_dir),
         }
+
+    def remote_archive(self) -> RemoteArchive | None:
+        """The archive :meth:`load` downloads (``None`` with a local ``path``), for the workflow's fetch rule."""
+        if self.path is not None:
+            return None
+        return RemoteArchive(self.url, self.md5, archive_path(self.url, self.cache_dir))
 
     def known_class_counts(self) -> list[int] | None:
         """6,000 images per class in the official archive (checked by its md5); unknown for any other."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..decode import decode_images
-from ..download import DEFAULT_CACHE_DIR, check_md5, check_md5_param, download
+from ..download import DEFAULT_CACHE_DIR, RemoteArchive, archive_path, check_md5, check_md5_param, download
 from ..factory import DATASETS, registered_name
 from ..store import RawDataset
 
@@ -254,6 +254,12 @@ class ImageFolder:
             "workers": workers,
             "executor": executor,
         }
+
+    def remote_archive(self) -> RemoteArchive | None:
+        """The zip :meth:`load` downloads (``None`` with a local ``path``), for the workflow's fetch rule."""
+        if self.path is not None:
+            return None
+        return RemoteArchive(self.url, self.md5, archive_path(self.url, self.cache_dir))
 
     def load(self, progress: bool = True) -> RawDataset:
         if self.path is not None:
