@@ -4,7 +4,7 @@
 with ``apt-get``), writes a ``slurm.conf`` for this machine (its real CPUs and memory, one fake GPU:
 ``Gres=gpu:1`` with ``File=/dev/null``, partitions ``cpu`` (default) and ``gpu``, no accounting
 database), starts the three daemons in the foreground as its own children and stops them, by pid,
-on exit. Clients find the cluster through ``SLURM_CONF`` (:attr:`Cluster.env`), except ``srun``
+on exit (should the test process be killed, they get SIGKILL as it dies). Clients find the cluster through ``SLURM_CONF`` (:attr:`Cluster.env`), except ``srun``
 inside a job: the plugin's job step drops every ``SLURM_*`` variable but the job's identity, so
 ``srun`` reads the default ``/etc/slurm/slurm.conf``. That path is made a link to the temp
 ``slurm.conf`` while the cluster runs, and only where the machine has none of its own (a machine
@@ -32,6 +32,7 @@ DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 PACKAGES = ("slurm-wlm", "munge")
 SEARCH_PATH = os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin"))
+MARKER = "# A one-node test cluster on loopback (tests/slurm_cluster.py)"
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")  # Debian's compiled-in default, what srun reads without SLURM_CONF
 
 
@@ -112,6 +113,15 @@ def ensure_installed() -> None:
         )
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies (Linux prctl), so a
+    killed test leaves no daemon behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -129,7 +139,7 @@ def node_hardware() -> dict[str, str]:
 def slurm_conf(root: Path, hardware: dict[str, str]) -> str:
     node = " ".join(f"{key}={value}" for key, value in hardware.items())
     return f"""\
-# A one-node test cluster on loopback (tests/slurm_cluster.py); no accounting database.
+{MARKER}; no accounting database.
 ClusterName=backdoor-eval-test
 SlurmctldHost=localhost
 SlurmctldPort={free_port()}
@@ -189,8 +199,8 @@ def start(root: Path, min_memory_mb: int = 0, min_cpus: int = 1) -> Cluster:
     root.chmod(0o700)  # munged refuses a key or socket in a folder others may write
     for folder in ("state", "spool"):
         (root / folder).mkdir(exist_ok=True)
-    if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
-        DEFAULT_CONF.unlink()  # the link of a test cluster whose process was killed: its folder is gone
+    if DEFAULT_CONF.is_symlink() and (not DEFAULT_CONF.exists() or DEFAULT_CONF.read_text().startswith(MARKER)):
+        DEFAULT_CONF.unlink()  # left by a test cluster whose process was killed (its daemons died with it)
     if DEFAULT_CONF.exists():
         raise SlurmUnavailable(
             f"{DEFAULT_CONF} exists: this machine has a SLURM of its own, which the test leaves alone"
@@ -213,7 +223,12 @@ def start(root: Path, min_memory_mb: int = 0, min_cpus: int = 1) -> Cluster:
     def launch(name: str, *args: str) -> None:
         log = open(root / f"{name}.out", "w")  # noqa: SIM115 -- closed with the process
         cluster.processes[name] = subprocess.Popen(
-            [binary(name), *args], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            [binary(name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
 
