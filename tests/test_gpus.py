@@ -32,7 +32,7 @@ HOLDER = textwrap.dedent(
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR"):
+    for name in ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -139,23 +139,9 @@ def test_bad_counts_are_value_errors(clean_env, tmp_path):
         pass
 
 
-def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
-    """`train --gpu-lock-dir` takes a slot itself, inside the phase's lock: the phase sees its device and slot,
-    released afterwards."""
-    import backdoor_eval.phase
-    from backdoor_eval import locks
-    from backdoor_eval.cli import main
-
-    seen = []
-
-    def fake_run_locked(job, gpu_slot):
-        assert locks.is_held(job.lock_file)
-        seen.append((job.phase, gpu_slot, os.environ.get("CUDA_VISIBLE_DEVICES")))
-        return {}
-
-    clean_env.setattr(backdoor_eval.phase, "_run_locked", fake_run_locked)
-    clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "2")
-    args = [
+def train_args(tmp_path: Path) -> list[str]:
+    """A `train` command line with a GPU lock folder (its inputs are never read: the phase is replaced)."""
+    return [
         "train",
         "--store",
         "s",
@@ -173,9 +159,37 @@ def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
         str(tmp_path / "epochs.parquet"),
         "--out-final",
         str(tmp_path / "final.json"),
+        "--checkpoint",
+        str(tmp_path / "poison.pt"),
         "--gpu-lock-dir",
         str(tmp_path / "locks"),
     ]
+
+
+def spy_on_phases(monkeypatch) -> list[tuple[str, int | None, str | None]]:
+    """Replace the phase's work: record (phase, GPU slot, CUDA_VISIBLE_DEVICES) as the phase sees them."""
+    import backdoor_eval.phase
+    from backdoor_eval import locks
+
+    seen = []
+
+    def fake_run_locked(job, gpu_slot):
+        assert locks.is_held(job.lock_file)
+        seen.append((job.phase, gpu_slot, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        return {}
+
+    monkeypatch.setattr(backdoor_eval.phase, "_run_locked", fake_run_locked)
+    return seen
+
+
+def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
+    """`train --gpu-lock-dir` takes a slot itself, inside the phase's lock: the phase sees its device and slot,
+    released afterwards."""
+    from backdoor_eval.cli import main
+
+    seen = spy_on_phases(clean_env)
+    clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "2")
+    args = train_args(tmp_path)
     (tmp_path / "locks").mkdir()
     with open(tmp_path / "locks" / "gpu0.lock", "a+") as busy:
         fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another job holds GPU 0
@@ -184,3 +198,21 @@ def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     assert main(args[:-2]) == 0  # no lock dir: no slot, environment untouched
     assert seen[-1] == ("poison", None, None)
+
+
+def test_inside_a_slurm_job_the_train_command_takes_no_gpu_slot(clean_env, tmp_path, caplog):
+    """SLURM gave the job its GPU (CUDA_VISIBLE_DEVICES=0 on every node): `--gpu-lock-dir` is inert there, so
+    jobs on different nodes never wait on each other's lock files, whatever the config's gpu_lock_dir."""
+    from backdoor_eval.cli import main
+
+    seen = spy_on_phases(clean_env)
+    clean_env.setenv("CUDA_VISIBLE_DEVICES", "0")
+    clean_env.setenv("SLURM_JOB_ID", "4242")
+    with caplog.at_level("INFO", logger="backdoor_eval.phase"):
+        assert main(train_args(tmp_path)) == 0
+    assert seen == [("poison", None, "0")]
+    assert not (tmp_path / "locks").exists()  # no lock file was even created
+    assert f"SLURM job 4242: no GPU slot from {tmp_path / 'locks'}" in caplog.text
+    clean_env.delenv("SLURM_JOB_ID")  # the same command outside SLURM takes a slot
+    assert main(train_args(tmp_path)) == 0
+    assert seen[-1] == ("poison", 0, "0")

@@ -7,6 +7,13 @@ takes a slot with :func:`gpu_slot`: the first GPU whose lock file
 lives as long as the job's process holds the file open, so a killed job
 frees its GPU at once and no stale state is left behind.
 
+Inside a SLURM job (``SLURM_JOB_ID`` set) SLURM has already given the job
+its GPUs through ``CUDA_VISIBLE_DEVICES``: :func:`slurm_job_id` tells the
+phase (:func:`backdoor_eval.phase.run_phase`) to take no slot there, whatever
+lock folder it was given. Lock files named by device index on a shared file
+system would otherwise make jobs on different nodes, each seeing its own
+GPU as device 0, wait for one another.
+
 No torch here: this must run before anything touches CUDA, since
 ``CUDA_VISIBLE_DEVICES`` is read when CUDA initialises.
 """
@@ -28,6 +35,12 @@ log = logging.getLogger(__name__)
 
 NUM_GPUS_ENV = "BACKDOOR_EVAL_NUM_GPUS"
 LOCK_DIR_ENV = "BACKDOOR_EVAL_GPU_LOCK_DIR"
+SLURM_JOB_ENV = "SLURM_JOB_ID"
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in (``$SLURM_JOB_ID``), or None outside SLURM."""
+    return os.environ.get(SLURM_JOB_ENV, "").strip() or None
 
 
 def visible_devices() -> list[str] | None:

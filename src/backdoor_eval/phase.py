@@ -85,9 +85,10 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
     """Run ``job`` and write its three outputs; return the ``final.json`` document.
 
     Holds the phase's lock throughout (:class:`backdoor_eval.locks.LockHeldError` at once when another
-    process holds it), then a GPU slot when ``job.gpu_lock_dir`` is set.
+    process holds it), then a GPU slot when ``job.gpu_lock_dir`` is set, except inside a SLURM job,
+    where SLURM has assigned the GPUs (:func:`backdoor_eval.gpus.slurm_job_id`).
     """
-    from backdoor_eval import locks
+    from backdoor_eval import gpus, locks
 
     weights = job.model_params.get("weights")
     if job.phase == POISON_PHASE and job.model_params.get("pretrained") and weights is not None:
@@ -100,10 +101,15 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
         held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")
     with held:
         slot: contextlib.AbstractContextManager = contextlib.nullcontext(None)
-        if job.gpu_lock_dir is not None:
-            from backdoor_eval.gpus import gpu_slot
-
-            slot = gpu_slot(lock_dir=job.gpu_lock_dir)
+        if job.gpu_lock_dir is not None and (slurm_job := gpus.slurm_job_id()) is not None:
+            log.info(
+                "SLURM job %s: no GPU slot from %s; SLURM assigned this job's GPUs (CUDA_VISIBLE_DEVICES=%s)",
+                slurm_job,
+                job.gpu_lock_dir,
+                os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+            )
+        elif job.gpu_lock_dir is not None:
+            slot = gpus.gpu_slot(lock_dir=job.gpu_lock_dir)
         with slot as index:
             return _run_locked(job, gpu_slot=index)
 

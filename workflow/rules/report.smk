@@ -3,8 +3,13 @@
 # figure is one job with its files named here.
 
 
+# Seconds of pandas and matplotlib each: on a cluster they run where the results are, not as jobs.
 localrules:
     membership,
+    aggregate,
+    retraining_table,
+    strategy_table,
+    figure,
 
 
 rule membership:
@@ -46,6 +51,9 @@ rule aggregate:
 
 
 if config.get("table1"):
+
+    localrules:
+        table1,
 
     rule table1:
         input:
@@ -135,6 +143,9 @@ rule figure:
 
 
 if config.get("gallery"):
+
+    localrules:
+        gallery,
 
     rule gallery:
         input:

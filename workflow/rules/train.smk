@@ -26,7 +26,7 @@ rule train:
     resources:
         gpu=1,
         mem_mb=job_resource("train", "mem_mb"),
-        runtime=job_resource("train", "runtime"),
+        runtime=lambda wildcards, attempt: job_resource("train", "runtime") * attempt,
     params:
         checkpoint=get_checkpoint(POISON_PHASE),
         options=get_train_options,
@@ -55,7 +55,7 @@ rule retrain:
     resources:
         gpu=1,
         mem_mb=job_resource("retrain", "mem_mb"),
-        runtime=job_resource("retrain", "runtime"),
+        runtime=lambda wildcards, attempt: job_resource("retrain", "runtime") * attempt,
     params:
         checkpoint=get_checkpoint(CLEAN_PHASE),
         options=get_train_options,
