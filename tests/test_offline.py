@@ -28,6 +28,7 @@ from backdoor_eval.cli import main as cli
 from backdoor_eval.data import Cifar10, ImageFolder, remote_archive
 from backdoor_eval.models import create_model, weights
 from model_fixtures import one_thread, random_cadene_state_dict  # noqa: F401  (one_thread: autouse fixture)
+from run_inputs import poisoned_synthetic_run
 from test_data import class_files, md5_of, write_fake_cifar, write_zip
 from test_workflow import REPO, SNAKEMAKE, env, job_counts, snakemake
 
@@ -272,15 +273,8 @@ def test_fetch_weights_errors_are_one_line_naming_the_cause(empty_caches, monkey
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A tiny poisoned synthetic set (3 classes x 30 images, 16 px) to train on."""
-    root = tmp_path_factory.mktemp("offline")
-    store, parts, poisoned = root / "store", root / "partitions.npz", root / "poisoned"
-    params = json.dumps({"num_classes": 3, "per_class": 30, "size": 16, "seed": 0})
-    assert cli(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
-    assert cli(["partition", "--store", str(store), "--seed", "0", "--out", str(parts)]) == 0
-    poison = ["poison", "--store", str(store), "--partitions", str(parts), "--trigger", "bs", "--poison-class", "0"]
-    poison += ["--poison-rate", "0.3", "--strategy", "many-to-one", "--seed", "0", "--out", str(poisoned)]
-    assert cli(poison) == 0
-    return root, store, parts, poisoned
+    synthetic = {"num_classes": 3, "per_class": 30, "size": 16, "seed": 0}
+    return poisoned_synthetic_run(tmp_path_factory.mktemp("offline"), synthetic)
 
 
 def train_args(tiny_run, out: Path, weights_file: Path) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 
 from backdoor_eval import train as engine
 from backdoor_eval.cli import main as cli
+from run_inputs import poisoned_synthetic_run
 
 # --------------------------------------------------------------------------- unit
 
@@ -85,36 +86,8 @@ MODEL_PARAMS = {"width": 8}
 @pytest.fixture(scope="module")
 def run_inputs(tmp_path_factory):
     """Ingest the synthetic dataset, partition it and poison it with BS (many-to-one, class 0)."""
-    root = tmp_path_factory.mktemp("engine")
-    store, parts, poisoned = root / "store", root / "partitions.npz", root / "poisoned"
-    params = json.dumps({"num_classes": 10, "per_class": 300, "size": 32, "seed": 0})
-    assert cli(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
-    assert cli(["partition", "--store", str(store), "--seed", "0", "--out", str(parts)]) == 0
-    assert (
-        cli(
-            [
-                "poison",
-                "--store",
-                str(store),
-                "--partitions",
-                str(parts),
-                "--trigger",
-                "bs",
-                "--poison-class",
-                "0",
-                "--poison-rate",
-                "0.3",
-                "--strategy",
-                "many-to-one",
-                "--seed",
-                "0",
-                "--out",
-                str(poisoned),
-            ]
-        )
-        == 0
-    )
-    return root, store, parts, poisoned
+    synthetic = {"num_classes": 10, "per_class": 300, "size": 32, "seed": 0}
+    return poisoned_synthetic_run(tmp_path_factory.mktemp("engine"), synthetic)
 
 
 def phase_args(run_inputs, phase, out, checkpoints=None, train=TRAIN, init=None, model="small_cnn"):
