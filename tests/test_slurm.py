@@ -105,34 +105,15 @@ def test_the_readme_slurm_command_runs_the_slice_with_gpus_only_where_asked(tmp_
 
         local_dir = tmp_path / "local"
         local_dir.mkdir()
-        local_command = [
-            str(SNAKEMAKE),
-            "-s",
-            str(REPO / "Snakefile"),
-            "--configfile",
-            str(config_file),
-            "--cores",
-            "2",
-        ]
-        code, local_output, local_seconds = run(local_command, local_dir, env, SNAKEMAKE_TIMEOUT)
+        snakemake = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--configfile", str(config_file)]
+        code, local_output, local_seconds = run([*snakemake, "--cores", "2"], local_dir, env, SNAKEMAKE_TIMEOUT)
         assert code == 0, local_output[-4000:]
 
         slurm_dir = tmp_path / "on-slurm"
         slurm_dir.mkdir()
         # The README's command, plus a --config (which used to bring the GPU lock files back) and
         # --verbose, under which the plugin logs each sbatch call.
-        command = [
-            str(SNAKEMAKE),
-            "-s",
-            str(REPO / "Snakefile"),
-            "--workflow-profile",
-            str(PROFILE),
-            "--configfile",
-            str(config_file),
-            "--config",
-            "name=on-slurm",
-            "--verbose",
-        ]
+        command = [*snakemake, "--workflow-profile", str(PROFILE), "--config", "name=on-slurm", "--verbose"]
         code, output, slurm_seconds = run(command, slurm_dir, {**cluster.env, "PATH": env["PATH"]}, SNAKEMAKE_TIMEOUT)
         job_logs = "\n".join(
             f"--- {path}\n{path.read_text(errors='replace')[-3000:]}"

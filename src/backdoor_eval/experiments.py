@@ -287,17 +287,24 @@ def split_of(config: Mapping[str, Any], run: Run) -> str:
     return run.split(split_policy(config))
 
 
-def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
-    """Training settings of ``model`` on ``dataset``; later keys win.
-
-    ``train:``, then ``datasets.<d>.train``, then ``models.<m>.train``, then
-    ``models.<m>.train_per_dataset.<d>`` (e.g. a model's input size on one dataset).
-    """
+def train_layers(config: Mapping[str, Any], dataset: str, model: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """The config blocks that set ``model``'s training on ``dataset``, as (key path, block), later ones winning:
+    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``."""
     model_spec = (config.get("models") or {}).get(model) or {}
-    merged = dict(config.get("train") or {})
-    merged.update(((config.get("datasets") or {}).get(dataset) or {}).get("train") or {})
-    merged.update(model_spec.get("train") or {})
-    merged.update((model_spec.get("train_per_dataset") or {}).get(dataset) or {})
+    return [
+        ("train", config.get("train") or {}),
+        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train") or {}),
+        (f"models.{model}.train", model_spec.get("train") or {}),
+        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset) or {}),
+    ]
+
+
+def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
+    """Training settings of ``model`` on ``dataset``: the blocks of :func:`train_layers` merged, later keys winning
+    (e.g. a model's input size on one dataset)."""
+    merged: dict[str, Any] = {}
+    for _, block in train_layers(config, dataset, model):
+        merged.update(block)
     return merged
 
 
@@ -767,17 +774,17 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
 
 
 def train_key_path(config: Mapping[str, Any], dataset: str, model: str, key: str) -> str:
-    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last of :func:`train_params`'s layers)."""
-    model_spec = (config.get("models") or {}).get(model) or {}
-    layers = [
-        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset)),
-        (f"models.{model}.train", model_spec.get("train")),
-        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train")),
-    ]
-    return next((f"{path}.{key}" for path, layer in layers if key in (layer or {})), f"train.{key}")
+    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last block of
+    :func:`train_layers` that sets it)."""
+    layers = reversed(train_layers(config, dataset, model))
+    return next((f"{path}.{key}" for path, block in layers if key in block), f"train.{key}")
 
 
-def check_poison_counts(config: Mapping[str, Any], class_counts: Mapping[str, Sequence[int]]) -> None:
+def check_poison_counts(
+    config: Mapping[str, Any],
+    class_counts: Mapping[str, Sequence[int]],
+    expanded: Mapping[str, list[Run]] | None = None,
+) -> None:
     """Every run poisons at least one training image, for the datasets whose class sizes are known.
 
     ``class_counts`` maps a dataset name to its images per class (in the
@@ -785,13 +792,14 @@ def check_poison_counts(config: Mapping[str, Any], class_counts: Mapping[str, Se
     poison-train images of the poison class (docs/decisions.md#poison-sampling),
     and N_t follows from the class sizes alone (:func:`backdoor_eval.splits.partition_counts`),
     so a run that would poison none is an error here, before any job, naming
-    the experiment, the values and the lowest rate allowed.
+    the experiment, the values and the lowest rate allowed. ``expanded``:
+    :func:`expand`'s result, when the caller has it already.
     """
     from backdoor_eval.poison import num_poisoned, zero_poison_message
     from backdoor_eval.splits import partition_counts
 
     poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
-    for name, runs in expand(config).items():
+    for name, runs in (expand(config) if expanded is None else expanded).items():
         for run in runs:
             if run.dataset not in poison_train:
                 continue

@@ -94,7 +94,7 @@ def known_class_counts():
 # where the class sizes are known (synthetic, the official CIFAR-10, any ingested
 # store); for a dataset not yet ingested, its poison job fails with the same message.
 if workflow.is_main_process:
-    ex.check_poison_counts(config, known_class_counts())
+    ex.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
 
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
