@@ -86,13 +86,14 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
 
     Returns ``config``. Raises ``ValueError`` naming the first bad key.
     """
-    from backdoor_eval import experiments
+    from backdoor_eval import experiments, pretrain
 
     # The default outputs name every paper experiment and make the ones the
     # config has; outputs the user wrote must name experiments that exist.
     explicit_outputs = config.get("outputs") is not None
     validate_schema(config)
     experiments.validate(config, check_registries=check_registries)
+    pretrain.validate(config, check_registries=check_registries)
     if explicit_outputs:
         experiments.check_output_experiments(config)
     else:

@@ -159,3 +159,19 @@ def gpu_slot(
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def job_slot(lock_dir: str | os.PathLike | None) -> contextlib.AbstractContextManager[int | None]:
+    """The GPU slot of one training job: :func:`gpu_slot` in ``lock_dir``; none without a lock folder,
+    or inside a SLURM job, where SLURM has assigned the job's GPUs (:func:`slurm_job_id`)."""
+    if lock_dir is None:
+        return contextlib.nullcontext(None)
+    if (slurm_job := slurm_job_id()) is not None:
+        log.info(
+            "SLURM job %s: no GPU slot from %s; SLURM assigned this job's GPUs (CUDA_VISIBLE_DEVICES=%s)",
+            slurm_job,
+            lock_dir,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
+        )
+        return contextlib.nullcontext(None)
+    return gpu_slot(lock_dir=lock_dir)

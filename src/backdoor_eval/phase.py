@@ -99,19 +99,8 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
     held: contextlib.AbstractContextManager = contextlib.nullcontext()
     if job.lock_file is not None:
         held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")
-    with held:
-        slot: contextlib.AbstractContextManager = contextlib.nullcontext(None)
-        if job.gpu_lock_dir is not None and (slurm_job := gpus.slurm_job_id()) is not None:
-            log.info(
-                "SLURM job %s: no GPU slot from %s; SLURM assigned this job's GPUs (CUDA_VISIBLE_DEVICES=%s)",
-                slurm_job,
-                job.gpu_lock_dir,
-                os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
-            )
-        elif job.gpu_lock_dir is not None:
-            slot = gpus.gpu_slot(lock_dir=job.gpu_lock_dir)
-        with slot as index:
-            return _run_locked(job, gpu_slot=index)
+    with held, gpus.job_slot(job.gpu_lock_dir) as index:
+        return _run_locked(job, gpu_slot=index)
 
 
 def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:

@@ -34,6 +34,10 @@ PURPOSES = {
     "train/data": 9,  # keys (phase index, epoch): batch order, augmentation, regularizer draws
     "train/torch": 10,  # keys (phase index, epoch): torch's global stream (dropout)
     "gallery/trigger": 11,  # Fig. 2's random-square position
+    "pretrain/holdout": 12,  # a pretraining's held-out images (backdoor_eval.pretrain)
+    "pretrain/init": 13,  # a pretraining's initial weights
+    "pretrain/data": 14,  # keys (epoch,): a pretraining epoch's batch order, augmentation
+    "pretrain/torch": 15,  # keys (epoch,): torch's global stream (dropout)
 }
 
 

@@ -11,7 +11,7 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
-from backdoor_eval import names, offline, seeding
+from backdoor_eval import names, offline, pretrain, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
@@ -39,12 +39,19 @@ STRATEGY_TABLES = [name for name in names.STRATEGY_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
 POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
-INGESTED_DATASETS = {run.dataset for run in RUNS} | {
-    config[block]["dataset"] for block in ("table1", "gallery") if config.get(block)
+# The pretrainings the runs' models start from (init:), by their backbone file (backdoor_eval.pretrain).
+PRETRAININGS = {
+    pretrain.pretraining_file(config, name): name
+    for name in sorted({pretrain.model_init(config, run.model) for run in RUNS} - {None})
 }
+INGESTED_DATASETS = (
+    {run.dataset for run in RUNS}
+    | {config[block]["dataset"] for block in ("table1", "gallery") if config.get(block)}
+    | {config["pretraining"][name]["dataset"] for name in PRETRAININGS.values()}
+)
 # What the fetch rules download before any compute job (backdoor_eval.offline): each model's
-# (weights file, fetch or None) and each dataset's archive.
-MODEL_WEIGHTS = {model: offline.model_weights(config, model) for model in sorted({run.model for run in RUNS})}
+# (weights file, fetch or None; a pretrain rule's file for init:) and each dataset's archive.
+MODEL_WEIGHTS = {model: pretrain.model_weights(config, model) for model in sorted({run.model for run in RUNS})}
 WEIGHTS_TO_FETCH = offline.weights_to_fetch(config, MODEL_WEIGHTS)
 ARCHIVE_OF = offline.archives_to_fetch(config, INGESTED_DATASETS)
 ARCHIVE_DATASET = {}  # archive -> the (first) dataset that reads it
@@ -217,6 +224,45 @@ def get_fetched_dataset_params(wildcards):
     return as_json(config["datasets"][ARCHIVE_DATASET[wildcards.archive]].get("params") or {})
 
 
+# ---------------------------------------------------------------- pretrain
+
+
+def get_pretraining(wildcards):
+    """The pretraining entry whose backbone file is being made."""
+    return PRETRAININGS[f"{pretrain.PRETRAINED_DIR}/{wildcards.pretraining}.safetensors"]
+
+
+def get_pretrain_store(wildcards):
+    return {"store": PATHS.store.format(dataset=config["pretraining"][get_pretraining(wildcards)]["dataset"])}
+
+
+def get_pretrain_options(wildcards):
+    """`backdoor-eval pretrain` arguments of one pretraining entry, shell-quoted."""
+    name = get_pretraining(wildcards)
+    spec = config["pretraining"][name]
+    options = [
+        "--name",
+        name,
+        "--model",
+        spec["arch"],
+        "--model-params",
+        as_json(spec.get("params") or {}),
+        "--train-params",
+        as_json(spec.get("train") or {}),
+        "--seed",
+        str(spec["seed"]),
+        "--holdout",
+        str(spec["holdout"]),
+        "--device",
+        config["device"],
+        "--checkpoint",
+        f"{PATHS.checkpoint_root}/pretrain/{wildcards.pretraining}.pt",
+    ]
+    if GPU_LOCK_DIR:
+        options += ["--gpu-lock-dir", GPU_LOCK_DIR]
+    return shlex.join(options)
+
+
 # ---------------------------------------------------------------- data
 
 
@@ -306,6 +352,8 @@ def get_train_options(wildcards):
     weights, fetch = MODEL_WEIGHTS[wildcards.model]
     if fetch is not None:
         model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
+    if weights in PRETRAININGS:
+        model_params.update(pretrained=True, weights=weights)  # the pretrain rule's backbone, a new head
     options = [
         "--model",
         arch,

@@ -1,4 +1,4 @@
-"""CLI subcommands of the training engine: ``train``, ``retrain``, ``summarize``.
+"""CLI subcommands of the training engine: ``train``, ``retrain``, ``summarize``, ``pretrain``.
 
 Argument parsing only: ``train``/``retrain`` hand a
 :class:`backdoor_eval.phase.PhaseJob` to :func:`backdoor_eval.phase.run_phase`
@@ -63,6 +63,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_summarize)
 
+    help_text = "train a backbone once on a dataset store, for the models that start from it (init:)"
+    p = sub.add_parser("pretrain", help=help_text, description=help_text)
+    p.add_argument("--name", required=True, help="the pretraining's name in the config (for messages and the manifest)")
+    p.add_argument("--store", required=True, type=Path, help="canonical dataset store folder to train on")
+    p.add_argument("--model", required=True, help="architecture (MODELS registry name or timm:<name>)")
+    p.add_argument("--model-params", default="", help="JSON: model kwargs")
+    p.add_argument("--train-params", default="", help="JSON: TrainConfig fields")
+    p.add_argument("--seed", default=0, type=seed_int, help="seed of the held-out draw, init, order (>= 0)")
+    p.add_argument("--holdout", default=0.1, type=float, help="share of each class held out for early stopping")
+    p.add_argument("--out-weights", required=True, type=Path, help="backbone .safetensors to write")
+    p.add_argument("--out-manifest", required=True, type=Path, help="manifest .json to write (last)")
+    p.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file (resume after a kill)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (Snakemake's {threads})")
+    p.add_argument("--gpu-lock-dir", type=Path, help="take a GPU slot (CUDA_VISIBLE_DEVICES) via lock files here")
+    p.set_defaults(func=cmd_pretrain)
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``train`` and ``retrain``: one phase of one run."""
@@ -111,4 +128,30 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     summary, epochs = summarize(json_object(args.run_params, "--run-params"), phases)
     write_parquet(args.out_summary, summary)
     write_parquet(args.out_epochs, epochs)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """``pretrain``: one backbone for the models whose config entry says ``init: <name>``."""
+    from backdoor_eval.pretrain import PretrainJob, run_pretrain
+
+    if not 0 < args.holdout < 1:
+        raise ValueError(f"--holdout {args.holdout!r} is not a share; allowed: 0 < holdout < 1")
+    run_pretrain(
+        PretrainJob(
+            name=args.name,
+            store=args.store,
+            arch=args.model,
+            out_weights=args.out_weights,
+            out_manifest=args.out_manifest,
+            model_params=json_object(args.model_params, "--model-params"),
+            train_params=json_object(args.train_params, "--train-params"),
+            seed=args.seed,
+            holdout=args.holdout,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            threads=args.threads,
+            gpu_lock_dir=args.gpu_lock_dir,
+        )
+    )
     return 0
