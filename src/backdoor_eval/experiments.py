@@ -43,6 +43,7 @@ from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 from backdoor_eval.names import (
     ALL_CLASSES,
     CLEAN_PHASE,
+    EPOCH_OUTPUTS,
     FACTORS,
     MANY_TO_ONE,
     NO_REGULARIZER,
@@ -716,6 +717,10 @@ def _validate_blocks(config: Mapping[str, Any]) -> None:
         if not experiment_list(names):
             raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
         check_output_experiment_count(output, experiment_list(names), f"outputs.{output}: {names!r}")
+        if output in EPOCH_OUTPUTS:
+            for name in experiment_list(names):
+                if not ((config.get("experiments") or {}).get(name) or {}).get("retrain", False):
+                    raise ValueError(f"outputs.{output}: experiment {name!r} is not retrained; it needs retrain: true")
     for block in ("table1", "gallery"):
         spec = config.get(block)
         if spec is None:

@@ -360,3 +360,39 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=8)
     fig.computed = means
     return fig
+
+
+def retraining_curves(runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str) -> Figure:
+    """ASR during clean retraining, epoch by epoch: one panel per trigger, one line per model (mean over
+    the runs, poison classes x seeds), the band their min-max; a dotted line at the paper's 5 epochs.
+    ``fig.computed``: the plotted mean, min and max per (trigger, model, epoch)."""
+    from backdoor_eval.tables import RETRAINING_MARKS, retraining_epochs
+
+    part = retraining_epochs(runs, epochs, experiment)
+    stats = (
+        part.groupby(["trigger", "model", "epoch"])["adversarial_success_rate"]
+        .agg(["mean", "min", "max", "count"])
+        .reset_index()
+    )
+    triggers = ordered(stats["trigger"], TRIGGER_ORDER)
+    models = ordered(stats["model"], [])
+    colours = dict(zip(models, _palette(len(models))))
+    fig = _new_figure(3.4 * len(triggers) + 0.6, 3.6)
+    axes = fig.subplots(1, len(triggers), squeeze=False, sharey=True)[0]
+    for ax, trigger in zip(axes, triggers):
+        for model in models:
+            line = stats[(stats["trigger"] == trigger) & (stats["model"] == model)].sort_values("epoch")
+            if line.empty:
+                continue
+            ax.plot(line["epoch"], line["mean"], color=colours[model], marker="o", markersize=2.5, label=model)
+            ax.fill_between(line["epoch"], line["min"], line["max"], color=colours[model], alpha=0.15, linewidth=0)
+        for mark in RETRAINING_MARKS[1:]:
+            ax.axvline(mark, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(display_name("trigger", trigger))
+        ax.set_xlabel("Clean retraining epoch")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0].set_ylabel("Adversarial success rate")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=max(1, len(models)), frameon=False, fontsize=8)
+    fig.computed = stats
+    return fig

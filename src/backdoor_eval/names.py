@@ -57,7 +57,9 @@ RETRAINING_TABLES = ("table2", "table3")
 STRATEGY_TABLES = ("table4", "table5")
 TABLES = (*RETRAINING_TABLES, *STRATEGY_TABLES)
 FIGURES = ("fig4", "fig5", "fig6", "fig7")
-OUTPUTS = (*TABLES, *FIGURES)
+# Beyond the paper's outputs: clean retraining epoch by epoch (a table and a figure from epochs.parquet).
+EPOCH_OUTPUTS = ("retraining_budget",)
+OUTPUTS = (*TABLES, *FIGURES, *EPOCH_OUTPUTS)
 # How a config names the experiments an output is built from: "E1+E2".
 EXPERIMENT_SEPARATOR = "+"
 

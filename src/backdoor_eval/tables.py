@@ -539,3 +539,68 @@ def write_table(
     text = to_markdown(frame, decimals=decimals, title=title, note=note)
     with atomic_path(md_path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- retraining budget
+
+
+#: Retraining epochs the budget table reports besides the last: before any update, and the paper's 5.
+RETRAINING_MARKS = (0, 5)
+
+
+def retraining_epochs(runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str) -> pd.DataFrame:
+    """The clean-retraining epochs (``epochs.parquet`` rows, phase clean) of ``experiment``'s retrained runs.
+
+    Epoch 0 is the early-stopped model before its first clean update (the poison phase's kept model).
+    """
+    _require_columns(epochs, ["run_id", "phase", "epoch", "adversarial_success_rate"], "epochs (epochs.parquet)")
+    run_ids = set(select_runs(runs, experiment, CLEAN_PHASE)["run_id"])
+    part = epochs[(epochs["phase"] == CLEAN_PHASE) & epochs["run_id"].isin(run_ids)]
+    if part.empty:
+        raise ValueError(
+            f"experiment {experiment!r}: epochs.parquet has no clean-phase rows of its {len(run_ids)} runs"
+        )
+    return part
+
+
+def retraining_budget(
+    runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str, marks: Sequence[int] = RETRAINING_MARKS
+) -> pd.DataFrame:
+    """ASR and clean-validation accuracy after ``marks`` epochs of clean retraining and after the last,
+    per (dataset, model, trigger): mean, sample std (ddof=1) and min/max over the runs (classes x seeds).
+
+    One retraining job of N epochs answers every budget up to N: epochs.parquet records each epoch.
+    """
+    import pandas as pd
+
+    part = retraining_epochs(runs, epochs, experiment)
+    last = int(part["epoch"].max())
+    keys = ["dataset", "model", "trigger"]
+    rows = []
+    for key, group in part.groupby(keys, sort=False):
+        row = dict(zip(keys, key))
+        row["runs"] = group["run_id"].nunique()
+        for mark in sorted({*marks, last}):
+            at = group[group["epoch"] == mark]
+            if at["run_id"].nunique() != row["runs"]:
+                continue  # a run retrained for fewer epochs: no value at this budget
+            label = f"e{mark}"
+            asr = at["adversarial_success_rate"]
+            row[f"ASR {label} mean"], row[f"ASR {label} std"] = asr.mean(), asr.std(ddof=1)
+            row[f"ASR {label} min"], row[f"ASR {label} max"] = asr.min(), asr.max()
+            row[f"clean acc {label} mean"] = at["clean_val_accuracy"].mean()
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["model"] = pd.Categorical(frame["model"], ordered(frame["model"], list(DISPLAY_NAMES["model"])))
+    frame["trigger"] = pd.Categorical(frame["trigger"], ordered(frame["trigger"], TRIGGER_ORDER))
+    frame = frame.sort_values(["dataset", "trigger", "model"]).reset_index(drop=True)
+    frame["model"], frame["trigger"] = frame["model"].astype(str), frame["trigger"].astype(str)
+    return frame
+
+
+TABLE_NOTES["retraining_budget"] = (
+    "Clean retraining, epoch by epoch (epochs.parquet, phase clean): adversarial success rate (ASR) and "
+    "clean-validation accuracy after e<N> epochs of clean retraining (e0: the early-stopped poisoned model "
+    "before any clean update; e5: the paper's budget; the last: the configured retrain_epochs), over the "
+    "experiment's runs (poison classes x seeds): mean, sample std (ddof=1), min and max."
+)

@@ -171,6 +171,9 @@ def get_final_output():
         targets += [PATHS.table(name, ext) for ext in ("csv", "md")]
     for name in FIGURES + (["fig2"] if config.get("gallery") else []):
         targets += [PATHS.figure(name, ext) for ext in ("png", "pdf")]
+    if "retraining_budget" in OUTPUTS:
+        targets += [PATHS.table("retraining_budget", ext) for ext in ("csv", "md")]
+        targets += [PATHS.figure("retraining_curves", ext) for ext in ("png", "pdf")]
     return targets
 
 

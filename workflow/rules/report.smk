@@ -10,6 +10,7 @@ localrules:
     retraining_table,
     strategy_table,
     figure,
+    retraining_budget,
 
 
 rule membership:
@@ -139,6 +140,32 @@ rule figure:
         experiments=get_output_experiments,
     shell:
         "backdoor-eval figure --name {wildcards.figure} --experiments {params.experiments:q} --runs {input.runs:q}"
+        " --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
+
+
+rule retraining_budget:
+    # Clean retraining epoch by epoch: ASR after 0, 5 and the last epochs, and the curves.
+    input:
+        runs=PATHS.runs_table,
+        epochs=PATHS.epochs_table,
+    output:
+        csv=PATHS.table("retraining_budget", "csv"),
+        md=report(PATHS.table("retraining_budget", "md"), caption="../report/table.rst", category="Tables"),
+        png=report(
+            PATHS.figure("retraining_curves", "png"), caption="../report/figure.rst", category="Figures"
+        ),
+        pdf=PATHS.figure("retraining_curves", "pdf"),
+    log:
+        log_of("retraining_budget", "retraining_budget"),
+    benchmark:
+        benchmark_of("retraining_budget", "retraining_budget")
+    conda:
+        "../../envs/backdoor-eval.yaml"
+    params:
+        experiments=lambda wildcards: "+".join(OUTPUTS["retraining_budget"]),
+    shell:
+        "backdoor-eval retraining-budget --experiments {params.experiments:q} --runs {input.runs:q}"
+        " --epochs {input.epochs:q} --out-csv {output.csv:q} --out-md {output.md:q}"
         " --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 

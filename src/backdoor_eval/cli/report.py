@@ -70,6 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
     p.set_defaults(func=cmd_figure)
 
+    help_text = "clean retraining epoch by epoch: the budget table and the ASR curves, from epochs.parquet"
+    p = sub.add_parser("retraining-budget", help=help_text, description=help_text)
+    p.add_argument("--experiments", required=True, help='the retrained experiment it is built from, e.g. "F"')
+    p.add_argument("--runs", required=True, help="runs.parquet from `aggregate` (which runs the experiment holds)")
+    p.add_argument("--epochs", required=True, help="epochs.parquet from `aggregate` (every epoch of every phase)")
+    p.add_argument("--out-csv", required=True, help="table .csv to write")
+    p.add_argument("--out-md", required=True, help="table .md to write")
+    p.add_argument("--out-png", required=True, help="figure .png to write")
+    p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
+    p.set_defaults(func=cmd_retraining_budget)
+
     p = sub.add_parser("gallery", help="Fig. 2: one clean-validation image with each trigger, and each trigger alone")
     p.add_argument("--store", required=True, help="store dir")
     p.add_argument("--partitions", required=True, help="partitions .npz")
@@ -266,6 +277,22 @@ def cmd_figure(args: argparse.Namespace) -> int:
     fig = builders[args.name](runs, experiment=experiment)
     figures.save_figure(fig, args.out_png, args.out_pdf)
     log.info("figure %s: wrote %s and %s", args.name, args.out_png, args.out_pdf)
+    return 0
+
+
+def cmd_retraining_budget(args: argparse.Namespace) -> int:
+    """The retraining-budget table and figure of one retrained experiment."""
+    from backdoor_eval import figures, tables
+
+    (experiment,) = parse_experiments(args.experiments, "retraining_budget")
+    runs = _read_parquet(args.runs, "runs file")
+    _require_experiments(runs, [experiment], args.runs)
+    epochs = _read_parquet(args.epochs, "epochs file")
+    frame = tables.retraining_budget(runs, epochs, experiment)
+    note = tables.TABLE_NOTES["retraining_budget"] + " " + _built_from([experiment])
+    tables.write_table(frame, args.out_csv, args.out_md, decimals=3, title="Clean retraining budget", note=note)
+    figures.save_figure(figures.retraining_curves(runs, epochs, experiment), args.out_png, args.out_pdf)
+    log.info("retraining budget: wrote %s, %s, %s and %s", args.out_csv, args.out_md, args.out_png, args.out_pdf)
     return 0
 
 
