@@ -20,7 +20,7 @@ from backdoor_eval.config import prepare_config
 from backdoor_eval.models import create_model
 from model_fixtures import one_thread  # noqa: F401  (autouse fixture)
 from run_inputs import poisoned_synthetic_run
-from test_workflow import REPO, job_counts, snakemake
+from test_workflow import job_counts, snakemake
 
 SYNTHETIC = {"num_classes": 3, "per_class": 40, "size": 16, "seed": 0}
 TRAIN = {"lr": 3.0e-3, "batch_size": 32, "max_epochs": 2, "patience": 1}
@@ -35,7 +35,11 @@ def regime_config() -> dict:
         "split": "shared",
         "datasets": {
             "synthetic": {"kind": "synthetic", "params": dict(SYNTHETIC), "classes": classes},
-            "synthetic_pre": {"kind": "synthetic", "params": {**SYNTHETIC, "seed": 1, "per_class": 60}, "classes": classes},
+            "synthetic_pre": {
+                "kind": "synthetic",
+                "params": {**SYNTHETIC, "seed": 1, "per_class": 60},
+                "classes": classes,
+            },
         },
         "pretraining": {
             "pre": {"dataset": "synthetic_pre", "arch": "small_cnn", "params": {"width": 4}, "train": dict(TRAIN)}
@@ -93,13 +97,34 @@ def test_the_file_name_carries_the_pretrainings_fingerprint():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda c: c["models"]["warm"].update(init="nope"), r"models\.warm\.init: 'nope' is not declared in config pretraining; declared: pre"),
-        (lambda c: c["pretraining"]["pre"].update(dataset="cifar"), r"pretraining\.pre\.dataset: 'cifar' is not declared in config datasets"),
-        (lambda c: c["models"]["warm"].update(pretrained=True), r"models\.warm\.init: a model starts from one source of weights"),
-        (lambda c: c["models"]["warm"].update(arch="resnet50"), r"models\.warm\.arch: 'resnet50' cannot start from pretraining 'pre', which trains 'small_cnn'"),
-        (lambda c: c["models"]["warm"]["params"].update(width=8), r"models\.warm\.params\.width: 8 differs from pretraining\.pre\.params\.width \(4\)"),
-        (lambda c: c["pretraining"]["pre"].update(arch="no_such_net"), r"pretraining\.pre\.arch: 'no_such_net' is not registered"),
-        (lambda c: c["pretraining"]["pre"]["train"].update(optimizer="lion"), r"pretraining\.pre\.train\.optimizer: optimizer 'lion' is unknown"),
+        (
+            lambda c: c["models"]["warm"].update(init="nope"),
+            r"models\.warm\.init: 'nope' is not declared in config pretraining; declared: pre",
+        ),
+        (
+            lambda c: c["pretraining"]["pre"].update(dataset="cifar"),
+            r"pretraining\.pre\.dataset: 'cifar' is not declared in config datasets",
+        ),
+        (
+            lambda c: c["models"]["warm"].update(pretrained=True),
+            r"models\.warm\.init: a model starts from one source of weights",
+        ),
+        (
+            lambda c: c["models"]["warm"].update(arch="resnet50"),
+            r"models\.warm\.arch: 'resnet50' cannot start from pretraining 'pre', which trains 'small_cnn'",
+        ),
+        (
+            lambda c: c["models"]["warm"]["params"].update(width=8),
+            r"models\.warm\.params\.width: 8 differs from pretraining\.pre\.params\.width \(4\)",
+        ),
+        (
+            lambda c: c["pretraining"]["pre"].update(arch="no_such_net"),
+            r"pretraining\.pre\.arch: 'no_such_net' is not registered",
+        ),
+        (
+            lambda c: c["pretraining"]["pre"]["train"].update(optimizer="lion"),
+            r"pretraining\.pre\.train\.optimizer: optimizer 'lion' is unknown",
+        ),
         (lambda c: c["pretraining"]["pre"].update(holdout=1.5), r"pretraining\.pre\.holdout"),
         (lambda c: c["pretraining"]["pre"].update(epochs=3), r"pretraining\.pre.*epochs"),
     ],
