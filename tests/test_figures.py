@@ -383,3 +383,16 @@ def test_log_axes_tick_the_grid_values_in_plain_numbers(tmp_path):
     axis = fig.axes[-1].xaxis
     assert [tick.get_text() for tick in axis.get_majorticklabels()] == ["0.01", "0.02", "0.2", "0.5"]
     assert all(tick.get_text() == "" for tick in axis.get_minorticklabels())
+
+
+def test_the_retraining_curves_plot_the_mean_and_range_per_model_and_epoch(tmp_path):
+    from test_tables import retraining_rows  # the same hand-picked rows
+
+    runs, epochs = retraining_rows()
+    fig = figures.retraining_curves(runs, epochs, "F")
+    stats = fig.computed.set_index(["model", "epoch"])
+    assert stats.loc[("small_cnn_pre", 5), "mean"] == pytest.approx(0.35)
+    assert stats.loc[("small_cnn_pre", 5), "min"] == pytest.approx(0.3)
+    assert stats.loc[("small_cnn_pre", 5), "max"] == pytest.approx(0.4)
+    assert stats["count"].eq(2).all() and sorted(stats.index.get_level_values("epoch").unique()) == list(range(7))
+    assert [ax.get_title() for ax in fig.axes] == ["Square"]

@@ -545,3 +545,75 @@ def test_table1_command_with_given_counts_overrides_the_store(monkeypatch, tmp_p
     assert main(table1_args(tmp_path / "bad", "--class-counts", "710,980")) == 2
     assert "gives 2 counts but the store has 5 classes" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- retraining budget
+
+
+def retraining_rows() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Experiment F: two models x one trigger x two seeds, each retrained 6 clean epochs with hand-picked
+    ASRs (clean epoch e of seed s: start - step * e), plus an unretrained run of another experiment."""
+    runs, epochs = [], []
+    for model, start, step in (("small_cnn", 0.8, 0.01), ("small_cnn_pre", 0.9, 0.1)):
+        for seed in (0, 1):
+            for phase in ("poison", "clean"):
+                runs.append(run_row("F", phase, model=model, seed=seed, dataset="cifar10", poison_class="truck"))
+            run_id = runs[-1]["run_id"]
+            for epoch in range(7):
+                asr = max(0.0, start - step * epoch - 0.1 * seed)
+                epochs.append(
+                    {
+                        "run_id": run_id,
+                        "phase": "clean",
+                        "epoch": epoch,
+                        "adversarial_success_rate": asr,
+                        "clean_val_accuracy": 0.6 + 0.01 * epoch,
+                        "dataset": "cifar10",
+                        "model": model,
+                        "trigger": "bs",
+                    }
+                )
+            epochs.append({**epochs[-1], "phase": "poison", "epoch": 9, "adversarial_success_rate": 1.0})
+    runs.append(run_row("E1", "poison", model="other", dataset="cifar10"))
+    return pd.DataFrame(runs), pd.DataFrame(epochs)
+
+
+@pytest.fixture
+def budget_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return retraining_rows()
+
+
+def test_the_retraining_budget_reads_epochs_0_5_and_the_last_of_the_experiments_runs(budget_frames):
+    runs, epochs = budget_frames
+    frame = tables.retraining_budget(runs, epochs, "F")
+    assert frame["model"].tolist() == ["small_cnn", "small_cnn_pre"] and frame["runs"].tolist() == [2, 2]
+    scratch, pre = frame.iloc[0], frame.iloc[1]
+    # mean over seeds 0 and 1 (the seed-1 run sits 0.1 lower); sample std of two values 0.1 apart
+    assert scratch["ASR e0 mean"] == pytest.approx(0.75) and scratch["ASR e0 std"] == pytest.approx(0.1 / 2**0.5)
+    assert scratch["ASR e5 mean"] == pytest.approx(0.70) and scratch["ASR e6 mean"] == pytest.approx(0.69)
+    assert pre["ASR e5 mean"] == pytest.approx((0.4 + 0.3) / 2) and pre["ASR e6 min"] == pytest.approx(0.2)
+    assert pre["ASR e6 max"] == pytest.approx(0.3) and pre["clean acc e6 mean"] == pytest.approx(0.66)
+    assert "ASR e9 mean" not in frame.columns  # poison-phase epochs are not retraining epochs
+
+
+def test_the_retraining_budget_names_what_is_missing(budget_frames):
+    runs, epochs = budget_frames
+    with pytest.raises(ValueError, match="experiment 'E1' has no 'clean'-phase rows"):
+        tables.retraining_budget(runs, epochs, "E1")
+    with pytest.raises(ValueError, match="epochs.parquet has no clean-phase rows of its 4 runs"):
+        tables.retraining_budget(runs, epochs[epochs["phase"] == "poison"], "F")
+
+
+def test_the_retraining_budget_command_writes_the_table_and_the_figure(budget_frames, tmp_path):
+    runs, epochs = budget_frames
+    runs.to_parquet(tmp_path / "runs.parquet"), epochs.to_parquet(tmp_path / "epochs.parquet")
+    out = {ext: tmp_path / f"out.{ext}" for ext in ("csv", "md", "png", "pdf")}
+    args = ["retraining-budget", "--experiments", "F", "--runs", str(tmp_path / "runs.parquet")]
+    args += ["--epochs", str(tmp_path / "epochs.parquet")]
+    for ext, path in out.items():
+        args += [f"--out-{ext}", str(path)]
+    assert main(args) == 0
+    written = pd.read_csv(out["csv"])
+    assert written["ASR e5 mean"].round(6).tolist() == [0.7, 0.35]
+    assert "e5: the paper's budget" in out["md"].read_text()
+    assert out["png"].stat().st_size > 0 and out["pdf"].read_bytes().startswith(b"%PDF")
