@@ -23,7 +23,7 @@ def test_shipped_configs_load_with_defaults_filled(name):
     config = cfg.load_config(REPO / "config" / name)
     assert config["experiments"]["E1"]["strategy"] == "many-to-one"
     assert config["keep_models"] is False
-    assert set(config["resources"]) == {"train", "retrain"}
+    assert set(config["resources"]) == {"train", "retrain", "pretrain"}
     # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
     dataset, model = next(iter(config["datasets"])), next(iter(config["models"]))
     assert ex.train_params(config, dataset, model)["lr"] == config["train"]["lr"]
@@ -88,7 +88,7 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
         ),
         (
             lambda c: c["outputs"].update(table9="E1"),
-            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, table2, table3, table4, table5$",
+            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, retraining_budget, table2, table3, table4, table5$",
         ),
         (
             lambda c: c.update(name="my run"),
@@ -210,7 +210,7 @@ def test_keys_of_other_types_are_named():
     """YAML reads `1:`, `null:` and `true:` as keys that do not sort with text (this was a TypeError)."""
     config = raw("quickstart.yaml")
     config["resources"].update({1: {}, "zz": {}})
-    with pytest.raises(ValueError, match=r"^resources\.1: unknown key; allowed: retrain, train$"):
+    with pytest.raises(ValueError, match=r"^resources\.1: unknown key; allowed: pretrain, retrain, train$"):
         cfg.prepare_config(config, check_registries=False)
     config = raw("quickstart.yaml")
     config["models"][None] = {"arch": 5}

@@ -208,7 +208,7 @@ def test_inside_a_slurm_job_the_train_command_takes_no_gpu_slot(clean_env, tmp_p
     seen = spy_on_phases(clean_env)
     clean_env.setenv("CUDA_VISIBLE_DEVICES", "0")
     clean_env.setenv("SLURM_JOB_ID", "4242")
-    with caplog.at_level("INFO", logger="backdoor_eval.phase"):
+    with caplog.at_level("INFO", logger="backdoor_eval.gpus"):
         assert main(train_args(tmp_path)) == 0
     assert seen == [("poison", None, "0")]
     assert not (tmp_path / "locks").exists()  # no lock file was even created
