@@ -151,9 +151,7 @@ rule retraining_budget:
     output:
         csv=PATHS.table("retraining_budget", "csv"),
         md=report(PATHS.table("retraining_budget", "md"), caption="../report/table.rst", category="Tables"),
-        png=report(
-            PATHS.figure("retraining_curves", "png"), caption="../report/figure.rst", category="Figures"
-        ),
+        png=report(PATHS.figure("retraining_curves", "png"), caption="../report/figure.rst", category="Figures"),
         pdf=PATHS.figure("retraining_curves", "pdf"),
     log:
         log_of("retraining_budget", "retraining_budget"),
