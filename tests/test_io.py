@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,17 @@ def test_json_outputs_are_standard_json(tmp_path):
         "n": 3,
         "x": [None, 1.5],
     }
+
+
+def test_a_read_only_results_folder_is_one_line_naming_it(tmp_path, monkeypatch):
+    """What the workflow checks at parse time (workflow/rules/common.smk), before any job; simulated,
+    since root may write anywhere."""
+    results = tmp_path / "results" / "slice"
+    results.mkdir(parents=True)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != results and real_access(path, mode))
+    with pytest.raises(ValueError) as caught:
+        io.check_writable(results / ".write-check", f"results folder {results}:")
+    assert str(caught.value) == (
+        f"results folder {results}: {results / '.write-check'} cannot be written: no permission to write in {results}"
+    )

@@ -649,3 +649,11 @@ def test_an_init_model_of_the_wrong_content_is_one_line_naming_the_file(run_inpu
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--init-model {path} {message}" in err, err
     assert not (tmp_path / "clean").exists()
+
+
+def test_an_unknown_device_is_one_line_and_nothing_is_written(tiny_inputs, tmp_path, capsys):
+    args = tiny_args(tiny_inputs, tmp_path / "out", {"max_epochs": 1})
+    args[args.index("--device") + 1] = "tpu"
+    assert cli(args) == 2
+    assert "error: device 'tpu' is unknown; allowed: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
