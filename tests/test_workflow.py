@@ -509,8 +509,8 @@ BROKEN_CONFIGS = {
         "datasets.synthetic.params.size: 20000 (with num_classes 10 x per_class 300) needs about",
     ),
     "poison class without a poison_val image": (
-        [_set("datasets.synthetic.params.per_class", 3), _set("experiments.E1.poison_class", "class1")],
-        "experiments.E1.poison_class: dataset synthetic: class 'class1' has no image in the poison_val set",
+        [_set("datasets.synthetic.params.per_class", 6)],  # 6 images: 0 of class0 in poison_val
+        "experiments.E1.poison_class: dataset synthetic: class 'class0' has no image in the poison_val set (6 images",
     ),
 }
 
