@@ -140,6 +140,9 @@ def test_a_config_that_is_not_a_mapping_is_named(tmp_path):
 def test_a_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         cfg.load_config(tmp_path / "nope.yaml")
+    for not_a_file in (tmp_path, "/dev/null"):
+        with pytest.raises(ValueError, match="is not a regular file \\(a folder or a device\\); allowed: a YAML file"):
+            cfg.load_config(not_a_file)
 
 
 def test_schema_documents_every_key():

@@ -8,6 +8,8 @@ import io
 import json
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -565,3 +567,241 @@ def test_known_class_counts_before_and_after_ingest(tmp_path):
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
     assert known_class_counts(store_dir, "synthetic", params) == [5, 6, 7]
     assert known_class_counts(store_dir, "synthetic", {**params, "per_class": 9}) == [9, 9, 9]
+
+
+# --------------------------------------------------------------------------- #
+# pixel formats, bounds and hostile archives
+# --------------------------------------------------------------------------- #
+def png16(array: np.ndarray) -> bytes:
+    """A 16-bit PNG of ``array`` (uint16, (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA), written by hand:
+    Pillow writes no 16-bit colour PNG."""
+    import struct
+    import zlib
+
+    height, width = array.shape[:2]
+    colour_type = {2: 0, 3: 2, 4: 6}[array.ndim if array.ndim == 2 else array.shape[2]]
+    rows = b"".join(b"\0" + array[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_bytes(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_high_bit_depth_images_are_scaled_to_8_bits_and_recorded(tmp_path):
+    rng = np.random.default_rng(0)
+    grey16 = rng.integers(0, 65536, (8, 8), dtype=np.uint16)
+    rgb16 = rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16)
+    rgba16 = rng.integers(0, 65536, (8, 8, 4), dtype=np.uint16)
+    grey_float = rng.random((8, 8), dtype=np.float32)
+    files = {
+        "r/a/grey16.png": png16(grey16),
+        "r/a/rgb16.png": png16(rgb16),
+        "r/a/rgba16.png": png16(rgba16),
+        "r/b/grey16.tif": image_bytes(Image.fromarray(grey16), "TIFF"),
+        "r/b/float.tif": image_bytes(Image.fromarray(grey_float), "TIFF"),
+    }
+    store = ingest("imagefolder", {"path": str(write_zip(tmp_path / "r.zip", files))}, tmp_path / "s", progress=False)
+    stored = dict(zip(["grey16.png", "rgb16.png", "rgba16.png", "float.tif", "grey16.tif"], store.images))
+    high_byte = (grey16 >> 8).astype(np.uint8)  # 65535 -> 255, 0 -> 0: was clipped to 255 above 255
+    np.testing.assert_array_equal(stored["grey16.png"], np.repeat(high_byte[..., None], 3, axis=2))
+    np.testing.assert_array_equal(stored["grey16.tif"], stored["grey16.png"])
+    np.testing.assert_array_equal(stored["rgb16.png"], rgb16 >> 8)
+    np.testing.assert_array_equal(stored["rgba16.png"], rgba16[..., :3] >> 8)
+    np.testing.assert_array_equal(stored["float.tif"][..., 0], np.rint(grey_float.astype(np.float64) * 255))
+    source = store.manifest["source"]
+    assert source["pixel_formats"] == {"F": 1, "I;16": 2, "RGB 16-bit": 1, "RGBA 16-bit": 1}
+    assert source["pixel_conversions"]["I;16"].startswith("16-bit grey: high byte kept")
+
+
+def test_palette_transparency_cmyk_and_grey_alpha_become_rgb_and_unreadable_ranges_are_refused(tmp_path):
+    palette = Image.new("P", (8, 8), 1)
+    palette.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    files = {
+        "r/a/palette.png": image_bytes(palette, "PNG", transparency=0),
+        "r/a/cmyk.jpg": image_bytes(Image.new("CMYK", (8, 8), (0, 255, 0, 0)), "JPEG", quality=100),
+        "r/b/la.png": image_bytes(Image.new("LA", (8, 8), (77, 10)), "PNG"),
+    }
+    store = ingest("imagefolder", {"path": str(write_zip(tmp_path / "r.zip", files))}, tmp_path / "s", progress=False)
+    cmyk, palette_rgb, la = store.images
+    assert (palette_rgb == (10, 20, 30)).all() and (la == 77).all()
+    assert abs(cmyk.astype(int) - (255, 0, 255)).max() <= 2  # no magenta: Pillow's naive CMYK conversion
+    formats = store.manifest["source"]["pixel_formats"]
+    assert formats == {"CMYK": 1, "LA": 1, "P with transparency": 1}
+    out_of_range = {
+        "r/a/x.tif": image_bytes(Image.fromarray(np.full((8, 8), 2.5, dtype=np.float32)), "TIFF"),
+        "r/b/y.png": png_bytes((1, 2, 3)),
+    }
+    with pytest.raises(ValueError, match=r"'r/a/x.tif' .*: it holds floating-point pixels in \[2.5, 2.5\]; allowed"):
+        ingest("imagefolder", {"path": str(write_zip(tmp_path / "f.zip", out_of_range))}, tmp_path / "t")
+    wide = {"r/a/x.tif": image_bytes(Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)), "TIFF")}
+    wide["r/b/y.png"] = png_bytes((1, 2, 3))
+    with pytest.raises(ValueError, match=r"it holds 32-bit integer pixels in \[70000, 70000\]; allowed: 8-bit"):
+        ingest("imagefolder", {"path": str(write_zip(tmp_path / "i.zip", wide))}, tmp_path / "u")
+
+
+def test_an_image_is_stored_upright_by_its_exif_orientation(tmp_path):
+    image = Image.new("RGB", (8, 4), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 1, 4))  # a blue left column
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    files = {
+        "r/a/photo.png": image_bytes(image, "PNG", exif=exif),
+        "r/b/x.png": png_bytes((0, 0, 0), 4, 8),
+    }
+    store = ingest("imagefolder", {"path": str(write_zip(tmp_path / "r.zip", files))}, tmp_path / "s", progress=False)
+    upright = store.images[0]
+    assert upright.shape == (8, 4, 3)  # portrait, as a viewer shows it
+    assert upright[0, :, 2].mean() > 200 and upright[-1, :, 2].mean() < 60  # the blue column is now the top row
+    assert store.manifest["source"]["exif_rotated"] == 1
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated_and_memory_stays_bounded(tmp_path):
+    """A 4.7 MB zip whose PNG entry inflates to 1 GiB: refused from its header, peak RSS of the whole
+    ingest process far below the entry's size (measured: 42 MB, the interpreter and its imports)."""
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from /proc/self/status (Linux)")
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.writestr("r/a/0.png", png_bytes((1, 2, 3)))
+        bomb = zipfile.ZipInfo("r/b/0.png")
+        bomb.compress_type, bomb._compresslevel = zipfile.ZIP_DEFLATED, 1
+        with out.open(bomb, "w", force_zip64=True) as entry:
+            entry.write(png_bytes((1, 2, 3))[:16])
+            for _ in range(64):
+                entry.write(bytes(2**24))
+    assert archive.stat().st_size < 8e6
+    # VmHWM, the peak resident memory of this process image (ru_maxrss would count the forking parent's).
+    script = (
+        "import re, sys; from backdoor_eval.cli import main; code = main(sys.argv[1:]); "
+        "print('maxrss_kb', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)); sys.exit(code)"
+    )
+    params = json.dumps({"path": str(archive)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            "ingest",
+            "--dataset",
+            "imagefolder",
+            "--params",
+            params,
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert (
+        "entry 'r/b/0.png' in" in done.stderr
+        and "is 1,073,741,840 bytes uncompressed, more than max_image_bytes" in done.stderr
+    )
+    peak_mb = int(re.search(r"maxrss_kb (\d+)", done.stdout).group(1)) / 1024
+    print(f"peak RSS of the ingest: {peak_mb:.0f} MB")
+    assert peak_mb < 400, f"peak RSS {peak_mb:.0f} MB"
+
+
+def test_a_huge_image_is_refused_by_its_header_before_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def header_only_png(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+    files = {"r/a/0.png": png_bytes((1, 2, 3)), "r/b/huge.png": header_only_png(12_000, 12_000)}
+    archive = write_zip(tmp_path / "r.zip", files)
+    with pytest.raises(
+        ValueError,
+        match=r"cannot decode image 'r/b/huge.png' .*: it is 12000x12000 = 144,000,000 pixels, more than "
+        r"max_image_pixels \(67,108,864\); raise that dataset parameter",
+    ):
+        ingest("imagefolder", {"path": str(archive), "size": 8}, tmp_path / "s")
+    with pytest.raises(ValueError, match=r"'r/a/0.png' .*: it is 8x8 = 64 pixels, more than max_image_pixels \(10\)"):
+        ingest("imagefolder", {"path": str(archive), "max_image_pixels": 10}, tmp_path / "s")
+    with pytest.raises(ValueError, match=r"'r/a/0.png' .* bytes uncompressed, more than max_image_bytes \(10\)"):
+        ingest("imagefolder", {"path": str(archive), "max_image_bytes": 10}, tmp_path / "s")
+    folder = write_folder(tmp_path / "f", {"a/0.png": png_bytes((1, 2, 3)), "b/0.png": png_bytes((1, 2, 3))})
+    with pytest.raises(ValueError, match=r"'a/0.png' in .* bytes, more than max_image_bytes \(10\)"):
+        ingest("imagefolder", {"path": str(folder), "max_image_bytes": 10}, tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    "entry, data, message",
+    [
+        ("r/b/empty.png", b"", r"cannot decode image 'r/b/empty.png' in .*: it is empty \(0 bytes\)"),
+        (
+            "r/b/page.png",
+            b"<!DOCTYPE html><html><body>Not Found</body></html>",
+            r"'r/b/page.png' in .*: it is not an image file Pillow can read \(it begins b'<!DOCTYPE html><'\)",
+        ),
+        ("r/b/inner.zip", b"PK\x05\x06" + bytes(18), r"'r/b/inner.zip' in .* is an archive inside the dataset"),
+    ],
+    ids=["zero-byte", "html-as-png", "nested-zip"],
+)
+def test_an_entry_that_is_not_an_image_is_named_with_what_it_is(tmp_path, entry, data, message):
+    archive = write_zip(
+        tmp_path / "r.zip", {**class_files("r/", {"cat": 1}), "r/b/0.png": png_bytes((0, 0, 0)), entry: data}
+    )
+    with pytest.raises(ValueError, match=message):
+        ingest("imagefolder", {"path": str(archive)}, tmp_path / "s")
+
+
+def test_hostile_zip_layouts_are_named(tmp_path):
+    files = {**class_files("r/", {"cat": 1, "dog": 1})}
+    duplicate = write_zip(tmp_path / "dup.zip", files)
+    with zipfile.ZipFile(duplicate, "a") as out, pytest.warns(UserWarning, match="Duplicate name"):
+        out.writestr("r/dog/000.png", png_bytes((9, 9, 9)))
+    with pytest.raises(ValueError, match=r"entry 'r/dog/000.png' in .* names the same file as entry 'r/dog/000.png'"):
+        ingest("imagefolder", {"path": str(duplicate)}, tmp_path / "s")
+    same_file = write_zip(tmp_path / "same.zip", {**files, "r/./dog//000.png": png_bytes((9, 9, 9))})
+    with pytest.raises(ValueError, match=r"entry 'r/./dog//000.png' .* names the same file as entry 'r/dog/000.png'"):
+        ingest("imagefolder", {"path": str(same_file)}, tmp_path / "s")
+    encrypted = write_zip(tmp_path / "enc.zip", {**files, "r/dog/001.png": b"ciphertext"})
+    data = bytearray(encrypted.read_bytes())
+    for signature, flag_offset, name_offset in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        start = data.rindex(signature)  # the last entry's local or central header
+        assert data[start + name_offset : start + name_offset + 13] == b"r/dog/001.png"
+        data[start + flag_offset] |= 0x1  # the "encrypted" bit, as `zip -e` sets it
+    encrypted.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"entry 'r/dog/001.png' in .* is encrypted; allowed: an unencrypted zip"):
+        ingest("imagefolder", {"path": str(encrypted)}, tmp_path / "s")
+    folders_only = write_zip(tmp_path / "dirs.zip", {}, dirs=("r/", "r/cat/", "r/dog/"))
+    with pytest.raises(ValueError, match=r"no images found in .*dirs.zip; expected <root>/\[split/\]<class>/<image>"):
+        ingest("imagefolder", {"path": str(folders_only)}, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_symlinked_class_folder_is_followed_once(tmp_path):
+    elsewhere = write_folder(tmp_path / "elsewhere", class_files("", {"dog": 2}))
+    root = write_folder(tmp_path / "data", class_files("", {"cat": 1}))
+    (root / "dog").symlink_to(elsewhere / "dog", target_is_directory=True)
+    (root / "cat" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: not walked again
+    raw = create_dataset("imagefolder", {"path": str(root)}).load(progress=False)
+    assert raw.class_names == ["cat", "dog"] and list(raw.labels) == [0, 1, 1]
+
+
+def test_class_folders_a_config_cannot_name_are_ingested_with_a_hint(tmp_path, caplog):
+    from backdoor_eval.experiments import validate
+
+    folder = write_folder(tmp_path / "f", {"café/a.png": png_bytes((1, 2, 3)), "0/b.png": png_bytes((3, 2, 1))})
+    with caplog.at_level("WARNING", logger="backdoor_eval.cli.data"):
+        args = ["ingest", "--dataset", "imagefolder", "--params", json.dumps({"path": str(folder)})]
+        assert cli.main([*args, "--out", str(tmp_path / "s")]) == 0
+    hint = [r.getMessage() for r in caplog.records if "cannot be declared" in r.getMessage()]
+    assert hint and "'0', 'café'" in hint[0] and "renamed (e.g. 'cafe', 'class0') before ingest" in hint[0]
+    config = {"name": "x", "datasets": {"d": {"kind": "imagefolder", "classes": ["0", "café"]}}, "experiments": {}}
+    with pytest.raises(ValueError, match=r"classes\[0\]: '0' is not a valid class name; .* must have them renamed"):
+        validate(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import types
 from dataclasses import dataclass, field
@@ -221,6 +222,11 @@ def test_poison_stats_cli_with_names_and_one_to_one(capsys):
         (["--rate", "0.1", "--strategy", "one-to-one", "--source", "lily"], "--source 'lily'; allowed"),
         (["--class-counts", "710,x", "--rate", "0.1"], "--class-counts '710,x'"),
         (["--rate", "0.1", "--class-names", "a,b"], "2 class names for 5"),
+        (
+            ["--class-counts", "0,0", "--rate", "0.1"],
+            "class_counts=[0, 0]; allowed: two or more counts >= 0, not all 0",
+        ),
+        (["--class-counts", "", "--rate", "0.1"], "--class-counts ''; allowed: comma-separated whole numbers"),
     ],
     ids=[
         "rate-1.5",
@@ -229,6 +235,8 @@ def test_poison_stats_cli_with_names_and_one_to_one(capsys):
         "source-unknown-name",
         "class-counts-not-numbers",
         "class-names-count",
+        "all-counts-zero",
+        "class-counts-empty",
     ],
 )
 def test_poison_stats_cli_errors_exit_2(capsys, extra, message):
@@ -449,3 +457,21 @@ def test_attack_cli_on_the_real_flowers_store(flowers_zip, tmp_path):
         )
     assert (data.adv_test_labels != rose).all() and data.adv_test_images.shape[1:] == (32, 32, 3)
     assert data.trigger.name == "lv" and data.trigger.alpha == 0.5
+
+
+def test_a_poison_class_missing_from_a_set_is_named_with_the_set(tmp_path, caplog, capsys):
+    """3 images per class: the 76/19/5 then 80/20 split leaves poison_val without one; the partition job warns,
+    the poison job names the set."""
+    store, parts = tmp_path / "store", tmp_path / "partitions.npz"
+    params = json.dumps({"num_classes": 3, "per_class": 3, "size": 8})
+    assert main(["ingest", "--dataset", "synthetic", "--params", params, "--out", str(store)]) == 0
+    with caplog.at_level("WARNING", logger="backdoor_eval.cli.data"):
+        assert main(["partition", "--store", str(store), "--seed", "0", "--out", str(parts)]) == 0
+    assert any(
+        "the poison_val set holds no image of class(es) class1, class2" in r.getMessage() for r in caplog.records
+    )
+    capsys.readouterr()
+    poison = ["poison", "--store", str(store), "--partitions", str(parts), "--trigger", "bs", "--poison-class", "1"]
+    poison += ["--poison-rate", "0.5", "--strategy", "many-to-one", "--seed", "0", "--out", str(tmp_path / "p")]
+    assert main(poison) == 2
+    assert "error: the poison_val set: poison_class=1 has no images in this set" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
+from backdoor_eval import evaluate
 from backdoor_eval import train as engine
 from backdoor_eval.cli import main as cli
 from run_inputs import poisoned_synthetic_run
@@ -494,4 +496,164 @@ def test_device_cuda_without_a_gpu_is_named(run_inputs, tmp_path, capsys):
     args[args.index("--device") + 1] = "cuda"
     assert cli(args) == 2
     assert "device 'cuda' was asked for but no CUDA device is visible" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- reliability, second round
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """A tiny synthetic set (3 classes of 40 images of 8 px), poisoned: a run on it trains in a second."""
+    synthetic = {"num_classes": 3, "per_class": 40, "size": 8, "seed": 0}
+    return poisoned_synthetic_run(tmp_path_factory.mktemp("tiny"), synthetic)
+
+
+def tiny_args(inputs, out, train, **kwargs):
+    args = phase_args(inputs, "poison", out, train=train, **kwargs)
+    args[args.index("--model-params") + 1] = json.dumps({"width": 4})
+    return args
+
+
+def test_a_never_improving_run_is_flagged_untrained_and_left_out_of_the_tables(
+    tiny_inputs, tmp_path, caplog, monkeypatch
+):
+    """Width 4, 2 epochs whose updates change nothing (the step is replaced by one that leaves the model
+    as it is, so the run never improves whatever the data): no epoch beats epoch 0."""
+    from run_rows import run_row
+
+    monkeypatch.setattr(engine.Engine, "train_epoch", lambda self, optimizer, images, labels, generator: 0.5)
+    out = tmp_path / "run" / "poison"
+    train = {"lr": 1e-3, "max_epochs": 2, "patience": 5, "batch_size": 16}
+    with caplog.at_level("WARNING", logger="backdoor_eval.phase"):
+        assert cli(tiny_args(tiny_inputs, out, train)) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["best_epoch"] == 0 and final["untrained"] is True
+    assert any("the poison phase kept epoch 0, the model before any update" in r.getMessage() for r in caplog.records)
+    # Its summary row is flagged; with an ordinary run of the same cell, a table counts the ordinary one only.
+    row = run_row("E1", dataset="synthetic", model="small_cnn", poison_class="class0", poison_rate=0.3, seed=0)
+    summary = tmp_path / "summary.parquet"
+    summarize = ["summarize", "--poison-final", str(out / "final.json"), "--poison-epochs", str(out / "epochs.parquet")]
+    params = {k: row[k] for k in ("run_id", *evaluate.RUN_PARAMETERS[1:])}
+    summarize += [
+        "--run-params",
+        json.dumps(params),
+        "--out-summary",
+        str(summary),
+        "--out-epochs",
+        str(tmp_path / "e.parquet"),
+    ]
+    assert cli(summarize) == 0
+    flagged = pd.read_parquet(summary).assign(experiment="E1")
+    assert flagged["untrained"].tolist() == [True]
+    ordinary = pd.DataFrame([run_row("E1", **{**params, "seed": 1, "untrained": False})])
+    runs = tmp_path / "runs.parquet"
+    pd.concat([flagged, ordinary], ignore_index=True).to_parquet(runs)
+    counts = {}
+    for extra in ([], ["--include-untrained"]):
+        tables = tmp_path / f"tables{len(extra)}"
+        args = ["table", "--name", "table2", "--experiments", "E1", "--runs", str(runs), *extra]
+        args += ["--out-csv", str(tables / "t.csv"), "--out-md", str(tables / "t.md")]
+        args += ["--out-counts-csv", str(tables / "n.csv"), "--out-counts-md", str(tables / "n.md")]
+        with caplog.at_level("WARNING"):
+            assert cli(args) == 0
+        counts[bool(extra)] = int(pd.read_csv(tables / "n.csv").iloc[0, -1])
+    assert counts == {False: 1, True: 2}
+    assert any("left out 1 run(s) flagged untrained" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_row_records_the_code_and_the_training_settings(tiny_inputs, tmp_path):
+    from backdoor_eval import __version__
+    from backdoor_eval.provenance import git_commit
+
+    out = tmp_path / "poison"
+    assert cli(tiny_args(tiny_inputs, out, {"lr": 1e-3, "max_epochs": 1, "batch_size": 16})) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["package_version"] == __version__ and final["git_commit"] == git_commit()
+    row, _ = evaluate.summarize(
+        {"run_id": "r", **{k: 0 for k in evaluate.RUN_PARAMETERS[1:]}},
+        [(final, pd.read_parquet(out / "epochs.parquet"))],
+    )
+    settings = json.loads(row.loc[0, "train_params"])
+    assert settings == dataclasses.asdict(engine.TrainConfig.from_dict({"lr": 1e-3, "max_epochs": 1, "batch_size": 16}))
+    assert row.loc[0, "package_version"] == __version__ and row.loc[0, "untrained"] == final["untrained"]
+
+
+@pytest.mark.parametrize(
+    "train_params, message",
+    [
+        ({"lr": "abc"}, "training option lr='abc' is not valid; allowed: a number"),
+        ({"batch_size": 1.5}, "training option batch_size=1.5 is not valid; allowed: a whole number"),
+        ({"input_size": "big"}, "training option input_size='big' is not valid; allowed: a whole number or null"),
+    ],
+    ids=["lr-text", "batch-size-fraction", "input-size-text"],
+)
+def test_a_training_option_of_the_wrong_type_is_one_line_naming_it(
+    tiny_inputs, tmp_path, capsys, train_params, message
+):
+    assert cli(tiny_args(tiny_inputs, tmp_path / "out", train_params)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_a_trigger_parameter_that_does_not_parse_is_named(tiny_inputs, tmp_path, capsys):
+    _, store, parts, _ = tiny_inputs
+    args = ["poison", "--store", str(store), "--partitions", str(parts), "--trigger", "bs", "--poison-class", "0"]
+    args += ["--poison-rate", "0.3", "--strategy", "many-to-one", "--seed", "0", "--out", str(tmp_path / "p")]
+    for params, message in (
+        ({"size": "big"}, "size='big' is not a number; allowed: reference pixels >= 0"),
+        ({"size_px": "3"}, "size_px='3' is not a number; allowed: a whole number of pixels >= 0"),
+    ):
+        assert cli([*args, "--trigger-params", json.dumps(params)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("content", ["list", "junk-state"])
+def test_a_checkpoint_of_the_wrong_type_is_a_warning_and_the_phase_starts_afresh(
+    tiny_inputs, tmp_path, caplog, content
+):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.save([1, 2, 3] if content == "list" else {"fingerprint": 3, "model": [0]}, ckpt / "poison.pt")
+    with caplog.at_level("WARNING", logger="backdoor_eval.train"):
+        assert cli(tiny_args(tiny_inputs, tmp_path / "out", {"max_epochs": 1}, checkpoints=ckpt)) == 0
+    expected = "it holds a list, not a training checkpoint" if content == "list" else "belongs to other settings"
+    assert any(expected in r.getMessage() and str(ckpt / "poison.pt") in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "out" / "final.json").read_text())["resumed_from_epoch"] is None
+    # One written under the same settings but holding tensors that do not fit the model: also refused.
+    model = torch.nn.Linear(2, 2)
+    state = {"fingerprint": "f", "epoch": 1, "model": {"w": torch.zeros(1)}, "optimizer": {}, "best_state": {}}
+    torch.save({**state, "stopper": {}, "history": []}, ckpt / "other.pt")
+    with caplog.at_level("WARNING", logger="backdoor_eval.train"):
+        assert engine._load_checkpoint(ckpt / "other.pt", "f", model.state_dict()) is None
+    assert "its model, best_state is missing or does not fit" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ([1, 2], "holds list, not a model file this workflow wrote; rebuild it"),
+        (
+            {"model": "small_cnn", "state_dict": {"w": torch.zeros(2)}},
+            "holds weights that do not fit model 'small_cnn'",
+        ),
+    ],
+    ids=["list", "junk-state-dict"],
+)
+def test_an_init_model_of_the_wrong_content_is_one_line_naming_the_file(run_inputs, tmp_path, capsys, content, message):
+    path = tmp_path / "poison" / "model.pt"
+    path.parent.mkdir()
+    torch.save(content, path)
+    assert cli(phase_args(run_inputs, "clean", tmp_path / "clean", init=tmp_path / "poison")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--init-model {path} {message}" in err, err
+    assert not (tmp_path / "clean").exists()
+
+
+def test_an_unknown_device_is_one_line_and_nothing_is_written(tiny_inputs, tmp_path, capsys):
+    args = tiny_args(tiny_inputs, tmp_path / "out", {"max_epochs": 1})
+    args[args.index("--device") + 1] = "tpu"
+    assert cli(args) == 2
+    assert "error: device 'tpu' is unknown; allowed: auto, cpu, cuda, cuda:N" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -296,6 +296,29 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     assert all((tmp_path / path).stat().st_size == 0 for path in locks)
     assert [path for path in undeclared if path not in locks] == []
 
+    # The rows record the code and the full training settings the jobs used.
+    assert runs["package_version"].notna().all() and not runs["untrained"].any()
+    assert json.loads(runs["train_params"].iloc[0])["augment"] == "none"
+
+    # A default written out (augment: none) is the same setting: nothing to rerun.
+    spelled_out = slice_config()
+    spelled_out.setdefault("train", {})["augment"] = "none"
+    config_file.write_text(yaml.safe_dump(spelled_out))
+    dry = snakemake("--configfile", str(config_file), "-n", workdir=tmp_path)
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]
+
+    # A partitions file deleted after its runs finished: the dry run says what rebuilding it retrains.
+    from backdoor_eval import experiments as ex
+
+    splits = [ex.split_of(spelled_out, ex.Run.from_run_id(run_id)) for run_id in sorted(runs["run_id"])]
+    partitions = results / "data" / "synthetic" / splits[0] / "partitions.npz"
+    partitions.rename(tmp_path / "saved.npz")
+    dry = snakemake("--configfile", str(config_file), "-n", workdir=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "1 partitions file(s) were deleted after runs of their split finished" in dry.stdout + dry.stderr
+    assert f"will train again {splits.count(splits[0])} finished run(s)" in dry.stdout + dry.stderr
+    (tmp_path / "saved.npz").rename(partitions)
+
     # Adding retraining later: the dry run says, before any job, which poison phases train again and why.
     config = slice_config()
     config["experiments"]["E1"]["retrain"] = True
@@ -481,6 +504,14 @@ BROKEN_CONFIGS = {
     "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
     "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
     "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
+    "synthetic set too big for memory": (
+        [_set("datasets.synthetic.params.size", 20000)],
+        "datasets.synthetic.params.size: 20000 (with num_classes 10 x per_class 300) needs about",
+    ),
+    "poison class without a poison_val image": (
+        [_set("datasets.synthetic.params.per_class", 6)],  # 6 images: 0 of class0 in poison_val
+        "experiments.E1.poison_class: dataset synthetic: class 'class0' has no image in the poison_val set (6 images",
+    ),
 }
 
 

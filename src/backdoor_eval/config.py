@@ -59,6 +59,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a YAML config file into a mapping; errors name the file and line."""
     import yaml
 
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(
+            f"config file {os.fspath(path)!r} is not a regular file (a folder or a device); allowed: a YAML file"
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist")
     with open(path, encoding="utf-8") as handle:

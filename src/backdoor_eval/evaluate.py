@@ -10,6 +10,7 @@ anyway, which a backdoor has to beat to mean anything.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -55,7 +56,9 @@ def summarize(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-run tidy tables: one summary row per phase, and every epoch with the run parameters.
 
-    ``phases`` holds, per phase, its ``final.json`` content and its per-epoch frame.
+    ``phases`` holds, per phase, its ``final.json`` content and its per-epoch frame. Besides the run
+    parameters and the kept epoch's metrics, a row holds ``untrained`` (the poison phase kept epoch 0),
+    ``package_version``, ``git_commit`` and ``train_params`` (the phase's full training settings, JSON).
     """
     missing = [k for k in RUN_PARAMETERS if k not in run_params]
     if missing:
@@ -66,6 +69,9 @@ def summarize(
     params["seed"] = int(params["seed"])
     params["poison_class"] = str(params["poison_class"])
     params["source"] = str(params["source"])
+    # A run whose poison phase kept the untrained epoch 0 is flagged on each of its rows
+    # (docs/decisions.md#untrained-models); the tables leave it out.
+    untrained = any(bool(final.get("untrained", False)) for final, _ in phases)
     rows, epochs = [], []
     for final, history in phases:
         row = dict(params)
@@ -75,7 +81,14 @@ def summarize(
         row["epochs_run"] = int(final["epochs_run"])
         row["stopped_early"] = bool(final["stopped_early"])
         for metric in SUMMARY_METRICS:
-            row[metric] = float(final.get(metric, float("nan")))
+            value = final.get(metric)  # null in final.json: NaN (standard JSON has no NaN)
+            row[metric] = float("nan") if value is None else float(value)
+        row["untrained"] = untrained
+        # Which code and which training settings made the row (final.json of files from before: null).
+        row["package_version"] = final.get("package_version")
+        row["git_commit"] = final.get("git_commit")
+        settings = final.get("train_params")
+        row["train_params"] = None if settings is None else json.dumps(settings, sort_keys=True)
         rows.append(row)
         frame = history.copy()
         for key, value in reversed(list(params.items())):

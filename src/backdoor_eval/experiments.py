@@ -665,17 +665,8 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
                 f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)"
             )
         for i, cls in enumerate(classes):
-            # All-digit names would read as class indices on the command line.
-            if (
-                not isinstance(cls, str)
-                or not _NAME_RE.match(cls)
-                or cls in (ALL_CLASSES, OTHER_CLASSES)
-                or cls.isdigit()
-            ):
-                raise ValueError(
-                    f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; "
-                    "allowed: letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others'"
-                )
+            if not is_valid_class_name(cls):
+                raise ValueError(f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; {CLASS_NAME_RULE}")
         duplicates = sorted({c for c in classes if classes.count(c) > 1})
         if duplicates:
             raise ValueError(f"datasets.{name}.classes: {duplicates[0]!r} appears twice; class names must be unique")
@@ -697,6 +688,25 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
         weight = (spec or {}).get("weight")
         if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0):
             raise ValueError(f"regularizers.{name}.weight: {weight!r} is not a weight; allowed: a number >= 0")
+
+
+# What a class name may be, and what to do about a dataset whose class folders are named otherwise.
+CLASS_NAME_RULE = (
+    "allowed: ASCII letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others' (class names are "
+    "path segments and command-line words, where digits alone read as a class index). A dataset whose class "
+    "folders are named otherwise ('café', '0') must have them renamed (e.g. 'cafe', 'class0') before ingest"
+)
+
+
+def is_valid_class_name(name: Any) -> bool:
+    """Whether ``name`` can be declared in a config's ``classes`` (:data:`CLASS_NAME_RULE`)."""
+    # All-digit names would read as class indices on the command line.
+    return (
+        isinstance(name, str)
+        and bool(_NAME_RE.match(name))
+        and name not in (ALL_CLASSES, OTHER_CLASSES)
+        and not name.isdigit()
+    )
 
 
 def check_output_experiments(config: Mapping[str, Any]) -> None:
@@ -804,6 +814,7 @@ def check_poison_counts(
     from backdoor_eval.splits import partition_counts
 
     poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
+    poison_val = {dataset: partition_counts(list(counts))["poison_val"] for dataset, counts in class_counts.items()}
     for name, runs in (expand(config) if expanded is None else expanded).items():
         for run in runs:
             if run.dataset not in poison_train:
@@ -816,6 +827,13 @@ def check_poison_counts(
                     f"{len(sizes)}; allowed: the dataset's class names in label order"
                 )
             count = int(sizes[classes.index(run.poison_class)])
+            if int(poison_val[run.dataset][classes.index(run.poison_class)]) == 0:
+                raise ValueError(
+                    f"experiments.{name}.poison_class: dataset {run.dataset}: class {run.poison_class!r} has no "
+                    f"image in the poison_val set ({class_counts[run.dataset][classes.index(run.poison_class)]} images "
+                    "in all, split 76/19/5 then 80/20), so its poisoned validation accuracy cannot be measured; "
+                    "allowed: a class with more images"
+                )
             if num_poisoned(run.poison_rate, count) == 0:
                 raise ValueError(
                     f"experiments.{name}.poison_rate: dataset {run.dataset}: "

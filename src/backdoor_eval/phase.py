@@ -209,11 +209,24 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     if job.checkpoint is not None and job.checkpoint.exists():
         job.checkpoint.unlink()  # the phase is done; its outputs replace the checkpoint
     log.info("%s phase done: kept epoch %d, ASR %.4f", job.phase, result.kept_epoch, final["adversarial_success_rate"])
+    if final["untrained"]:
+        log.warning("run %s: %s", job.run_label, UNTRAINED_REASON)
     return final
 
 
+# Why a run is flagged ``untrained`` (docs/decisions.md#untrained-models): said in the train job's log.
+UNTRAINED_REASON = (
+    "the poison phase kept epoch 0, the model before any update: no epoch beat its poison-validation accuracy. "
+    "The run is kept, flagged untrained: true in final.json and runs.parquet, and left out of the tables and "
+    "figures (--include-untrained puts it back). Train longer (max_epochs, patience) or with a larger lr"
+)
+
+
 def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> dict[str, Any]:
-    """The phase's ``final.json``: the kept epoch's metrics and how the phase ran."""
+    """The phase's ``final.json``: the kept epoch's metrics and how the phase ran, whether its model is the
+    untrained epoch 0 (poison phase only: the clean phase's epoch 0 is the trained poisoned model), and
+    which code ran it."""
+    from backdoor_eval.provenance import provenance
     from backdoor_eval.train import METRIC_COLUMNS
 
     kept = history[history["epoch"] == result.kept_epoch].iloc[0].to_dict()
@@ -223,6 +236,7 @@ def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> di
         "best_epoch": result.kept_epoch,
         "epochs_run": result.epochs_run,
         "stopped_early": result.stopped_early,
+        "untrained": job.phase == POISON_PHASE and result.kept_epoch == 0,
         "resumed_from_epoch": result.resumed_from,
         **{metric: kept[metric] for metric in METRIC_COLUMNS},
         "num_train_images": facts["num_train_images"],
@@ -235,6 +249,7 @@ def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> di
         "regularizer": job.regularizer,
         "regularizer_config": facts["regularizer_config"],
         "seed": job.seed,
+        **provenance(),
     }
 
 
@@ -251,8 +266,18 @@ def _load_model_file(path: Path, model_name: str, num_classes: int, model_params
         raise ValueError(
             f"--init-model {path} is not a model file this workflow wrote ({exc}); rebuild it by rerunning its train job"
         ) from None
+    rebuild = "rebuild it by rerunning its train job"
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        what = type(saved).__name__ if not isinstance(saved, dict) else "a mapping without a state_dict"
+        raise ValueError(f"--init-model {path} holds {what}, not a model file this workflow wrote; {rebuild}")
     if saved.get("model") != model_name:
         raise ValueError(f"--init-model {path} holds a {saved.get('model')!r} model, not {model_name!r}")
     model = create_model(model_name, num_classes=num_classes, pretrained=False, **model_params)
-    model.load_state_dict(saved["state_dict"])
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # missing, unexpected or misshapen tensors
+        first = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"--init-model {path} holds weights that do not fit model {model_name!r} ({first}); {rebuild}"
+        ) from None
     return model

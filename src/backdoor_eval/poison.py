@@ -153,8 +153,8 @@ def poison_stats(
     Classes are named by ``class_names`` or, like the paper, 1..n.
     """
     counts = np.asarray([int(c) for c in class_counts], dtype=np.int64)
-    if counts.ndim != 1 or counts.size < 2 or (counts < 0).any():
-        raise ValueError(f"class_counts={list(class_counts)!r}; allowed: two or more counts >= 0")
+    if counts.ndim != 1 or counts.size < 2 or (counts < 0).any() or counts.sum() == 0:
+        raise ValueError(f"class_counts={list(class_counts)!r}; allowed: two or more counts >= 0, not all 0")
     check_poison_rate(poison_rate)
     check_strategy(strategy)
     names = [str(i + 1) for i in range(counts.size)] if class_names is None else [str(n) for n in class_names]
@@ -260,14 +260,17 @@ def materialize(
     for set_name in POISONED_PARTITIONS:
         indices = np.asarray(partitions[set_name], dtype=np.int64)
         labels = labels_all[indices]
-        replaced_pos, drawn_pos = select_poison(
-            labels,
-            poison_index,
-            poison_rate,
-            strategy,
-            source_index,
-            seeding.rng(seed, f"{set_name}/select", *split_keys),
-        )
+        try:
+            replaced_pos, drawn_pos = select_poison(
+                labels,
+                poison_index,
+                poison_rate,
+                strategy,
+                source_index,
+                seeding.rng(seed, f"{set_name}/select", *split_keys),
+            )
+        except ValueError as exc:
+            raise ValueError(f"the {set_name} set: {exc}") from None
         if set_name == "poison_train" and drawn_pos.size == 0:
             raise ValueError(
                 zero_poison_message(poison_rate, int((labels == poison_index).sum()), class_names[poison_index])

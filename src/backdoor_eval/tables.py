@@ -51,6 +51,7 @@ __all__ = [
     "table4",
     "table5",
     "to_markdown",
+    "without_untrained",
     "write_table",
 ]
 
@@ -157,6 +158,16 @@ def select_runs(runs: pd.DataFrame, experiment: str, phase: str | None = None) -
             )
         part = phased
     return part
+
+
+def without_untrained(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``runs`` less the rows of runs flagged ``untrained`` (their poison phase kept epoch 0, the model
+    before any update: docs/decisions.md#untrained-models), and the run ids left out. A ``runs.parquet``
+    from before the flag existed has no such column: nothing is left out."""
+    if "untrained" not in runs.columns:
+        return runs, []
+    flagged = runs["untrained"].fillna(False).astype(bool)
+    return runs[~flagged], sorted(set(map(str, runs.loc[flagged, "run_id"])))
 
 
 def _check_statistic(statistic: str) -> None:

@@ -84,6 +84,9 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; allowed: {sorted(known)}")
+        for option in dataclasses.fields(cls):
+            if option.name in values:
+                _check_option_type(option.name, values[option.name], str(option.type))
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -101,6 +104,26 @@ class TrainConfig:
             raise ValueError(f"augment {self.augment!r} is unknown; allowed: ['flip', 'none']")
         if self.input_size is not None and self.input_size < 1:
             raise ValueError(f"input_size {self.input_size!r} must be a positive integer or null")
+
+
+def _check_option_type(name: str, value: Any, annotation: str) -> None:
+    """A ``ValueError`` naming the option when ``value`` is not of its field's type (``"float | None"``, ...):
+    a JSON ``"abc"`` for ``lr`` or ``1.5`` for ``batch_size`` from the command line."""
+    kind, _, rest = annotation.partition("|")
+    optional = "None" in rest
+    if value is None and optional:
+        return
+    accepted = {
+        "str": (isinstance(value, str), "text"),
+        "bool": (isinstance(value, bool), "true or false"),
+        "int": (isinstance(value, int) and not isinstance(value, bool), "a whole number"),
+        "float": (isinstance(value, (int, float)) and not isinstance(value, bool), "a number"),
+    }
+    ok, allowed = accepted[kind.strip()]
+    if not ok:
+        raise ValueError(
+            f"training option {name}={value!r} is not valid; allowed: {allowed}{' or null' if optional else ''}"
+        )
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -324,10 +347,17 @@ class Engine:
         last_epoch = cfg.max_epochs if phase == POISON_PHASE else cfg.retrain_epochs
         start_epoch, resumed_from = 0, None
 
-        state = _load_checkpoint(checkpoint, fingerprint)
+        state = _load_checkpoint(checkpoint, fingerprint, self.model.state_dict())
+        if state is not None:
+            try:  # the optimizer checks its state before it changes anything
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                log.warning(
+                    "ignoring unusable checkpoint %s (optimizer state: %s); starting the phase afresh", checkpoint, exc
+                )
+                state = None
         if state is not None:
             self.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
             best_state = state["best_state"]
             stopper = EarlyStopping(**state["stopper"])
             history = state["history"]
@@ -430,7 +460,24 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | None:
+# What a checkpoint holds (see ``Engine.run_phase``), and the type of each.
+_CHECKPOINT_FIELDS = {
+    "fingerprint": str,
+    "epoch": int,
+    "model": dict,
+    "optimizer": dict,
+    "best_state": dict,
+    "stopper": dict,
+    "history": list,
+}
+
+
+def _load_checkpoint(
+    path: Path | None, fingerprint: str, model_state: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it was written under ``fingerprint`` and fits the model whose state
+    is ``model_state``; else ``None`` and a warning naming the file: the phase starts afresh (an unusable
+    checkpoint never blocks a run)."""
     if path is None or not Path(path).exists():
         return None
     try:
@@ -439,8 +486,30 @@ def _load_checkpoint(path: Path | None, fingerprint: str) -> dict[str, Any] | No
     except Exception as exc:  # a torn file from a crash mid-write cannot happen (atomic), but be safe
         log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None
+    if not isinstance(state, dict):
+        log.warning(
+            "ignoring unusable checkpoint %s: it holds a %s, not a training checkpoint; starting the phase afresh",
+            path,
+            type(state).__name__,
+        )
+        return None
     if state.get("fingerprint") != fingerprint:
         log.warning("checkpoint %s belongs to other settings; starting the phase afresh", path)
+        return None
+    wrong = [key for key, kind in _CHECKPOINT_FIELDS.items() if not isinstance(state.get(key), kind)]
+    if not wrong and model_state is not None:
+        shapes = {key: tuple(value.shape) for key, value in model_state.items()}
+        wrong = [
+            key
+            for key in ("model", "best_state")
+            if {k: tuple(getattr(v, "shape", ())) for k, v in state[key].items()} != shapes
+        ]
+    if wrong:
+        log.warning(
+            "ignoring unusable checkpoint %s: its %s is missing or does not fit; starting the phase afresh",
+            path,
+            ", ".join(wrong),
+        )
         return None
     return state
 

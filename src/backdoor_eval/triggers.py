@@ -53,6 +53,23 @@ def validate_alpha(alpha: float) -> float:
     return value
 
 
+def _number(label: str, value: Any, allowed: str) -> float:
+    """``value`` as a float, or a ``ValueError`` naming the parameter (``size='big'``) and what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{label}={value!r} is not a number; allowed: {allowed}")
+    return float(value)
+
+
+def _whole_or_none(label: str, value: Any, minimum: int) -> int | None:
+    """``value`` as an int (``None`` stays ``None``), or a ``ValueError`` naming the parameter."""
+    if value is None:
+        return None
+    number = _number(label, value, f"a whole number of pixels >= {minimum}")
+    if number != int(number) or number < minimum:
+        raise ValueError(f"{label}={value!r}; allowed: a whole number of pixels >= {minimum}")
+    return int(number)
+
+
 def embed(images, pattern, mask, alpha: float):
     """Embed a trigger with eq. 7, then clip to [0, 1].
 
@@ -187,14 +204,11 @@ class BlackSquare(Trigger):
     ):
         super().__init__(alpha)
         for label, value in (("size", size), ("offset", offset)):
-            if not float(value) >= 0:
+            if not _number(label, value, "reference pixels >= 0") >= 0:
                 raise ValueError(f"{label}={value!r} is negative; allowed: reference pixels >= 0")
-        for label, value in (("size_px", size_px), ("offset_px", offset_px)):
-            if value is not None and (int(value) != value or value < 0):
-                raise ValueError(f"{label}={value!r}; allowed: a whole number of pixels >= 0")
         self.size, self.offset = float(size), float(offset)
-        self.size_px = None if size_px is None else int(size_px)
-        self.offset_px = None if offset_px is None else int(offset_px)
+        self.size_px = _whole_or_none("size_px", size_px, 0)
+        self.offset_px = _whole_or_none("offset_px", offset_px, 0)
 
     def params(self) -> dict[str, Any]:
         return {"size": self.size, "offset": self.offset, "size_px": self.size_px, "offset_px": self.offset_px}
@@ -236,12 +250,10 @@ class RandomSquare(Trigger):
 
     def __init__(self, alpha: float | None = None, size: float = 22.0, size_px: int | None = None):
         super().__init__(alpha)
-        if not float(size) >= 0:
+        if not _number("size", size, "reference pixels >= 0") >= 0:
             raise ValueError(f"size={size!r} is negative; allowed: reference pixels >= 0")
-        if size_px is not None and (int(size_px) != size_px or size_px < 1):
-            raise ValueError(f"size_px={size_px!r}; allowed: a whole number of pixels >= 1")
         self.size = float(size)
-        self.size_px = None if size_px is None else int(size_px)
+        self.size_px = _whole_or_none("size_px", size_px, 1)
 
     def params(self) -> dict[str, Any]:
         return {"size": self.size, "size_px": self.size_px}
@@ -281,7 +293,8 @@ class Sine(Trigger):
 
     def __init__(self, alpha: float | None = None, amplitude: float = 0.4, frequency: float = 0.05):
         super().__init__(alpha)
-        self.amplitude, self.frequency = float(amplitude), float(frequency)
+        self.amplitude = _number("amplitude", amplitude, "a number (the pattern's peak, 0.4 in the paper)")
+        self.frequency = _number("frequency", frequency, "a number (0.05 in the paper)")
 
     def params(self) -> dict[str, Any]:
         return {"amplitude": self.amplitude, "frequency": self.frequency}
@@ -321,7 +334,7 @@ class LowVariance(Trigger):
         super().__init__(alpha)
         if fit is None:
             raise ValueError("the lv trigger needs fit=<path of an LV fit npz or a LowVarianceFit>; got None")
-        if reading not in LV_READINGS:
+        if not isinstance(reading, str) or reading not in LV_READINGS:
             raise ValueError(f"reading={reading!r}; allowed: {', '.join(LV_READINGS)}")
         self.reading = reading
         self._fit_sha256 = None

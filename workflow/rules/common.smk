@@ -1,6 +1,8 @@
 # Config -> targets. The grid logic lives in backdoor_eval.experiments and the
 # file layout in backdoor_eval.layout (pure, unit-tested); this file maps them
 # onto wildcards, input functions (get_*) and command-line arguments.
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -103,7 +105,38 @@ def known_class_counts():
 if workflow.is_main_process:
     ex.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
 
+# Known from the parameters alone (a synthetic set's size): checked here, not found by an ingest job
+# that runs out of memory.
+if workflow.is_main_process:
+    from backdoor_eval.data.store import check_memory_needs, physical_memory
+    from backdoor_eval.io import check_writable
+
+    check_memory_needs(config["datasets"], physical_memory())
+    # A read-only results folder: one line now, not a traceback from the first job or the clean-up.
+    check_writable(f"{RESULTS}/.write-check", f"results folder {RESULTS}:")
+
+
+def splits_to_rebuild():
+    """Partition files deleted after runs of their split finished: rebuilding one retrains every run
+    of the split (its poison jobs and train jobs read it). (split file, finished runs of it)"""
+    missing = {}
+    for run in RUNS:
+        partitions = PATHS.partitions.format(dataset=run.dataset, split=ex.split_of(config, run))
+        finished = os.path.exists(PATHS.phase_file(POISON_PHASE, "final", run.run_id))
+        if finished and not os.path.exists(partitions):
+            missing.setdefault(partitions, []).append(run.run_id)
+    return missing
+
+
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
+if workflow.is_main_process and (REBUILT := splits_to_rebuild()):
+    first = sorted(REBUILT)[0]
+    logger.warning(
+        f"{len(REBUILT)} partitions file(s) were deleted after runs of their split finished, e.g. {first}; "
+        f"rebuilding them will train again {sum(map(len, REBUILT.values()))} finished run(s) of those splits "
+        "(the partitions are rebuilt identically, but they are newer than the runs). Restore the file(s) from a "
+        "backup, or accept the retraining."
+    )
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
     logger.warning(
         f"{len(AGAIN)} finished poison phase(s) will be trained again, because their runs now need clean "
@@ -367,13 +400,23 @@ def get_train_options(wildcards):
         "--regularizer-params",
         as_json(ex.regularizer_params(config, wildcards.regularizer)),
         "--train-params",
-        as_json(ex.train_params(config, wildcards.dataset, wildcards.model)),
+        as_json(train_settings(wildcards.dataset, wildcards.model)),
         "--device",
         config["device"],
     ]
     if GPU_LOCK_DIR:
         options += ["--gpu-lock-dir", GPU_LOCK_DIR]
     return shlex.join(options)
+
+
+@functools.cache
+def train_settings(dataset, model):
+    """Every training setting of `model` on `dataset`, defaults included: a job's params change (and
+    Snakemake reruns it) when a setting changes, in the config or as a code default, and only then;
+    writing a default out (`augment: none`) changes nothing (README.md: Results and code changes)."""
+    from backdoor_eval.train import TrainConfig
+
+    return dataclasses.asdict(TrainConfig.from_dict(ex.train_params(config, dataset, model)))
 
 
 def get_checkpoint(phase):

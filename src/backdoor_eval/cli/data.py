@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+import numpy as np
+
 from .common import add_split_arguments, json_object, split_arguments
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     store = ingest(args.dataset, params, args.out, progress=sys.stderr.isatty())
     log.info("%s in %.1f s -> %s", describe(store), time.perf_counter() - start, args.out)
+    _hint_at_undeclarable_class_names(store.class_names)
     return 0
+
+
+def _hint_at_undeclarable_class_names(class_names: list[str]) -> None:
+    """Warn, at ingest, of class folders a config cannot name (the store is written all the same)."""
+    from backdoor_eval.experiments import CLASS_NAME_RULE, is_valid_class_name
+
+    bad = [name for name in class_names if not is_valid_class_name(name)]
+    if bad:
+        log.warning(
+            "class(es) %s cannot be declared in a config's classes: %s", ", ".join(map(repr, bad)), CLASS_NAME_RULE
+        )
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -60,6 +74,12 @@ def cmd_partition(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     parts = make_partitions(store.labels, seed, keys)
     save_partitions(args.out, parts)
+    for name, indices in parts.items():
+        counts = np.bincount(np.asarray(store.labels)[indices], minlength=store.num_classes)
+        empty = [store.class_names[c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            # A run poisoning such a class in poison_train/poison_val fails naming the set; accuracies skip it.
+            log.warning("the %s set holds no image of class(es) %s (too few images)", name, ", ".join(empty))
     log.info(
         "partitions (split %s) of %d images: %s -> %s",
         split,

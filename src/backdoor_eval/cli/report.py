@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, choices=TABLES)
     p.add_argument("--experiments", required=True, help='the experiment(s) it is built from, e.g. "E1+E2" or "E6"')
     p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
+    p.add_argument("--include-untrained", action="store_true", help=INCLUDE_UNTRAINED_HELP)
     p.add_argument("--out-csv", required=True, help="table .csv to write")
     p.add_argument("--out-md", required=True, help="table .md to write")
     p.add_argument("--out-counts-csv", help="tables 2-3: the number of runs per cell, .csv")
@@ -66,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, choices=FIGURES)
     p.add_argument("--experiments", required=True, help='the experiment it is built from, e.g. "E3"')
     p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
+    p.add_argument("--include-untrained", action="store_true", help=INCLUDE_UNTRAINED_HELP)
     p.add_argument("--out-png", required=True, help="figure .png to write")
     p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
     p.set_defaults(func=cmd_figure)
@@ -113,6 +115,28 @@ def _read_parquet(path: str, what: str):
     if not Path(path).is_file():
         raise FileNotFoundError(f"{what} {path} not found")
     return pd.read_parquet(path)
+
+
+INCLUDE_UNTRAINED_HELP = "keep runs flagged untrained (their poison phase kept epoch 0); left out by default"
+
+
+def _read_runs(args: argparse.Namespace):
+    """``--runs``, less the runs flagged untrained unless ``--include-untrained`` (each left out is logged)."""
+    from backdoor_eval.tables import without_untrained
+
+    runs = _read_parquet(args.runs, "runs file")
+    if args.include_untrained:
+        return runs
+    kept, left_out = without_untrained(runs)
+    if left_out:
+        log.warning(
+            "%s: left out %d run(s) flagged untrained (their poison phase kept epoch 0, the model before any "
+            "update; --include-untrained keeps them), e.g. %s",
+            args.runs,
+            len(left_out),
+            left_out[0],
+        )
+    return kept
 
 
 def _require_experiments(runs: Any, experiments: list[str], runs_path: str) -> None:
@@ -166,6 +190,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             summaries[run_id] = _read_parquet(paths["summary"], f"run {run_id!r}: summary file")
             epochs[run_id] = _read_parquet(paths["epochs"], f"run {run_id!r}: epochs file")
     runs_frame, epochs_frame = combine_runs(membership, summaries, epochs)
+    _warn_about_provenance(runs_frame)
     write_parquet(args.out_runs, runs_frame)
     write_parquet(args.out_epochs, epochs_frame)
     log.info(
@@ -178,6 +203,28 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         args.out_epochs,
     )
     return 0
+
+
+def _warn_about_provenance(runs: Any) -> None:
+    """Say when the rows come from more than one version of the code, or include untrained runs."""
+    for column in ("package_version", "git_commit"):
+        if column in runs.columns and runs[column].nunique(dropna=False) > 1:
+            made_by = ", ".join(sorted(map(str, runs[column].unique())))
+            log.warning(
+                "aggregate: the runs were made by %d %ss (%s); rerun the jobs of the older ones to compare like "
+                "with like (README.md: Results and code changes)",
+                runs[column].nunique(dropna=False),
+                column.replace("_", " "),
+                made_by,
+            )
+    if "untrained" in runs.columns and runs["untrained"].any():
+        flagged = sorted(set(runs.loc[runs["untrained"].astype(bool), "run_id"]))
+        log.warning(
+            "aggregate: %d run(s) are flagged untrained (their poison phase kept epoch 0); the tables and "
+            "figures leave them out, e.g. %s",
+            len(flagged),
+            flagged[0],
+        )
 
 
 # --------------------------------------------------------------------------- tables
@@ -211,7 +258,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--out-counts-csv and --out-counts-md go together, and only with {' or '.join(RETRAINING_TABLES)}"
         )
-    runs = _read_parquet(args.runs, "runs file")
+    runs = _read_runs(args)
     _require_experiments(runs, experiments, args.runs)
     build = getattr(tables, args.name)
     note = tables.TABLE_NOTES[args.name] + " " + _built_from(experiments)
@@ -266,7 +313,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
     from backdoor_eval import figures
 
     (experiment,) = parse_experiments(args.experiments, args.name)
-    runs = _read_parquet(args.runs, "runs file")
+    runs = _read_runs(args)
     _require_experiments(runs, [experiment], args.runs)
     builders = {
         "fig4": figures.fig4_regularization_heatmaps,

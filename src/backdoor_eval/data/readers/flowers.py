@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..decode import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from ..download import DEFAULT_CACHE_DIR
 from ..factory import DATASETS
 from .image_folder import ImageFolder
@@ -28,6 +29,8 @@ class Flowers(ImageFolder):
         cache_dir: str = DEFAULT_CACHE_DIR,
         workers: int | None = None,
         executor: str = "thread",
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         super().__init__(
             path=path,
@@ -38,6 +41,8 @@ class Flowers(ImageFolder):
             cache_dir=cache_dir,
             workers=workers,
             executor=executor,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
         )
 
 

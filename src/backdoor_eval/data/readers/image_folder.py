@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decode import decode_images
+from ..decode import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, PIXEL_CONVERSIONS, decode_images
 from ..download import DEFAULT_CACHE_DIR, RemoteArchive, archive_path, check_md5, check_md5_param, download
 from ..factory import DATASETS, registered_name
 from ..store import RawDataset
@@ -63,6 +63,8 @@ NON_IMAGE_SUFFIXES = frozenset(
     }
 )
 NON_IMAGE_DIRS = frozenset({"__MACOSX", ".ipynb_checkpoints", ".git"})
+# Archives inside the archive: named as such (they are not unpacked).
+ARCHIVE_SUFFIXES = frozenset({".zip", ".tar", ".tgz", ".gz", ".bz2", ".xz", ".7z", ".rar"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ def scan_layout(
             skipped.append(entry_names[parts])
         elif PurePosixPath(parts[-1].lower()).suffix in IMAGE_SUFFIXES:
             images.append(parts)
+        elif PurePosixPath(parts[-1].lower()).suffix in ARCHIVE_SUFFIXES:
+            raise ValueError(
+                f"{entry_names[parts]!r} in {where} is an archive inside the dataset, which is not unpacked; "
+                "allowed: image files (unpack it and put its class folders in the dataset)"
+            )
         else:
             raise ValueError(
                 f"{entry_names[parts]!r} in {where} is not a recognised image file; "
@@ -225,6 +232,8 @@ class ImageFolder:
         cache_dir: str = DEFAULT_CACHE_DIR,
         workers: int | None = None,
         executor: str = "thread",
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         name = registered_name(type(self))
         if path is None and not url:
@@ -241,6 +250,10 @@ class ImageFolder:
             raise ValueError(f"workers {workers!r} is not allowed; expected a positive int or null (one per CPU)")
         if executor not in ("thread", "process"):
             raise ValueError(f"executor {executor!r} is not allowed; expected 'thread' or 'process'")
+        for label, value in (("max_image_bytes", max_image_bytes), ("max_image_pixels", max_image_pixels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} {value!r} is not allowed; expected a positive int")
+        self.max_image_bytes, self.max_image_pixels = max_image_bytes, max_image_pixels
         self.path, self.url, self.md5 = path, url, check_md5_param(md5)
         self.size, self.splits, self.cache_dir = size, None if splits is None else list(splits), cache_dir
         self.workers, self.executor = workers, executor
@@ -253,6 +266,8 @@ class ImageFolder:
             "cache_dir": str(cache_dir),
             "workers": workers,
             "executor": executor,
+            "max_image_bytes": max_image_bytes,
+            "max_image_pixels": max_image_pixels,
         }
 
     def remote_archive(self) -> RemoteArchive | None:
@@ -272,29 +287,50 @@ class ImageFolder:
         if source.is_dir():
             if self.md5 is not None:
                 raise ValueError(f"md5 {self.md5!r} given but {str(source)!r} is a folder; md5 checks a zip file only")
-            layout = scan_layout(*list_folder(source), where=str(source), splits=self.splits)
+            layout = scan_layout(*list_folder(source, self.max_image_bytes), where=str(source), splits=self.splits)
             source_info["kind"] = "folder"
         else:
             source_info["md5"] = check_md5(source, self.md5)
             if not zipfile.is_zipfile(source):
                 raise ValueError(f"{str(source)!r} is neither a folder nor a zip file")
             with zipfile.ZipFile(source) as archive:
-                listing = list_zip(archive, source)
+                listing = list_zip(archive, source, self.max_image_bytes)
             layout = scan_layout(*listing, where=str(source), splits=self.splits)
             source_info["kind"] = "zip"
-        images = decode_images(source, layout.entries, self.size, self.workers, self.executor, progress)
+        report: dict[str, Any] = {}
+        images = decode_images(
+            source,
+            layout.entries,
+            self.size,
+            self.workers,
+            self.executor,
+            progress,
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            report=report,
+        )
         source_info.update(
             root=layout.root,
             has_splits=layout.has_splits,
             split_counts=layout.split_counts,
             native_size=self.size is None,
             skipped=layout.skipped,
+            pixel_formats=report["pixel_formats"],
+            # What was done to each format present (16-bit scaled, alpha dropped, ...): docs/data.md.
+            pixel_conversions={kind: PIXEL_CONVERSIONS[kind] for kind in report["pixel_formats"]},
+            exif_rotated=report["exif_rotated"],
         )
         return RawDataset(images, layout.labels, layout.class_names, source_info)
 
 
-def list_zip(archive: zipfile.ZipFile, where: Path):
-    """The zip's files and folders as path tuples, and each file's entry name (input to ``scan_layout``)."""
+def list_zip(archive: zipfile.ZipFile, where: Path, max_bytes: int = MAX_IMAGE_BYTES):
+    """The zip's files and folders as path tuples, and each file's entry name (input to ``scan_layout``).
+
+    Refuses, by entry name, what cannot be read as one image file each: a symbolic link, an
+    encrypted entry, one name given twice, and a file whose stated uncompressed size exceeds
+    ``max_bytes`` (a zip bomb is refused here, before anything is inflated; the decoder also
+    reads no more than ``max_bytes`` of an entry whose header understates it).
+    """
     files, dirs, names = [], [], {}
     for info in archive.infolist():
         parts = _entry_parts(info.filename, where)
@@ -308,21 +344,53 @@ def list_zip(archive: zipfile.ZipFile, where: Path):
                 f"entry {info.filename!r} in {str(where)!r} is a symbolic link (to {target!r}), which a zip cannot "
                 "resolve; allowed: regular image files (zip the folder again without --symlinks / -y)"
             )
+        elif info.flag_bits & 0x1:
+            raise ValueError(
+                f"entry {info.filename!r} in {str(where)!r} is encrypted; allowed: an unencrypted zip "
+                "(zip the folder again without a password)"
+            )
+        elif parts in names:
+            raise ValueError(
+                f"entry {info.filename!r} in {str(where)!r} names the same file as entry {names[parts]!r}; "
+                "allowed: each file once (a zip may hold two entries of one name: zip the folder again)"
+            )
+        elif not _is_clearly_not_image(parts) and info.file_size > max_bytes:
+            raise ValueError(
+                f"entry {info.filename!r} in {str(where)!r} is {info.file_size:,} bytes uncompressed, more than "
+                f"max_image_bytes ({max_bytes:,}); raise that dataset parameter to read it"
+            )
         else:
             files.append(parts)
             names[parts] = info.filename
     return files, dirs, names
 
 
-def list_folder(root: Path):
-    """The folder's files and subfolders as path tuples, and each file's relative path (input to ``scan_layout``)."""
+def list_folder(root: Path, max_bytes: int = MAX_IMAGE_BYTES):
+    """The folder's files and subfolders as path tuples, and each file's relative path (input to ``scan_layout``).
+
+    Symbolic links to folders (a class folder linked from elsewhere) are followed, each real folder once.
+    """
     files, dirs, names = [], [], {}
-    for folder, subdirs, filenames in os.walk(root):
+    seen = {os.path.realpath(root)}
+    for folder, subdirs, filenames in os.walk(root, followlinks=True):
         rel = Path(folder).relative_to(root).parts
-        subdirs[:] = sorted(d for d in subdirs if d not in NON_IMAGE_DIRS)
+        kept = []
+        for d in sorted(subdirs):
+            real = os.path.realpath(os.path.join(folder, d))
+            if d in NON_IMAGE_DIRS or real in seen:  # a link back up the tree would loop
+                continue
+            seen.add(real)
+            kept.append(d)
+        subdirs[:] = kept
         dirs.extend(rel + (d,) for d in subdirs)
         for filename in filenames:
             parts = rel + (filename,)
+            path = os.path.join(folder, filename)
+            if not _is_clearly_not_image(parts) and os.path.isfile(path) and os.path.getsize(path) > max_bytes:
+                raise ValueError(
+                    f"{'/'.join(parts)!r} in {str(root)!r} is {os.path.getsize(path):,} bytes, more than "
+                    f"max_image_bytes ({max_bytes:,}); raise that dataset parameter to read it"
+                )
             files.append(parts)
             names[parts] = "/".join(parts)
     return files, dirs, names
