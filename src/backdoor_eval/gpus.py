@@ -3,7 +3,10 @@
 Snakemake's ``resources: gpu=1`` with ``--resources gpu=N`` caps how many
 train jobs run at once, but does not say *which* GPU each job gets. A job
 takes a slot with :func:`gpu_slot`: the first GPU whose lock file
-(``lock_dir/gpu{device}.lock``) it can ``flock`` without blocking. The lock
+(``lock_dir/gpu{device}.lock``) it can ``flock`` without blocking. With
+``jobs_per_gpu`` = k, each GPU has k slots (``gpu{device}.lock``,
+``gpu{device}-1.lock``, ...), so k jobs share it: ``--resources gpu=N`` then
+counts slots (GPUs x k). The lock
 lives as long as the job's process holds the file open, so a killed job
 frees its GPU at once and no stale state is left behind.
 
@@ -88,9 +91,16 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"backdoor-eval-gpu-locks-{os.getuid()}"
 
 
-def _lock_name(device: str) -> str:
+def _lock_name(device: str, share: int = 0) -> str:
     # Device ids may be GPU UUIDs (GPU-8f3e...) or MIG ids; keep them file-name safe.
-    return "gpu" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"
+    # The first job on a device keeps the one-job-per-GPU name.
+    return "gpu" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + (f"-{share}" if share else "") + ".lock"
+
+
+def slots(devices: list[str], jobs_per_gpu: int) -> list[tuple[str, int]]:
+    """``(device, share)`` of every slot, in the order jobs take them: each device's first share,
+    then each device's second, ..., so that jobs spread over the GPUs before they share one."""
+    return [(device, share) for share in range(jobs_per_gpu) for device in devices]
 
 
 @contextlib.contextmanager
@@ -98,16 +108,21 @@ def gpu_slot(
     lock_dir: str | os.PathLike | None = None,
     num_gpus: int | None = None,
     poll_seconds: float = 1.0,
+    jobs_per_gpu: int = 1,
 ) -> Iterator[int | None]:
-    """Hold a free GPU for the ``with`` block; yield the slot index (None without GPUs).
+    """Hold a free GPU slot for the ``with`` block; yield the slot index (None without GPUs).
 
-    With no GPUs (see :func:`count_gpus`) the environment is left alone.
-    Otherwise the first GPU whose lock file can be ``flock``-ed without
-    blocking is taken; when all are busy, it polls every ``poll_seconds``
-    until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the slot's device --
-    the i-th entry of an existing ``CUDA_VISIBLE_DEVICES`` list, else ``i`` --
-    and restored on exit, when the lock is released.
+    Each GPU has ``jobs_per_gpu`` slots (lock files), so that many jobs share it
+    (:func:`slots` gives their order). With no GPUs (see :func:`count_gpus`) the
+    environment is left alone. Otherwise the first slot whose lock file can be
+    ``flock``-ed without blocking is taken; when all are busy, it polls every
+    ``poll_seconds`` until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the
+    slot's device -- the i-th entry of an existing ``CUDA_VISIBLE_DEVICES``
+    list, else ``i`` -- and restored on exit, when the lock is released.
     """
+    jobs_per_gpu = _check_count(jobs_per_gpu, "jobs_per_gpu")
+    if jobs_per_gpu < 1:
+        raise ValueError(f"jobs_per_gpu {jobs_per_gpu!r} is not allowed; allowed: a whole number >= 1")
     count = count_gpus(num_gpus)
     if count == 0:
         yield None
@@ -121,14 +136,15 @@ def gpu_slot(
             f"allowed: at most {len(devices)}"
         )
     devices = devices[:count]
+    order = slots(devices, jobs_per_gpu)
     folder = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
 
     handle, slot = None, None
     waited = False
     while slot is None:
-        for index, device in enumerate(devices):
-            candidate = open(folder / _lock_name(device), "a+")  # noqa: SIM115 -- held open: it is the lock
+        for index, (device, share) in enumerate(order):
+            candidate = open(folder / _lock_name(device, share), "a+")  # noqa: SIM115 -- held open: it is the lock
             try:
                 fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -138,7 +154,7 @@ def gpu_slot(
             break
         if slot is None:
             if not waited:
-                log.info("all %d GPU slots in %s are busy; waiting for one to free", count, folder)
+                log.info("all %d GPU slots in %s are busy; waiting for one to free", len(order), folder)
                 waited = True
             time.sleep(poll_seconds)
 
@@ -148,8 +164,9 @@ def gpu_slot(
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot]
-    log.info("GPU slot %d: CUDA_VISIBLE_DEVICES=%s", slot, devices[slot])
+    device = order[slot][0]
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    log.info("GPU slot %d: CUDA_VISIBLE_DEVICES=%s", slot, device)
     try:
         yield slot
     finally:

@@ -60,6 +60,8 @@ class PhaseJob:
     device: str = "auto"
     threads: int | None = None
     gpu_lock_dir: Path | None = None  # take a GPU slot via lock files here (backdoor_eval.gpus)
+    jobs_per_gpu: int = 1  # GPU slots per device: how many train jobs share one GPU
+    compile_cache_dir: Path | None = None  # torch.compile's cache (TORCHINDUCTOR_CACHE_DIR), shared by the jobs
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -109,7 +111,7 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
             )
         elif job.gpu_lock_dir is not None:
-            slot = gpus.gpu_slot(lock_dir=job.gpu_lock_dir)
+            slot = gpus.gpu_slot(lock_dir=job.gpu_lock_dir, jobs_per_gpu=job.jobs_per_gpu)
         with slot as index:
             return _run_locked(job, gpu_slot=index)
 
@@ -136,6 +138,9 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     cfg = engine.TrainConfig.from_dict(job.train_params)
     device = engine.pick_device(job.device)
     engine.set_determinism(cfg, device)
+    if cfg.compile and job.compile_cache_dir is not None:
+        # The jobs of a config share one cache: a model's kernels are compiled by its first job only.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(job.compile_cache_dir).resolve()))
 
     # The long jobs verify the store's sha256 (cheap against training): an edited labels.npy is named.
     store = open_store(job.store, verify=True)
@@ -182,7 +187,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
             job.model_params,
             job.regularizer,
             job.regularizer_params,
-            dataclasses.asdict(cfg),
+            engine.result_settings(cfg),
             job.seed,
             str(device),
             str(job.init_model.resolve()) if job.init_model is not None else None,
