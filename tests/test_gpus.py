@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backdoor_eval.gpus import count_gpus, gpu_slot, slots
+from backdoor_eval.gpus import JOBS_PER_GPU_ENV, count_gpus, gpu_slot, slots
 
 HOLDER = textwrap.dedent(
     """
@@ -34,7 +34,8 @@ HOLDER = textwrap.dedent(
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR", "SLURM_JOB_ID"):
+    names = ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR", "SLURM_JOB_ID")
+    for name in (*names, JOBS_PER_GPU_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -101,6 +102,12 @@ def test_jobs_spread_over_the_gpus_before_they_share_one(clean_env, tmp_path):
             name = f"gpu{device}.lock" if slot < 2 else f"gpu{device}-1.lock"
             busy = held.enter_context(open(tmp_path / name, "a+"))
             fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # The workflow passes the config's jobs_per_gpu in the jobs' environment.
+    with open(tmp_path / "gpu0.lock", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        clean_env.setenv(JOBS_PER_GPU_ENV, "2")
+        with gpu_slot(tmp_path, num_gpus=1) as index:
+            assert (index, os.environ["CUDA_VISIBLE_DEVICES"]) == (1, "0")
     message = "jobs_per_gpu 0 is not allowed; allowed: a whole number >= 1"
     with pytest.raises(ValueError, match=message), gpu_slot(tmp_path, num_gpus=1, jobs_per_gpu=0):
         pass

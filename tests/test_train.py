@@ -18,7 +18,7 @@ import torch
 
 from backdoor_eval import train as engine
 from backdoor_eval.cli import main as cli
-from engine_epochs import initial_state, synthetic, train_epochs
+from engine_epochs import LOGITS_ATOL, LOSS_RTOL, initial_state, synthetic, train_epochs
 from run_inputs import poisoned_synthetic_run
 
 # --------------------------------------------------------------------------- unit
@@ -115,28 +115,23 @@ def test_the_staged_training_step_is_bit_identical_to_the_per_step_sync_referenc
 
 def test_fused_adam_agrees_with_the_default_adam():
     """fused_optimizer: one kernel per step instead of a loop over the parameters; the same arithmetic up to
-    float32 rounding (measured on the CPU: 3e-7 in the logits after two epochs)."""
+    float32 rounding, within tests/engine_epochs.py's tolerances."""
     init = initial_state()
     default = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup")
     fused = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup", fused_optimizer=True)
-    assert fused.losses == pytest.approx(default.losses, rel=1e-5)
-    assert float((fused.logits - default.logits).abs().max()) < 1e-4
-
-
-# Measured: see the test's docstring.
-COMPILE_RTOL = 1e-4
-COMPILE_LOGITS_ATOL = 1e-3
+    assert fused.losses == pytest.approx(default.losses, rel=LOSS_RTOL)
+    assert float((fused.logits - default.logits).abs().max()) < LOGITS_ATOL
 
 
 @pytest.mark.slow
 def test_compiled_training_agrees_with_eager():
     """compile: torch.compile's kernels (inductor, C++ on the CPU) fuse and reorder float32 arithmetic;
-    two epochs agree with eager to COMPILE_RTOL."""
+    two epochs agree with eager within tests/engine_epochs.py's tolerances (about 2 minutes: compilation)."""
     init = initial_state()
     eager = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup")
     compiled = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup", compile=True)
-    assert compiled.losses == pytest.approx(eager.losses, rel=COMPILE_RTOL)
-    assert float((compiled.logits - eager.logits).abs().max()) < COMPILE_LOGITS_ATOL
+    assert compiled.losses == pytest.approx(eager.losses, rel=LOSS_RTOL)
+    assert float((compiled.logits - eager.logits).abs().max()) < LOGITS_ATOL
 
 
 # --------------------------------------------------------------------------- end to end on the synthetic set

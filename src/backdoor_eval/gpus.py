@@ -37,6 +37,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 NUM_GPUS_ENV = "BACKDOOR_EVAL_NUM_GPUS"
+# The workflow sets it from the config's jobs_per_gpu: an environment variable, not a command-line
+# option, so that changing it does not change the train jobs' parameters (Snakemake would rerun them).
+JOBS_PER_GPU_ENV = "BACKDOOR_EVAL_JOBS_PER_GPU"
 LOCK_DIR_ENV = "BACKDOOR_EVAL_GPU_LOCK_DIR"
 SLURM_JOB_ENV = "SLURM_JOB_ID"
 
@@ -108,18 +111,20 @@ def gpu_slot(
     lock_dir: str | os.PathLike | None = None,
     num_gpus: int | None = None,
     poll_seconds: float = 1.0,
-    jobs_per_gpu: int = 1,
+    jobs_per_gpu: int | None = None,
 ) -> Iterator[int | None]:
     """Hold a free GPU slot for the ``with`` block; yield the slot index (None without GPUs).
 
-    Each GPU has ``jobs_per_gpu`` slots (lock files), so that many jobs share it
-    (:func:`slots` gives their order). With no GPUs (see :func:`count_gpus`) the
+    Each GPU has ``jobs_per_gpu`` slots (lock files; default ``$BACKDOOR_EVAL_JOBS_PER_GPU``,
+    else 1), so that many jobs share it (:func:`slots` gives their order). With no GPUs (see :func:`count_gpus`) the
     environment is left alone. Otherwise the first slot whose lock file can be
     ``flock``-ed without blocking is taken; when all are busy, it polls every
     ``poll_seconds`` until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the
     slot's device -- the i-th entry of an existing ``CUDA_VISIBLE_DEVICES``
     list, else ``i`` -- and restored on exit, when the lock is released.
     """
+    if jobs_per_gpu is None:
+        jobs_per_gpu = os.environ.get(JOBS_PER_GPU_ENV, "").strip() or 1
     jobs_per_gpu = _check_count(jobs_per_gpu, "jobs_per_gpu")
     if jobs_per_gpu < 1:
         raise ValueError(f"jobs_per_gpu {jobs_per_gpu!r} is not allowed; allowed: a whole number >= 1")

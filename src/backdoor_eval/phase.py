@@ -60,7 +60,7 @@ class PhaseJob:
     device: str = "auto"
     threads: int | None = None
     gpu_lock_dir: Path | None = None  # take a GPU slot via lock files here (backdoor_eval.gpus)
-    jobs_per_gpu: int = 1  # GPU slots per device: how many train jobs share one GPU
+    jobs_per_gpu: int | None = None  # GPU slots per device (None: $BACKDOOR_EVAL_JOBS_PER_GPU, else 1)
     compile_cache_dir: Path | None = None  # torch.compile's cache (TORCHINDUCTOR_CACHE_DIR), shared by the jobs
 
     def __post_init__(self) -> None:

@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--threads", type=positive_int, help="CPU threads for torch (Snakemake's {threads})")
         p.add_argument("--gpu-lock-dir", type=Path, help="take a GPU slot (CUDA_VISIBLE_DEVICES) via lock files here")
         p.add_argument(
-            "--jobs-per-gpu", type=positive_int, default=1, help="GPU slots per device (jobs sharing one GPU)"
+            "--jobs-per-gpu",
+            type=positive_int,
+            help="GPU slots per device, i.e. jobs sharing one GPU (default: $BACKDOOR_EVAL_JOBS_PER_GPU, else 1)",
         )
         p.add_argument(
             "--compile-cache-dir", type=Path, help="torch.compile's cache (TORCHINDUCTOR_CACHE_DIR) shared by jobs"
