@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backdoor_eval.gpus import count_gpus, gpu_slot
+from backdoor_eval.gpus import JOBS_PER_GPU_ENV, count_gpus, gpu_slot, slots
 
 HOLDER = textwrap.dedent(
     """
@@ -22,7 +23,8 @@ HOLDER = textwrap.dedent(
     from backdoor_eval.gpus import gpu_slot
 
     lock_dir, release = sys.argv[1], Path(sys.argv[2])
-    with gpu_slot(lock_dir, num_gpus=2, poll_seconds=0.05) as slot:
+    num_gpus, jobs_per_gpu = (int(value) for value in sys.argv[3:5])
+    with gpu_slot(lock_dir, num_gpus=num_gpus, poll_seconds=0.05, jobs_per_gpu=jobs_per_gpu) as slot:
         print(os.environ["CUDA_VISIBLE_DEVICES"], slot, flush=True)
         while not release.exists():
             time.sleep(0.02)
@@ -32,16 +34,16 @@ HOLDER = textwrap.dedent(
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR", "SLURM_JOB_ID"):
+    names = ("CUDA_VISIBLE_DEVICES", "BACKDOOR_EVAL_NUM_GPUS", "BACKDOOR_EVAL_GPU_LOCK_DIR", "SLURM_JOB_ID")
+    for name in (*names, JOBS_PER_GPU_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
 
-def start_holder(lock_dir: Path, release: Path) -> subprocess.Popen:
+def start_holder(lock_dir: Path, release: Path, num_gpus: int = 2, jobs_per_gpu: int = 1) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    return subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock_dir), str(release)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    command = [sys.executable, "-c", HOLDER, str(lock_dir), str(release), str(num_gpus), str(jobs_per_gpu)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str | None:
@@ -67,6 +69,48 @@ def test_concurrent_processes_get_different_gpus_and_a_third_waits(tmp_path):
             release.touch()
         for p in holders:
             assert p.wait(timeout=30) == 0
+
+
+def test_with_two_jobs_per_gpu_two_processes_share_the_one_gpu_and_a_third_waits(tmp_path):
+    """jobs_per_gpu 2 on one (fake) GPU: two jobs hold its two slots at once, both on device 0; a third polls."""
+    releases = [tmp_path / f"release{i}" for i in range(3)]
+    holders = [start_holder(tmp_path / "locks", release, num_gpus=1, jobs_per_gpu=2) for release in releases[:2]]
+    try:
+        lines = [read_line(p, timeout=30) for p in holders]
+        assert sorted(lines) == ["0 0", "0 1"]
+        assert sorted(path.name for path in (tmp_path / "locks").iterdir()) == ["gpu0-1.lock", "gpu0.lock"]
+        waiter = start_holder(tmp_path / "locks", releases[2], num_gpus=1, jobs_per_gpu=2)
+        holders.append(waiter)
+        assert read_line(waiter, timeout=0.5) is None
+        freed = lines.index("0 1")
+        releases[freed].touch()
+        assert read_line(waiter, timeout=30) == "0 1"
+    finally:
+        for release in releases:
+            release.touch()
+        for p in holders:
+            assert p.wait(timeout=30) == 0
+
+
+def test_jobs_spread_over_the_gpus_before_they_share_one(clean_env, tmp_path):
+    assert slots(["0", "1"], 2) == [("0", 0), ("1", 0), ("0", 1), ("1", 1)]
+    with contextlib.ExitStack() as held:
+        for taken, (slot, device) in enumerate([(0, "0"), (1, "1"), (2, "0"), (3, "1")]):
+            with gpu_slot(tmp_path, num_gpus=2, jobs_per_gpu=2) as index:
+                assert (index, os.environ["CUDA_VISIBLE_DEVICES"]) == (slot, device), taken
+            # Another job now holds that slot (a second open file description conflicts, even in-process).
+            name = f"gpu{device}.lock" if slot < 2 else f"gpu{device}-1.lock"
+            busy = held.enter_context(open(tmp_path / name, "a+"))
+            fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    # The workflow passes the config's jobs_per_gpu in the jobs' environment.
+    with open(tmp_path / "gpu0.lock", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        clean_env.setenv(JOBS_PER_GPU_ENV, "2")
+        with gpu_slot(tmp_path, num_gpus=1) as index:
+            assert (index, os.environ["CUDA_VISIBLE_DEVICES"]) == (1, "0")
+    message = "jobs_per_gpu 0 is not allowed; allowed: a whole number >= 1"
+    with pytest.raises(ValueError, match=message), gpu_slot(tmp_path, num_gpus=1, jobs_per_gpu=0):
+        pass
 
 
 def test_zero_gpus_leaves_the_environment_alone(clean_env, tmp_path):
@@ -198,6 +242,12 @@ def test_train_command_runs_its_phase_in_a_gpu_slot(clean_env, tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     assert main(args[:-2]) == 0  # no lock dir: no slot, environment untouched
     assert seen[-1] == ("poison", None, None)
+    # --jobs-per-gpu 2: GPU 0's second slot is free, so the job shares GPU 0 (slots 0, 1, then 0's second).
+    clean_env.setenv("BACKDOOR_EVAL_NUM_GPUS", "1")
+    with open(tmp_path / "locks" / "gpu0.lock", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*args, "--jobs-per-gpu", "2"]) == 0
+    assert seen[-1] == ("poison", 1, "0")
 
 
 def test_inside_a_slurm_job_the_train_command_takes_no_gpu_slot(clean_env, tmp_path, caplog):

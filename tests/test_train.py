@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import torch
 from backdoor_eval import evaluate
 from backdoor_eval import train as engine
 from backdoor_eval.cli import main as cli
+from engine_epochs import LOGITS_ATOL, LOSS_RTOL, initial_state, synthetic, train_epochs
 from run_inputs import poisoned_synthetic_run
 
 # --------------------------------------------------------------------------- unit
@@ -74,6 +76,64 @@ def test_batch_preparer_normalises_resizes_and_flips():
     assert x.shape == (2, 3, 8, 8)
     assert x[0, :, :, 0].min() > 0 and x[0, :, :, -1].max() < 0  # white left, black right, normalised
     assert x[1, :, :, -1].min() > 0 and x[1, :, :, 0].max() < 0  # flipped
+
+
+# --------------------------------------------------------------------------- the step without host syncs
+
+
+def per_step_sync_epoch():
+    """The training step before the host-sync removal, as benchmarks/bench_train.py keeps it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.per_step_sync_epoch
+
+
+@pytest.mark.parametrize(
+    "regularizer,params,augment",
+    [
+        ("none", {}, "none"),
+        ("none", {}, "flip"),
+        ("mixup", {"weight": 0.5}, "flip"),
+        ("mixup", {}, "none"),
+        ("snnl", {}, "none"),
+        ("contrastive", {}, "flip"),
+    ],
+)
+def test_the_staged_training_step_is_bit_identical_to_the_per_step_sync_reference(regularizer, params, augment):
+    """Order, flips and mixup draws made once per epoch and the loss summed on the device: on the CPU the
+    same losses and weights, bit for bit, as the loop that drew and read them per step (65 images in batches
+    of 16: the last batch, of one image, is skipped by both)."""
+    data = synthetic(n=65)
+    settings = dict(epochs=2, data=data, regularizer=regularizer, regularizer_params=params, augment=augment)
+    staged = train_epochs("cpu", **settings)
+    reference = train_epochs("cpu", epoch=per_step_sync_epoch(), **settings)
+    assert staged.losses == reference.losses
+    assert all(torch.equal(staged.state[name], reference.state[name]) for name in reference.state)
+
+
+def test_fused_adam_agrees_with_the_default_adam():
+    """fused_optimizer: one kernel per step instead of a loop over the parameters; the same arithmetic up to
+    float32 rounding, within tests/engine_epochs.py's tolerances."""
+    init = initial_state()
+    default = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup")
+    fused = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup", fused_optimizer=True)
+    assert fused.losses == pytest.approx(default.losses, rel=LOSS_RTOL)
+    assert float((fused.logits - default.logits).abs().max()) < LOGITS_ATOL
+
+
+@pytest.mark.slow
+def test_compiled_training_agrees_with_eager():
+    """compile: torch.compile's kernels (inductor, C++ on the CPU) fuse and reorder float32 arithmetic;
+    two epochs agree with eager within tests/engine_epochs.py's tolerances (about 2 minutes: compilation)."""
+    init = initial_state()
+    eager = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup")
+    compiled = train_epochs("cpu", epochs=2, init_state=init, regularizer="mixup", compile=True)
+    assert compiled.losses == pytest.approx(eager.losses, rel=LOSS_RTOL)
+    assert float((compiled.logits - eager.logits).abs().max()) < LOGITS_ATOL
 
 
 # --------------------------------------------------------------------------- end to end on the synthetic set
@@ -207,12 +267,37 @@ def test_summarize_builds_the_tidy_summary(trained, tmp_path):
     assert set(epochs["model"]) == {"small_cnn"}
 
 
+@pytest.mark.parametrize("every,saved", [(0, [0, 1, 2, 3]), (1e6, [3])])
+def test_checkpoints_are_written_by_elapsed_time_and_after_the_last_epoch(
+    run_inputs, tmp_path, monkeypatch, every, saved
+):
+    """checkpoint_every_s 0: after every epoch (epoch 0 is the evaluation before any update); an interval
+    longer than the phase: once, after its last epoch."""
+    epochs = []
+    write = engine._save_checkpoint
+    monkeypatch.setattr(
+        engine, "_save_checkpoint", lambda path, state: (epochs.append(state["epoch"]), write(path, state))
+    )
+    train = dict(TRAIN, max_epochs=3, patience=3, checkpoint_every_s=every)
+    assert cli(phase_args(run_inputs, "poison", tmp_path / "out", tmp_path / "ckpt", train=train)) == 0
+    assert epochs == saved
+    assert not (tmp_path / "ckpt" / "poison.pt").exists()  # deleted once the outputs are written
+
+
+def test_a_checkpoint_is_resumed_whatever_the_checkpoint_interval():
+    """The interval changes when a phase saves, not what it computes: it is not part of the fingerprint."""
+    settings = engine.result_settings(engine.TrainConfig(checkpoint_every_s=5))
+    assert settings == engine.result_settings(engine.TrainConfig(checkpoint_every_s=600))
+    assert "checkpoint_every_s" not in settings and settings["lr"] == 1e-5
+
+
 @pytest.mark.slow
 def test_same_seed_same_metrics_and_kill_then_resume_matches(run_inputs, trained, tmp_path):
     """Kill a run mid-training (SIGKILL), start it again: same final metrics as uninterrupted."""
     poison_out, _ = trained
     reference_history = pd.read_parquet(poison_out / "epochs.parquet")
-    train = dict(TRAIN, patience=100)  # no early stop: the run is long enough to kill mid-way
+    # No early stop: the run is long enough to kill mid-way; a checkpoint after every epoch.
+    train = dict(TRAIN, patience=100, checkpoint_every_s=0)
     out, ckpt = tmp_path / "poison", tmp_path / "ckpt"
     cmd = [sys.executable, "-m", "backdoor_eval.cli", *phase_args(run_inputs, "poison", out, ckpt, train=train)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -261,7 +346,7 @@ def test_a_diverged_run_fails_naming_run_phase_epoch_and_setting_and_keeps_the_l
     run_inputs, tmp_path, capsys
 ):
     # A huge learning rate makes the loss overflow within a few epochs.
-    train = dict(TRAIN, lr=1e30, max_epochs=6, patience=10)
+    train = dict(TRAIN, lr=1e30, max_epochs=6, patience=10, checkpoint_every_s=0)
     out, ckpt = tmp_path / "run" / "poison", tmp_path / "ckpt"
     assert cli(phase_args(run_inputs, "poison", out, ckpt, train=train)) == 2
     err = capsys.readouterr().err
@@ -440,7 +525,7 @@ def test_a_diverged_clean_phase_fails_naming_the_clean_phase_and_writes_nothing(
     assert cli(phase_args(run_inputs, "poison", poison_out, train=dict(TRAIN, max_epochs=1))) == 0
     capsys.readouterr()
     # Retraining with a huge learning rate: the poisoned model's epoch 0 is finite, the first update is not.
-    train = dict(TRAIN, retrain_lr=1e30, retrain_epochs=3)
+    train = dict(TRAIN, retrain_lr=1e30, retrain_epochs=3, checkpoint_every_s=0)
     out, ckpt = tmp_path / "run" / "clean", tmp_path / "ckpt"
     assert cli(phase_args(run_inputs, "clean", out, ckpt, train=train, init=poison_out)) == 2
     err = capsys.readouterr().err

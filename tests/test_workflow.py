@@ -554,7 +554,7 @@ def killed_slice_config() -> dict:
     config["gpu_lock_dir"] = None
     config["datasets"]["synthetic"]["params"] = {"num_classes": 3, "per_class": 100, "size": 16, "seed": 0}
     config["datasets"]["synthetic"]["classes"] = ["class0", "class1", "class2"]
-    config["train"].update(max_epochs=30, patience=30)
+    config["train"].update(max_epochs=30, patience=30, checkpoint_every_s=0)  # a checkpoint after every epoch
     config["experiments"] = {
         "E1": {
             "dataset": "synthetic",

@@ -3,7 +3,10 @@
 Snakemake's ``resources: gpu=1`` with ``--resources gpu=N`` caps how many
 train jobs run at once, but does not say *which* GPU each job gets. A job
 takes a slot with :func:`gpu_slot`: the first GPU whose lock file
-(``lock_dir/gpu{device}.lock``) it can ``flock`` without blocking. The lock
+(``lock_dir/gpu{device}.lock``) it can ``flock`` without blocking. With
+``jobs_per_gpu`` = k, each GPU has k slots (``gpu{device}.lock``,
+``gpu{device}-1.lock``, ...), so k jobs share it: ``--resources gpu=N`` then
+counts slots (GPUs x k). The lock
 lives as long as the job's process holds the file open, so a killed job
 frees its GPU at once and no stale state is left behind.
 
@@ -34,6 +37,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 NUM_GPUS_ENV = "BACKDOOR_EVAL_NUM_GPUS"
+# The workflow sets it from the config's jobs_per_gpu: an environment variable, not a command-line
+# option, so that changing it does not change the train jobs' parameters (Snakemake would rerun them).
+JOBS_PER_GPU_ENV = "BACKDOOR_EVAL_JOBS_PER_GPU"
 LOCK_DIR_ENV = "BACKDOOR_EVAL_GPU_LOCK_DIR"
 SLURM_JOB_ENV = "SLURM_JOB_ID"
 
@@ -88,9 +94,16 @@ def default_lock_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"backdoor-eval-gpu-locks-{os.getuid()}"
 
 
-def _lock_name(device: str) -> str:
+def _lock_name(device: str, share: int = 0) -> str:
     # Device ids may be GPU UUIDs (GPU-8f3e...) or MIG ids; keep them file-name safe.
-    return "gpu" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + ".lock"
+    # The first job on a device keeps the one-job-per-GPU name.
+    return "gpu" + re.sub(r"[^A-Za-z0-9_.-]", "_", device) + (f"-{share}" if share else "") + ".lock"
+
+
+def slots(devices: list[str], jobs_per_gpu: int) -> list[tuple[str, int]]:
+    """``(device, share)`` of every slot, in the order jobs take them: each device's first share,
+    then each device's second, ..., so that jobs spread over the GPUs before they share one."""
+    return [(device, share) for share in range(jobs_per_gpu) for device in devices]
 
 
 @contextlib.contextmanager
@@ -98,16 +111,23 @@ def gpu_slot(
     lock_dir: str | os.PathLike | None = None,
     num_gpus: int | None = None,
     poll_seconds: float = 1.0,
+    jobs_per_gpu: int | None = None,
 ) -> Iterator[int | None]:
-    """Hold a free GPU for the ``with`` block; yield the slot index (None without GPUs).
+    """Hold a free GPU slot for the ``with`` block; yield the slot index (None without GPUs).
 
-    With no GPUs (see :func:`count_gpus`) the environment is left alone.
-    Otherwise the first GPU whose lock file can be ``flock``-ed without
-    blocking is taken; when all are busy, it polls every ``poll_seconds``
-    until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the slot's device --
-    the i-th entry of an existing ``CUDA_VISIBLE_DEVICES`` list, else ``i`` --
-    and restored on exit, when the lock is released.
+    Each GPU has ``jobs_per_gpu`` slots (lock files; default ``$BACKDOOR_EVAL_JOBS_PER_GPU``,
+    else 1), so that many jobs share it (:func:`slots` gives their order). With no GPUs (see :func:`count_gpus`) the
+    environment is left alone. Otherwise the first slot whose lock file can be
+    ``flock``-ed without blocking is taken; when all are busy, it polls every
+    ``poll_seconds`` until one frees. ``CUDA_VISIBLE_DEVICES`` is set to the
+    slot's device -- the i-th entry of an existing ``CUDA_VISIBLE_DEVICES``
+    list, else ``i`` -- and restored on exit, when the lock is released.
     """
+    if jobs_per_gpu is None:
+        jobs_per_gpu = os.environ.get(JOBS_PER_GPU_ENV, "").strip() or 1
+    jobs_per_gpu = _check_count(jobs_per_gpu, "jobs_per_gpu")
+    if jobs_per_gpu < 1:
+        raise ValueError(f"jobs_per_gpu {jobs_per_gpu!r} is not allowed; allowed: a whole number >= 1")
     count = count_gpus(num_gpus)
     if count == 0:
         yield None
@@ -121,14 +141,15 @@ def gpu_slot(
             f"allowed: at most {len(devices)}"
         )
     devices = devices[:count]
+    order = slots(devices, jobs_per_gpu)
     folder = Path(lock_dir) if lock_dir is not None else default_lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
 
     handle, slot = None, None
     waited = False
     while slot is None:
-        for index, device in enumerate(devices):
-            candidate = open(folder / _lock_name(device), "a+")  # noqa: SIM115 -- held open: it is the lock
+        for index, (device, share) in enumerate(order):
+            candidate = open(folder / _lock_name(device, share), "a+")  # noqa: SIM115 -- held open: it is the lock
             try:
                 fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -138,7 +159,7 @@ def gpu_slot(
             break
         if slot is None:
             if not waited:
-                log.info("all %d GPU slots in %s are busy; waiting for one to free", count, folder)
+                log.info("all %d GPU slots in %s are busy; waiting for one to free", len(order), folder)
                 waited = True
             time.sleep(poll_seconds)
 
@@ -148,8 +169,9 @@ def gpu_slot(
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = devices[slot]
-    log.info("GPU slot %d: CUDA_VISIBLE_DEVICES=%s", slot, devices[slot])
+    device = order[slot][0]
+    os.environ["CUDA_VISIBLE_DEVICES"] = device
+    log.info("GPU slot %d: CUDA_VISIBLE_DEVICES=%s", slot, device)
     try:
         yield slot
     finally:
@@ -161,9 +183,12 @@ def gpu_slot(
         handle.close()
 
 
-def job_slot(lock_dir: str | os.PathLike | None) -> contextlib.AbstractContextManager[int | None]:
-    """The GPU slot of one training job: :func:`gpu_slot` in ``lock_dir``; none without a lock folder,
-    or inside a SLURM job, where SLURM has assigned the job's GPUs (:func:`slurm_job_id`)."""
+def job_slot(
+    lock_dir: str | os.PathLike | None, jobs_per_gpu: int | None = None
+) -> contextlib.AbstractContextManager[int | None]:
+    """The GPU slot of one training job: :func:`gpu_slot` in ``lock_dir`` (``jobs_per_gpu`` slots a
+    device); none without a lock folder, or inside a SLURM job, where SLURM has assigned the job's
+    GPUs (:func:`slurm_job_id`)."""
     if lock_dir is None:
         return contextlib.nullcontext(None)
     if (slurm_job := slurm_job_id()) is not None:
@@ -174,4 +199,4 @@ def job_slot(lock_dir: str | os.PathLike | None) -> contextlib.AbstractContextMa
             os.environ.get("CUDA_VISIBLE_DEVICES", "unset"),
         )
         return contextlib.nullcontext(None)
-    return gpu_slot(lock_dir=lock_dir)
+    return gpu_slot(lock_dir=lock_dir, jobs_per_gpu=jobs_per_gpu)

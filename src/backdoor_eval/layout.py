@@ -87,6 +87,11 @@ class Layout:
         """Resumable training state; deliberately no declared output (it must outlive a failed attempt)."""
         return f"{self.checkpoint_root}/{RUN_ID_TEMPLATE}"
 
+    @property
+    def compile_cache(self) -> str:
+        """torch.compile's kernels (``TORCHINDUCTOR_CACHE_DIR``), shared by the config's jobs."""
+        return f"{self.root}/compile-cache"
+
     # ------------------------------------------------------------------ report
     @property
     def membership(self) -> str:

@@ -60,6 +60,8 @@ class PhaseJob:
     device: str = "auto"
     threads: int | None = None
     gpu_lock_dir: Path | None = None  # take a GPU slot via lock files here (backdoor_eval.gpus)
+    jobs_per_gpu: int | None = None  # GPU slots per device (None: $BACKDOOR_EVAL_JOBS_PER_GPU, else 1)
+    compile_cache_dir: Path | None = None  # torch.compile's cache (TORCHINDUCTOR_CACHE_DIR), shared by the jobs
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -99,7 +101,7 @@ def run_phase(job: PhaseJob) -> dict[str, Any]:
     held: contextlib.AbstractContextManager = contextlib.nullcontext()
     if job.lock_file is not None:
         held = locks.hold(job.lock_file, f"the {job.phase} phase of run {job.run_label}")
-    with held, gpus.job_slot(job.gpu_lock_dir) as index:
+    with held, gpus.job_slot(job.gpu_lock_dir, job.jobs_per_gpu) as index:
         return _run_locked(job, gpu_slot=index)
 
 
@@ -125,6 +127,9 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     cfg = engine.TrainConfig.from_dict(job.train_params)
     device = engine.pick_device(job.device)
     engine.set_determinism(cfg, device)
+    if cfg.compile and job.compile_cache_dir is not None:
+        # The jobs of a config share one cache: a model's kernels are compiled by its first job only.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(job.compile_cache_dir).resolve()))
 
     # The long jobs verify the store's sha256 (cheap against training): an edited labels.npy is named.
     store = open_store(job.store, verify=True)
@@ -171,7 +176,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
             job.model_params,
             job.regularizer,
             job.regularizer_params,
-            dataclasses.asdict(cfg),
+            engine.result_settings(cfg),
             job.seed,
             str(device),
             str(job.init_model.resolve()) if job.init_model is not None else None,

@@ -5,9 +5,13 @@ representation, ``g`` (the model's ``head``) maps it to logits ``f_L(x)``.
 Each regularizer is one class in the registry ``REGULARIZERS`` with its
 defaults (weight and hyper-parameters) next to it, and one method,
 
-    loss(hidden, logits, targets, head, num_classes, generator) -> scalar tensor
+    loss(hidden, logits, targets, head, num_classes, generator, draws=None) -> scalar tensor
 
-that returns the *total* training loss of the batch:
+that returns the *total* training loss of the batch. A regularizer that needs
+randomness also has ``draw(batch_size, generator) -> dict of tensors``: the
+engine makes every batch's draws once per epoch, in the batches' order, and
+hands each batch its own as ``draws`` (so no training step waits for a
+host-to-device copy); without ``draws``, ``loss`` draws them itself.
 
 - ``none``: mean cross-entropy.
 - ``logit_squeeze``: CE + weight * mean_i ||f_L(x_i)||_2.
@@ -256,6 +260,10 @@ class Regularizer:
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def draw(self, batch_size: int, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """The batch's random draws, for ``loss(..., draws=)``; none by default."""
+        return {}
+
     def loss(
         self,
         hidden: torch.Tensor,
@@ -264,12 +272,14 @@ class Regularizer:
         head: Head,
         num_classes: int,
         generator: torch.Generator | None = None,
+        draws: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Total loss of the batch: mean cross-entropy + weight * term.
 
         ``hidden`` (B, D) is h(x), ``logits`` (B, n) is f_L(x) = head(hidden),
         ``targets`` (B,) int64 class indices, ``head`` the module g,
-        ``generator`` the source of any randomness (mixup).
+        ``generator`` the source of any randomness (mixup) when ``draws``
+        (made beforehand by :meth:`draw`) is not given.
         """
         _check_batch(hidden, logits, targets, num_classes)
         cross_entropy = F.cross_entropy(logits, targets)
@@ -325,11 +335,18 @@ class ManifoldMixup(Regularizer):
     default_weight = 1.0
     max_weight = 1.0
 
-    def loss(self, hidden, logits, targets, head, num_classes, generator=None):
+    def draw(self, batch_size, generator):
+        gamma, permutation = draw_mixup(batch_size, generator)
+        return {"gamma": gamma, "permutation": permutation}
+
+    def loss(self, hidden, logits, targets, head, num_classes, generator=None, draws=None):
         _check_batch(hidden, logits, targets, num_classes)
         # Drawn whatever the weight, so the generator's stream (and every later
         # draw from it) does not depend on the weight.
-        gamma, permutation = draw_mixup(hidden.shape[0], generator, device=hidden.device)
+        if draws is None:
+            gamma, permutation = draw_mixup(hidden.shape[0], generator, device=hidden.device)
+        else:
+            gamma, permutation = draws["gamma"], draws["permutation"]
         if self.weight == 0.0:
             return F.cross_entropy(logits, targets)
         mixed = mixup_loss(hidden, targets, head, num_classes, gamma, permutation)

@@ -15,14 +15,18 @@ Speed choices (stated so they can be measured, as airbench does): the whole
 dataset lives on the device as uint8 (a quarter of float32's bytes; CIFAR-10
 poison-train is 112 MB), batches are gathered by index and converted on the
 device, the adversarial test set is triggered once per phase on the device,
-and on CUDA the model runs channels-last under bf16 autocast.
+on CUDA the model runs channels-last under bf16 autocast, and no training step
+waits for the device: the epoch's batch order and random draws are staged on
+the device once per epoch and the loss is read once per epoch. Optional:
+``compile`` (torch.compile) and ``fused_optimizer``.
 
-Resumable: after every epoch a checkpoint (model, optimizer, early-stopping
-state, history) is written atomically to a run-keyed folder outside the
-declared outputs; a restarted run continues from it. Every epoch's
-randomness (data order, augmentation, regularizer draws, dropout) comes from
-a generator seeded by (seed, phase, epoch), so a resumed run draws exactly
-what an uninterrupted one would.
+Resumable: a checkpoint (model, optimizer, early-stopping state, history) is
+written atomically, at most every ``checkpoint_every_s`` seconds and after the
+phase's last epoch, to a run-keyed folder outside the declared outputs; a
+restarted run continues from it. Every epoch's randomness (data order,
+augmentation, regularizer draws, dropout) comes from a generator seeded by
+(seed, phase, epoch), so a resumed run draws exactly what an uninterrupted one
+would.
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class TrainConfig:
     channels_last: bool = True  # on CUDA
     deterministic: bool = True  # deterministic kernels (CPU results are then exactly reproducible)
     data_on_device: bool = True  # keep uint8 datasets on the device
+    compile: bool = False  # torch.compile the model's forward (docs/engine.md#compiled-and-fused-training)
+    fused_optimizer: bool = False  # the optimizer's fused kernel (one kernel per step for all parameters)
+    checkpoint_every_s: float = 300.0  # write the resumable checkpoint at most this often (0: every epoch)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -104,6 +111,18 @@ class TrainConfig:
             raise ValueError(f"augment {self.augment!r} is unknown; allowed: ['flip', 'none']")
         if self.input_size is not None and self.input_size < 1:
             raise ValueError(f"input_size {self.input_size!r} must be a positive integer or null")
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(f"training option checkpoint_every_s={self.checkpoint_every_s!r} must be >= 0")
+
+
+# Settings that change how a phase runs but not what it computes: a checkpoint written under
+# other values of them is resumed (they are left out of the phase's fingerprint).
+RESUMABLE_ACROSS = ("checkpoint_every_s",)
+
+
+def result_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as a dict without :data:`RESUMABLE_ACROSS`: what a checkpoint's fingerprint keys on."""
+    return {key: value for key, value in dataclasses.asdict(cfg).items() if key not in RESUMABLE_ACROSS}
 
 
 def _check_option_type(name: str, value: Any, annotation: str) -> None:
@@ -131,19 +150,25 @@ def _check_option_type(name: str, value: Any, annotation: str) -> None:
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 
 
+def _kernel(cfg: TrainConfig) -> dict[str, bool]:
+    """The optimizer implementation: fused (one kernel for every parameter) or torch's default
+    (foreach on CUDA, a loop on the CPU)."""
+    return {"fused": True} if cfg.fused_optimizer else {}
+
+
 @OPTIMIZERS.register("adam")
 def _adam(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay, **_kernel(cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **_kernel(cfg))
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **_kernel(cfg))
 
 
 # --------------------------------------------------------------------------- early stopping
@@ -222,13 +247,74 @@ class BatchPreparer:
     def __call__(self, images: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if flip is not None:
-            x = torch.where(flip.to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+            x = torch.where(flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
         if self.input_size is not None and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = (x - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+def stage(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Move CPU tensors of one dtype to ``device`` in one copy; views of it, one per tensor.
+
+    On CUDA the copy comes from pinned memory and is ``non_blocking``: the host queues it
+    and goes on, so the epoch's randomness reaches the GPU without a wait.
+    """
+    if not tensors:
+        return []
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    else:
+        flat = flat.to(device)
+    pieces = flat.split([tensor.numel() for tensor in tensors])
+    return [piece.view(tensor.shape) for piece, tensor in zip(pieces, tensors)]
+
+
+@dataclass
+class EpochPlan:
+    """One epoch's batches and every random draw they use, made before the first step.
+
+    Drawn from the epoch's generator in the order the per-step loop used to draw them
+    (the data order, then for each batch its flips and its regularizer draws), so the
+    values are the same; then staged on the device at once (:func:`stage`), so a step
+    never waits for a host-to-device copy.
+    """
+
+    batches: list[torch.Tensor]  # indices of each batch, on the data's device
+    flips: list[torch.Tensor | None]  # per batch, bool on the device (augment: flip)
+    draws: list[dict[str, torch.Tensor]]  # per batch, the regularizer's draws on the device
+
+    @classmethod
+    def draw(
+        cls,
+        n: int,
+        batch_size: int,
+        generator: torch.Generator,
+        flip: bool,
+        regularizer,
+        data_device: torch.device,
+        device: torch.device,
+    ) -> EpochPlan:
+        order = torch.randperm(n, generator=generator)
+        batches, flips, draws = [], [], []
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            if len(idx) < 2 and n >= 2:
+                continue  # a batch of one breaks batch norm and every pairwise regularizer
+            batches.append(idx)
+            flips.append(torch.rand(len(idx), generator=generator) < 0.5 if flip else None)
+            draws.append(regularizer.draw(len(idx), generator))
+        staged_flips = iter(stage([f for f in flips if f is not None], device))
+        keys = sorted({key for batch in draws for key in batch})
+        staged = {key: iter(stage([batch[key] for batch in draws], device)) for key in keys}
+        return cls(
+            batches=stage(batches, data_device),
+            flips=[None if f is None else next(staged_flips) for f in flips],
+            draws=[{key: next(staged[key]) for key in batch} for batch in draws],
+        )
 
 
 # --------------------------------------------------------------------------- one phase
@@ -269,6 +355,9 @@ class Engine:
             default_cfg.get("mean", (0.5, 0.5, 0.5)), default_cfg.get("std", (0.5, 0.5, 0.5)), device, cfg
         )
         self.autocast = cfg.amp and device.type == "cuda"
+        # h and logits in one call; compiled, the first steps of each batch shape and of
+        # train/eval mode pay the compilation (docs/engine.md#compiled-and-fused-training).
+        self.forward_hidden = torch.compile(self.model.forward_hidden) if cfg.compile else self.model.forward_hidden
 
     # -- evaluation
     @torch.no_grad()
@@ -278,53 +367,66 @@ class Engine:
         for start in range(0, len(images), self.cfg.eval_batch_size):
             x = self.prepare(images[start : start + self.cfg.eval_batch_size])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                preds.append(self.model(x).argmax(1))
+                preds.append(self.forward_hidden(x)[1].argmax(1))
         if not preds:
             return torch.empty(0, dtype=torch.long, device=self.device)
         return torch.cat(preds)
 
     def evaluate(self, sets: EvalSets) -> dict[str, float]:
-        def predict(images: torch.Tensor) -> np.ndarray:
-            return self.predict(images).cpu().numpy()
-
-        adv_predictions = predict(sets.adv_triggered)
+        # Every set's predictions stay on the device until one copy at the end: one wait per epoch.
+        groups = (sets.adv_triggered, sets.poison_val[0], sets.clean_val[0], sets.adv_clean)
+        on_device = [self.predict(images) for images in groups]
+        every = torch.cat(on_device).cpu().numpy() if on_device else np.empty(0, np.int64)
+        adv_predictions, poison_val, clean_val, adv_clean = np.split(every, np.cumsum([len(p) for p in on_device])[:-1])
         source_mask = sets.adv_source_mask.cpu().numpy()
         return {
-            "poison_val_accuracy": metrics.accuracy(predict(sets.poison_val[0]), sets.poison_val[1].cpu().numpy()),
-            "clean_val_accuracy": metrics.accuracy(predict(sets.clean_val[0]), sets.clean_val[1].cpu().numpy()),
+            "poison_val_accuracy": metrics.accuracy(poison_val, sets.poison_val[1].cpu().numpy()),
+            "clean_val_accuracy": metrics.accuracy(clean_val, sets.clean_val[1].cpu().numpy()),
             "adversarial_success_rate": metrics.adversarial_success_rate(adv_predictions, sets.poison_class),
             "adversarial_success_rate_source": metrics.adversarial_success_rate(
                 adv_predictions, sets.poison_class, source_mask
             )
             if source_mask.any()
             else float("nan"),
-            "poison_class_rate_clean": metrics.adversarial_success_rate(predict(sets.adv_clean), sets.poison_class),
+            "poison_class_rate_clean": metrics.adversarial_success_rate(adv_clean, sets.poison_class),
         }
 
     # -- training
     def train_epoch(self, optimizer, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> float:
+        """One pass over ``(images, labels)``; the mean training loss.
+
+        No step waits for the device (airbench's rule): the batch order and every random draw
+        are made and staged once per epoch (:class:`EpochPlan`), and the loss is summed on the
+        device and read once, at the end. On the CPU the draws, their order and the float64 sum
+        are those of a per-step loop, so the results are bit for bit the same.
+        """
         self.model.train()
         n = len(labels)
-        order = torch.randperm(n, generator=generator)
-        total, count = 0.0, 0
-        for start in range(0, n, self.cfg.batch_size):
-            idx = order[start : start + self.cfg.batch_size]
-            if len(idx) < 2 and n >= 2:
-                continue  # a batch of one breaks batch norm and every pairwise regularizer
-            flip = torch.rand(len(idx), generator=generator) < 0.5 if self.cfg.augment == "flip" else None
-            x = self.prepare(images[idx.to(images.device)], flip)
-            y = labels[idx.to(labels.device)].to(self.device)
+        plan = EpochPlan.draw(
+            n,
+            self.cfg.batch_size,
+            generator,
+            self.cfg.augment == "flip",
+            self.regularizer,
+            images.device,
+            self.device,
+        )
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for idx, flip, draws in zip(plan.batches, plan.flips, plan.draws):
+            x = self.prepare(images[idx], flip)
+            y = labels[idx.to(labels.device)].to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                hidden, logits = self.model.forward_hidden(x)
+                hidden, logits = self.forward_hidden(x)
             loss = self.regularizer.loss(
-                hidden.float(), logits.float(), y, self.model.head, self.num_classes, generator
+                hidden.float(), logits.float(), y, self.model.head, self.num_classes, generator, draws=draws
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.detach().double() * len(idx)
             count += len(idx)
-        return total / max(count, 1)
+        return total.item() / max(count, 1)
 
     def run_phase(
         self,
@@ -366,6 +468,7 @@ class Engine:
 
         images, labels = train_set
         stopped_early = bool(state and state.get("stopped_early"))
+        saved_at = time.monotonic()
         for epoch in range(start_epoch, last_epoch + 1):
             if stopped_early:
                 break
@@ -396,7 +499,11 @@ class Engine:
                 scores["adversarial_success_rate"],
                 row["seconds"],
             )
-            if checkpoint is not None:
+            # By elapsed time, and after the phase's last epoch: a killed job loses at most
+            # checkpoint_every_s of training, without a checkpoint's writes every epoch.
+            last = stopped_early or epoch == last_epoch
+            if checkpoint is not None and (last or time.monotonic() - saved_at >= cfg.checkpoint_every_s):
+                saved_at = time.monotonic()
                 _save_checkpoint(
                     checkpoint,
                     {
@@ -437,13 +544,12 @@ class DivergedError(ValueError):
 
 def _check_finite(model: torch.nn.Module, train_loss: float, phase: str, epoch: int, lr: float) -> None:
     """Raise :class:`DivergedError` when the epoch's loss or any weight is NaN or infinite."""
-    bad = [
-        name
-        for name, tensor in model.state_dict().items()
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
-    if math.isfinite(train_loss) and not bad:
+    floats = {name: tensor for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    finite = [torch.isfinite(tensor).all() for tensor in floats.values()]
+    # One device-to-host read for every tensor, not one per tensor.
+    if math.isfinite(train_loss) and (not finite or bool(torch.stack(finite).all())):
         return
+    bad = [name for name, ok in zip(floats, finite) if not ok]
     what = f"training loss {train_loss}" if not math.isfinite(train_loss) else f"non-finite weights ({bad[0]})"
     raise DivergedError(
         f"training diverged in the {phase} phase at epoch {epoch}: {what}. Nothing of this epoch was kept; "

@@ -13,7 +13,7 @@ import sys
 from snakemake.logging import logger
 
 from backdoor_eval import experiments as ex
-from backdoor_eval import names, offline, pretrain, seeding
+from backdoor_eval import gpus, names, offline, pretrain, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
@@ -24,6 +24,9 @@ from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
 # command, whose change would make Snakemake rerun the jobs that finished before. Bash's strict
 # mode, Snakemake's default prefix, is kept.
 SHELL_PREFIX = "set -euo pipefail; export " + " ".join(f"{k}={v}" for k, v in offline.OFFLINE_ENV.items()) + "; "
+# GPU slots per device for the train/retrain jobs (backdoor_eval.gpus), the same way: a changed
+# jobs_per_gpu leaves the finished jobs alone.
+SHELL_PREFIX += f"export {gpus.JOBS_PER_GPU_ENV}={int(config['jobs_per_gpu'])}; "
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
 if shutil.which("backdoor-eval") is None:
@@ -406,6 +409,8 @@ def get_train_options(wildcards):
     ]
     if GPU_LOCK_DIR:
         options += ["--gpu-lock-dir", GPU_LOCK_DIR]
+    if train.get("compile"):  # TrainConfig.compile is off unless a train block sets it
+        options += ["--compile-cache-dir", PATHS.compile_cache]
     return shlex.join(options)
 
 

@@ -49,6 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--threads", type=positive_int, help="CPU threads for torch (Snakemake's {threads})")
         p.add_argument("--gpu-lock-dir", type=Path, help="take a GPU slot (CUDA_VISIBLE_DEVICES) via lock files here")
+        p.add_argument(
+            "--jobs-per-gpu",
+            type=positive_int,
+            help="GPU slots per device, i.e. jobs sharing one GPU (default: $BACKDOOR_EVAL_JOBS_PER_GPU, else 1)",
+        )
+        p.add_argument(
+            "--compile-cache-dir", type=Path, help="torch.compile's cache (TORCHINDUCTOR_CACHE_DIR) shared by jobs"
+        )
         p.set_defaults(func=cmd_train, phase=phase)
 
     p = sub.add_parser("summarize", help="collect a run's phases into its tidy summary and epochs tables")
@@ -104,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         gpu_lock_dir=args.gpu_lock_dir,
+        jobs_per_gpu=args.jobs_per_gpu,
+        compile_cache_dir=args.compile_cache_dir,
     )
     run_phase(job)
     return 0
