@@ -23,7 +23,7 @@ from run_inputs import poisoned_synthetic_run
 from test_workflow import job_counts, snakemake
 
 SYNTHETIC = {"num_classes": 3, "per_class": 40, "size": 16, "seed": 0}
-TRAIN = {"lr": 3.0e-3, "batch_size": 32, "max_epochs": 2, "patience": 1}
+TRAIN = {"lr": 3.0e-3, "batch_size": 32, "max_epochs": 2, "patience": 1, "checkpoint_every_s": 0}
 
 
 def regime_config() -> dict:

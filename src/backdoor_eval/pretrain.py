@@ -296,7 +296,7 @@ def _run_locked(job: PretrainJob) -> dict[str, Any]:
             store.manifest["sha256"],
             job.arch,
             job.model_params,
-            dataclasses.asdict(cfg),
+            engine.result_settings(cfg),
             job.seed,
             job.holdout,
         ]
@@ -305,7 +305,7 @@ def _run_locked(job: PretrainJob) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     best_state = engine._clone_state(runner.model)
     start = 0
-    state = engine._load_checkpoint(job.checkpoint, fingerprint)
+    state = engine._load_checkpoint(job.checkpoint, fingerprint, runner.model.state_dict())
     if state is not None:
         runner.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -314,6 +314,7 @@ def _run_locked(job: PretrainJob) -> dict[str, Any]:
         start = state["epoch"] + 1
         log.info("resuming pretraining %s after epoch %d", job.name, state["epoch"])
 
+    saved_at = time.monotonic()
     for epoch in range(start, cfg.max_epochs + 1):
         if epoch > 0 and stopper.should_stop:
             break
@@ -336,7 +337,9 @@ def _run_locked(job: PretrainJob) -> dict[str, Any]:
             }
         )
         log.info("pretrain %s epoch %d: loss %.4f held-out accuracy %.4f", job.name, epoch, loss, accuracy)
-        if job.checkpoint is not None:
+        # At most every checkpoint_every_s seconds, as a run's phase does; the outputs follow the last epoch.
+        if job.checkpoint is not None and time.monotonic() - saved_at >= cfg.checkpoint_every_s:
+            saved_at = time.monotonic()
             engine._save_checkpoint(
                 job.checkpoint,
                 {

@@ -388,6 +388,7 @@ def get_train_options(wildcards):
     function once per job, which is most of a dry run's time on the paper grid.
     """
     arch, model_params = ex.model_spec(config, wildcards.model)
+    train = train_settings(wildcards.dataset, wildcards.model)
     weights, fetch = MODEL_WEIGHTS[wildcards.model]
     if fetch is not None:
         model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
@@ -403,13 +404,13 @@ def get_train_options(wildcards):
         "--regularizer-params",
         as_json(ex.regularizer_params(config, wildcards.regularizer)),
         "--train-params",
-        as_json(train_settings(wildcards.dataset, wildcards.model)),
+        as_json(train),
         "--device",
         config["device"],
     ]
     if GPU_LOCK_DIR:
         options += ["--gpu-lock-dir", GPU_LOCK_DIR]
-    if train.get("compile"):  # TrainConfig.compile is off unless a train block sets it
+    if train["compile"]:  # TrainConfig.compile is off unless a train block sets it
         options += ["--compile-cache-dir", PATHS.compile_cache]
     return shlex.join(options)
 
