@@ -33,9 +33,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/poison.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/analyze.smk"
 
 
 rule all:
     default_target: True
     input:
         get_final_output(),
+        get_analysis_output(),

@@ -34,6 +34,8 @@ PURPOSES = {
     "train/data": 9,  # keys (phase index, epoch): batch order, augmentation, regularizer draws
     "train/torch": 10,  # keys (phase index, epoch): torch's global stream (dropout)
     "gallery/trigger": 11,  # Fig. 2's random-square position
+    "analysis/strip": 12,  # STRIP's choice of clean images to blend with (backdoor_eval.analyses.strip)
+    "analysis/cluster": 13,  # the seeds of activation clustering's ICA and k-means
 }
 
 

@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
         p.add_argument("--threads", type=positive_int, help="CPU threads for torch (Snakemake's {threads})")
         p.add_argument("--gpu-lock-dir", type=Path, help="take a GPU slot (CUDA_VISIBLE_DEVICES) via lock files here")
+        if phase == POISON_PHASE:
+            p.add_argument(
+                "--exclude",
+                type=Path,
+                help="a detector's .npz: leave its flagged poison-train images out (filter-then-retrain)",
+            )
         p.set_defaults(func=cmd_train, phase=phase)
 
     p = sub.add_parser("summarize", help="collect a run's phases into its tidy summary and epochs tables")
@@ -87,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         gpu_lock_dir=args.gpu_lock_dir,
+        exclude=getattr(args, "exclude", None),
     )
     run_phase(job)
     return 0
