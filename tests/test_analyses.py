@@ -138,6 +138,7 @@ def test_a_label_too_small_to_cluster_fails_naming_it():
         ({"size_threshold": 1.0}, r"^size_threshold: 1.0 is outside"),
         ({"clusters": 3}, r"^clusters: unknown parameter of activation_clustering; allowed: reduce, components"),
     ],
+    ids=["unknown-reduction", "no-components", "threshold-1", "unknown-parameter"],
 )
 def test_bad_clustering_parameters_are_named(params, message):
     with pytest.raises(ValueError, match=message):
