@@ -444,3 +444,112 @@ def test_the_quickstart_dag_runs_every_method(tmp_path):
     assert filtered == {"spectral", "activation_clustering", "perfect_filter"}
     for target in ("detections.parquet", "defenses.parquet", "tables/detection.md", "tables/defense.md"):
         assert f"results/quickstart/{target}" in text
+
+
+# --------------------------------------------------------------------------- detections.parquet, tables, figures
+
+
+def detection_rows() -> pd.DataFrame:
+    """Rows as aggregate-detections writes them: 2 triggers x 2 rates x 2 seeds, two methods; E5 and E1 share runs."""
+    from backdoor_eval.experiments import Run
+
+    rows = []
+    for trigger in ("bs", "sin"):
+        for rate in (0.1, 0.3):
+            for seed in (0, 1):
+                run = Run("synthetic", "small_cnn", trigger, 1.0, "many-to-one", "class0", "all", rate, "none", seed)
+                for method, auroc_value in (("spectral", rate + seed / 10), ("strip", 0.5)):
+                    row = {"experiment": "E5", "run_id": run.run_id, **run.params(), "method": method}
+                    row.update(auroc=auroc_value, tpr=0.8, fpr=0.1)
+                    rows.append(row)
+                    if rate == 0.3:
+                        rows.append({**row, "experiment": "E1"})
+    return pd.DataFrame(rows)
+
+
+def test_the_detection_table_averages_over_replicates_only_and_counts_each_run_once():
+    from backdoor_eval.analyses.report import detection_table
+
+    table = detection_table(detection_rows())
+    assert table.index.names == ["Method", "Dataset", "Model", "Trigger", "Poison rate"]  # the rate varies: a key
+    cell = table.loc[("Spectral signatures", "synthetic", "small_cnn", "Square", 0.3)]
+    assert cell[("AUROC", "mean")] == pytest.approx(0.35)  # seeds 0 and 1: 0.3 and 0.4
+    assert cell[("runs", "mean")] == 2  # the E1 copies of the same runs are not counted again
+    assert list(dict.fromkeys(table.index.get_level_values("Method"))) == ["Spectral signatures", "STRIP"]
+
+
+def test_the_detection_figure_plots_auroc_against_the_factor_per_method():
+    from backdoor_eval.analyses.report import detection_figure
+
+    figure = detection_figure(detection_rows(), "E5", "poison_rate")
+    means = figure.computed
+    assert set(means["method"]) == {"spectral", "strip"}
+    spectral = means[(means["method"] == "spectral") & (means["trigger"] == "sin")].sort_values("poison_rate")
+    assert spectral["auroc"].tolist() == pytest.approx([0.15, 0.35])
+    with pytest.raises(ValueError, match="experiment .E9. has no detection rows to plot"):
+        detection_figure(detection_rows(), "E9", "poison_rate")
+
+
+def test_the_defense_table_puts_filter_then_retrain_beside_clean_retraining():
+    from backdoor_eval.analyses.report import defense_table
+    from backdoor_eval.experiments import Run
+
+    run = Run("synthetic", "small_cnn", "bs", 1.0, "many-to-one", "class0", "all", 0.3, "none", 0)
+    factors = {"run_id": run.run_id, **run.params()}
+    runs = pd.DataFrame(
+        [
+            {
+                "experiment": "E1",
+                **factors,
+                "phase": "poison",
+                "adversarial_success_rate": 0.9,
+                "clean_val_accuracy": 0.8,
+            },
+            {
+                "experiment": "E2",
+                **factors,
+                "phase": "clean",
+                "adversarial_success_rate": 0.4,
+                "clean_val_accuracy": 0.7,
+            },
+        ]
+    )
+    defenses = pd.DataFrame(
+        [
+            {
+                "experiment": "E7",
+                **factors,
+                "method": m,
+                "phase": "poison",
+                "adversarial_success_rate": a,
+                "clean_val_accuracy": 0.8,
+            }
+            for m, a in (("spectral", 0.5), ("perfect_filter", 0.05))
+        ]
+    )
+    table = defense_table(defenses, runs)
+    row = table.iloc[0]
+    assert row[("none", "ASR")] == 0.9 and row[("clean retraining", "ASR")] == 0.4
+    assert row[("filter: Spectral signatures", "ASR")] == 0.5 and row[("filter: Perfect filter", "ASR")] == 0.05
+    assert [label for label, _ in table.columns][::2] == [
+        "none",
+        "clean retraining",
+        "filter: Spectral signatures",
+        "filter: Perfect filter",
+    ]
+
+
+def test_combining_detections_names_a_missing_or_foreign_result():
+    from backdoor_eval.analyses.report import combine_detections
+
+    rows = detection_rows()
+    first = rows.iloc[[0]]
+    membership = {"experiments": {"E5": {"runs": [first["run_id"].iloc[0]], "analyses": ["spectral"]}}}
+    combined = combine_detections(membership, {(first["run_id"].iloc[0], "spectral"): first.drop(columns="experiment")})
+    assert combined.columns[0] == "experiment" and len(combined) == 1
+    with pytest.raises(ValueError, match="has no 'spectral' result"):
+        combine_detections(membership, {})
+    with pytest.raises(ValueError, match="holds another run or method"):
+        combine_detections(
+            membership, {(first["run_id"].iloc[0], "spectral"): rows.iloc[[1]].drop(columns="experiment")}
+        )

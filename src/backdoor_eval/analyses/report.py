@@ -174,9 +174,9 @@ def detection_figure(detections: pd.DataFrame, experiment: str, factor: str) -> 
     import numpy as np
 
     from backdoor_eval.figures import _new_figure, _palette, _x_scale
-    from backdoor_eval.tables import REGULARIZER_ORDER, display_name, ordered, select_runs
+    from backdoor_eval.tables import REGULARIZER_ORDER, display_name, ordered
 
-    part = select_runs(detections, experiment)
+    part = detections[detections["experiment"] == experiment]
     part = part[part["method"] != "perfect_filter"]  # AUROC 1 by construction
     if part.empty:
         raise ValueError(f"experiment {experiment!r} has no detection rows to plot")
