@@ -54,6 +54,7 @@ def test_pca_reduction_agrees_with_art_up_to_sign():
 def test_activation_clustering_flags_what_art_flags():
     activations, labels, _ = planted(shift=12.0, direction=np.ones(DIMS) / np.sqrt(DIMS))
     separated = [activations[labels == label] for label in range(NUM_LABELS)]
+    np.random.seed(0)  # ART's k-means takes no seed: scikit-learn then draws from NumPy's global stream
     clusters, _ = poison.activation_defence.cluster_activations(separated, nb_clusters=2, nb_dims=10, reduce="PCA")
     # ART's relative-size analyzer on the poison class (on a label without a small cluster its report
     # step fails in ART 1.20); on the clean labels the same rule by hand on ART's clusters.
