@@ -553,3 +553,12 @@ def test_combining_detections_names_a_missing_or_foreign_result():
         combine_detections(
             membership, {(first["run_id"].iloc[0], "spectral"): rows.iloc[[1]].drop(columns="experiment")}
         )
+
+
+def test_membership_does_not_depend_on_the_analyses_keys():
+    config = quickstart()
+    view = plan.without_analysis_keys(config["experiments"])
+    assert (
+        "analyses" not in view["E7"] and "filter_retrain" not in view["E7"] and view["E7"]["trigger"] == ["bs", "sin"]
+    )
+    assert view["E1"] == config["experiments"]["E1"]  # experiments without them: as written

@@ -40,6 +40,15 @@ def experiment_methods(config: Mapping[str, Any], key: str = ANALYSES_KEY) -> di
     return {name: list(spec[key]) for name, spec in (config.get("experiments") or {}).items() if (spec or {}).get(key)}
 
 
+def without_analysis_keys(experiments: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiments with their ``analyses`` and ``filter_retrain`` keys left out (what membership.json
+    depends on: adding an analysis does not rebuild ``runs.parquet``)."""
+    return {
+        name: {key: value for key, value in (spec or {}).items() if key not in (ANALYSES_KEY, FILTER_KEY)}
+        for name, spec in experiments.items()
+    }
+
+
 def method_params(config: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The method's parameters: its defaults updated with the config's ``analyses.<method>`` block."""
     return ANALYSES.get(method).check_params((config.get(ANALYSES_KEY) or {}).get(method) or {})
