@@ -39,7 +39,7 @@ clean-results:
 	rm -rf results/quickstart
 
 # Copy a finished config's tables and PNG figures under docs/results/<name>/
-# with its runs.parquet (what docs/results.md shows and quotes), e.g.
+# with its runs.parquet (and detections/defenses.parquet when made; what docs/results.md shows and quotes), e.g.
 # `make publish-results NAME=real-cifar10`.
 publish-results:
 	@test -n "$(NAME)" || { echo "usage: make publish-results NAME=<config name, a folder under results/>"; exit 2; }
@@ -48,3 +48,4 @@ publish-results:
 	cp results/$(NAME)/tables/*.md results/$(NAME)/tables/*.csv docs/results/$(NAME)/tables/
 	cp results/$(NAME)/figures/*.png docs/results/$(NAME)/figures/
 	cp results/$(NAME)/runs.parquet docs/results/$(NAME)/
+	for f in detections.parquet defenses.parquet; do test ! -f results/$(NAME)/$$f || cp results/$(NAME)/$$f docs/results/$(NAME)/; done

@@ -28,15 +28,18 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/analyze_common.smk"
 include: "workflow/rules/fetch.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/poison.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/analyze.smk"
 
 
 rule all:
     default_target: True
     input:
         get_final_output(),
+        get_analysis_output(),

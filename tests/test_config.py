@@ -99,7 +99,10 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
             lambda c: c["gallery"].update(seed=-1),
             r"^gallery\.seed: -1 is not valid; less than the minimum of 0$",
         ),
-        (lambda c: c.update(spilt="shared"), r"^spilt: unknown key; allowed: datasets, device, experiments, "),
+        (
+            lambda c: c.update(spilt="shared"),
+            r"^spilt: unknown key; allowed: analyses, datasets, device, experiments, ",
+        ),
     ],
     ids=[
         "retrain-not-boolean",

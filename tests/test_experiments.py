@@ -138,7 +138,8 @@ def test_paper_e6_one_to_one_runs_cover_every_other_class(paper):
 def test_quickstart_is_reduced_but_builds_every_output(quickstart):
     ex.validate(quickstart)
     runs = ex.expand(quickstart)
-    assert set(runs) == {"E1", "E2", "E3", "E4", "E5", "E6"}
+    assert set(runs) == {"E1", "E2", "E3", "E4", "E5", "E6", "E7"}  # E7: analyses of E1/E2 runs (docs/detection.md)
+    assert {run.run_id for run in runs["E7"]} <= {run.run_id for run in runs["E1"]}
     assert 35 <= len(ex.union(runs)) <= 50
     assert set(ex.outputs(quickstart)) == set(ex.DEFAULT_OUTPUTS)
     assert quickstart["table1"]["dataset"] == "synthetic" and quickstart["gallery"]["dataset"] == "synthetic"

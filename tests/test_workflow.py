@@ -103,9 +103,29 @@ def expected_counts(config: dict) -> dict[str, int]:
     for block, rule in (("table1", "table1"), ("gallery", "gallery")):
         if config.get(block):
             counts[rule] = 1
+    counts.update(analysis_counts(config))
     counts = {rule: count for rule, count in counts.items() if count}  # the dry run lists rules with jobs
     counts["total"] = sum(counts.values())
     return counts
+
+
+def analysis_counts(config: dict) -> dict[str, int]:
+    """Jobs of the analyses (docs/detection.md): one per run and method, then their gathering and outputs."""
+    from backdoor_eval.analyses import plan
+
+    jobs = plan.jobs(config, ex.expand(config))
+    detections = bool(plan.experiment_methods(config))
+    defenses = bool(plan.experiment_methods(config, plan.FILTER_KEY))
+    return {
+        "analyze": len(jobs["analyze"]),
+        "filter_retrain": len(jobs["filter_retrain"]),
+        "analysis_membership": int(detections or defenses),
+        "aggregate_detections": int(detections),
+        "detection_table": int(detections),
+        "detection_figure": len(plan.detection_figures(config, ex.outputs(config))),
+        "aggregate_defenses": int(defenses),
+        "defense_table": int(defenses),
+    }
 
 
 def dry_run(config_file: Path, workdir: Path) -> dict[str, int]:

@@ -95,9 +95,12 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     # The default outputs name every paper experiment and make the ones the
     # config has; outputs the user wrote must name experiments that exist.
     explicit_outputs = config.get("outputs") is not None
+    from backdoor_eval.analyses import plan as analyses
+
     validate_schema(config)
     experiments.validate(config, check_registries=check_registries)
     pretrain.validate(config, check_registries=check_registries)
+    analyses.validate(config)
     if explicit_outputs:
         experiments.check_output_experiments(config)
     else:

@@ -65,7 +65,7 @@ FACTOR_DEFAULTS: dict[str, Any] = {factor: schema_default("experiment", factor) 
 DEFAULT_OUTPUTS: dict[str, list[str]] = {
     name: experiment_list(value) for name, value in schema_default("outputs").items()
 }
-EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases")
+EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases", "analyses", "filter_retrain")
 # ``alpha: default`` in a factor list: the trigger's default transparency.
 DEFAULT_ALPHA = FACTOR_DEFAULTS["alpha"]
 

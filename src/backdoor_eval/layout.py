@@ -77,6 +77,11 @@ class Layout:
         folder = self._run_folder(run_id)
         return f"{folder}/epochs.parquet"
 
+    def analysis_file(self, method: str = "{method}", extension: str = "parquet", run_id: str | None = None) -> str:
+        """An analysis's result of a run (``parquet``: its row; ``npz``: its per-sample arrays), docs/detection.md."""
+        folder = self._run_folder(run_id)
+        return f"{folder}/analyses/{method}.{extension}"
+
     @property
     def checkpoint_root(self) -> str:
         """The folder of every run's checkpoints (and the phases' lock files beside them)."""
@@ -104,6 +109,19 @@ class Layout:
     @property
     def epochs_table(self) -> str:
         return f"{self.root}/epochs.parquet"
+
+    @property
+    def analysis_membership(self) -> str:
+        """Which runs each experiment analyses, with which methods, and their result files."""
+        return f"{self.root}/analyses.json"
+
+    @property
+    def detections_table(self) -> str:
+        return f"{self.root}/detections.parquet"
+
+    @property
+    def defenses_table(self) -> str:
+        return f"{self.root}/defenses.parquet"
 
     def table(self, name: str, extension: str) -> str:
         return f"{self.root}/tables/{name}.{extension}"

@@ -62,12 +62,17 @@ class PhaseJob:
     gpu_lock_dir: Path | None = None  # take a GPU slot via lock files here (backdoor_eval.gpus)
     jobs_per_gpu: int | None = None  # GPU slots per device (None: $BACKDOOR_EVAL_JOBS_PER_GPU, else 1)
     compile_cache_dir: Path | None = None  # torch.compile's cache (TORCHINDUCTOR_CACHE_DIR), shared by the jobs
+    # Phase poison only: a training-set detector's .npz; its flagged poison-train images are left out
+    # (filter-then-retrain, docs/detection.md). Everything else, the initial weights included, is as without it.
+    exclude: Path | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"phase {self.phase!r} is unknown; allowed: {', '.join(PHASES)}")
         if (self.phase == CLEAN_PHASE) != (self.init_model is not None):
             raise ValueError("the clean phase needs the poison phase's model (init_model), and only it")
+        if self.exclude is not None and self.phase != POISON_PHASE:
+            raise ValueError("--exclude filters the poisoned training set: the poison phase (train) only")
 
     @property
     def lock_file(self) -> Path | None:
@@ -114,7 +119,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     from backdoor_eval import seeding
     from backdoor_eval import train as engine
     from backdoor_eval.data import open_store
-    from backdoor_eval.hashing import json_sha256
+    from backdoor_eval.hashing import arrays_sha256, json_sha256
     from backdoor_eval.io import atomic_path, write_json, write_parquet
     from backdoor_eval.models import create_model
     from backdoor_eval.poison import load_poisoned
@@ -165,6 +170,14 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
         poison_class=int(data.poison_class),
     )
     train_set = tensors("poison_train" if job.phase == POISON_PHASE else "clean_train")
+    excluded = None
+    if job.exclude is not None:
+        from backdoor_eval.analyses.registry import read_flagged
+
+        excluded = read_flagged(job.exclude, len(train_set[1]))
+        keep = torch.as_tensor(np.setdiff1d(np.arange(len(train_set[1])), excluded))
+        train_set = (train_set[0][keep.to(train_set[0].device)], train_set[1][keep.to(train_set[1].device)])
+        log.info("left out %d of %d poison-train images (%s)", len(excluded), len(keep) + len(excluded), job.exclude)
 
     runner = engine.Engine(model, regularizer, cfg, num_classes, device, job.seed)
     # A checkpoint is resumed only under the very settings that wrote it.
@@ -180,6 +193,8 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
             job.seed,
             str(device),
             str(job.init_model.resolve()) if job.init_model is not None else None,
+            # Only when filtering, so the key of every other phase is as before.
+            *([] if excluded is None else [arrays_sha256([("excluded", excluded)])]),
         ]
     )
     try:

@@ -38,6 +38,8 @@ PURPOSES = {
     "pretrain/init": 13,  # a pretraining's initial weights
     "pretrain/data": 14,  # keys (epoch,): a pretraining epoch's batch order, augmentation
     "pretrain/torch": 15,  # keys (epoch,): torch's global stream (dropout)
+    "analysis/strip": 16,  # STRIP's choice of clean images to blend with (backdoor_eval.analyses.strip)
+    "analysis/cluster": 17,  # the seeds of activation clustering's ICA and k-means
 }
 
 

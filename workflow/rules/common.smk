@@ -17,6 +17,7 @@ from backdoor_eval import gpus, names, offline, pretrain, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval.analyses.plan import without_analysis_keys as analysis_experiment_keys_removed
 
 # Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
 # the fetch rules (fetch.smk), which run first on the submitting node, alone turn the network back
@@ -463,7 +464,8 @@ def get_membership_config():
         "models": {name: {} for name in config["models"]},
         "triggers": config.get("triggers"),
         "regularizers": {name: {} for name in config.get("regularizers") or {}},
-        "experiments": config["experiments"],
+        # Without the analyses' keys: adding an analysis does not rebuild runs.parquet.
+        "experiments": analysis_experiment_keys_removed(config["experiments"]),
         "outputs": config.get("outputs"),
     }
 

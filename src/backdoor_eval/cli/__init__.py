@@ -1,7 +1,7 @@
 """The ``backdoor-eval`` command line: the one entry point Snakemake rules call.
 
 Each area registers its own subcommands (``cli/fetch.py``, ``cli/data.py``, ``cli/attack.py``,
-``cli/engine.py``, ``cli/report.py``, ``cli/workflow.py``); each handler,
+``cli/engine.py``, ``cli/report.py``, ``cli/workflow.py``, ``cli/analyze.py``); each handler,
 ``cmd_<command>``, parses its arguments and calls the package, which writes
 every file atomically to the paths the arguments name. Before any handler
 runs, ``main`` checks that every output path can be written
@@ -18,7 +18,7 @@ import sys
 
 from backdoor_eval.locks import LockHeldError
 
-AREAS = ("fetch", "data", "attack", "engine", "report", "workflow")
+AREAS = ("fetch", "data", "attack", "engine", "report", "workflow", "analyze")
 
 
 def build_parser() -> argparse.ArgumentParser:

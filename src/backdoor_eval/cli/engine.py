@@ -57,6 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(
             "--compile-cache-dir", type=Path, help="torch.compile's cache (TORCHINDUCTOR_CACHE_DIR) shared by jobs"
         )
+        if phase == POISON_PHASE:
+            p.add_argument(
+                "--exclude",
+                type=Path,
+                help="a detector's .npz: leave its flagged poison-train images out (filter-then-retrain)",
+            )
         p.set_defaults(func=cmd_train, phase=phase)
 
     p = sub.add_parser("summarize", help="collect a run's phases into its tidy summary and epochs tables")
@@ -114,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         gpu_lock_dir=args.gpu_lock_dir,
         jobs_per_gpu=args.jobs_per_gpu,
         compile_cache_dir=args.compile_cache_dir,
+        exclude=getattr(args, "exclude", None),
     )
     run_phase(job)
     return 0
