@@ -6,6 +6,8 @@ NASNet-A Mobile: test_models_nasnet_mobile.py; pretrained weights: test_models_w
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,45 @@ def test_small_cnn_fits_a_small_batch():
     model.eval()
     with torch.no_grad():
         assert (model(images).argmax(1) == labels).all()
+
+
+def test_small_cnn_head_is_timm_create_classifier_built_from_torch():
+    """The head built without timm has timm's modules, initialisation and outputs: quickstart results are unchanged."""
+    from timm.layers import create_classifier
+
+    from backdoor_eval.models import small_cnn
+
+    for pool_type, drop_rate in (("avg", 0.0), ("max", 0.25)):
+        torch.manual_seed(0)
+        ours = nn.Sequential(*small_cnn._classifier(32, 5, pool_type, drop_rate))
+        torch.manual_seed(0)
+        theirs = nn.Sequential(*create_classifier(32, 5, pool_type=pool_type, drop_rate=drop_rate))
+        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        assert all(torch.equal(ours.state_dict()[k], theirs.state_dict()[k]) for k in ours.state_dict())
+        features = torch.randn(4, 32, 3, 3)
+        torch.manual_seed(1)
+        expected = theirs.train()(features)
+        torch.manual_seed(1)
+        assert torch.equal(ours.train()(features), expected)
+
+
+def test_a_small_cnn_job_never_imports_timm_or_torchvision():
+    """timm, with torchvision, is ~2 s of a job's start-up on a CPU: only a timm model loads it. The registry (the
+    workflow's config check) still lists the timm models, and the nasnet_mobile names are there on first use."""
+    code = (
+        "import sys\n"
+        "from backdoor_eval import experiments, phase, poison, regularizers, train\n"
+        "from backdoor_eval.cli import build_parser\n"
+        "from backdoor_eval.models import MODELS, create_model\n"
+        "build_parser()\n"
+        "create_model('small_cnn', num_classes=3, width=2)\n"
+        "assert {'resnet50', 'nasnet_large', 'nasnet_mobile'} <= set(MODELS.names())\n"
+        "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules))\n"
+        "from backdoor_eval.models import NASNetAMobile\n"
+        "print(sorted(m for m in ('timm', 'torchvision') if m in sys.modules), NASNetAMobile.__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == ["[]", "['timm', 'torchvision'] NASNetAMobile"]
 
 
 # ------------------------------------------------------------------------------ every model

@@ -23,16 +23,18 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from backdoor_eval import seeding
 from backdoor_eval.hashing import arrays_sha256
 from backdoor_eval.io import atomic_dir, read_json, reading, rebuild_hint, write_json
 from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
 from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
+
+if TYPE_CHECKING:  # Table 1's frame only: the poison and train jobs never import pandas
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,8 @@ def poison_stats(
     One row per poison class (for one-to-one, every class but the source).
     Classes are named by ``class_names`` or, like the paper, 1..n.
     """
+    import pandas as pd
+
     counts = np.asarray([int(c) for c in class_counts], dtype=np.int64)
     if counts.ndim != 1 or counts.size < 2 or (counts < 0).any() or counts.sum() == 0:
         raise ValueError(f"class_counts={list(class_counts)!r}; allowed: two or more counts >= 0, not all 0")

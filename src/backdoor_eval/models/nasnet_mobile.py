@@ -2,8 +2,9 @@
 
 timm has no NASNet-A Mobile: :class:`NASNetAMobile` assembles it from ``timm.models.nasnet``
 cells. It loads the public Cadene ImageNet checkpoint (1001 classes, background at index 0)
-through :func:`convert_cadene_nasnet_mobile_state_dict`. The ``nasnet_mobile`` builder in
-``MODELS`` wraps it as a Classifier (docs/decisions.md#models).
+through :func:`convert_cadene_nasnet_mobile_state_dict`. The ``nasnet_mobile`` builder of
+``MODELS`` (in ``timm_models``) imports this module when it builds one, and wraps it as a
+Classifier (docs/decisions.md#models): this module needs timm, which only timm models load.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ import torch.nn.functional as F
 from timm.layers import AvgPool2dSame, ConvNormAct, create_classifier, pad_same
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.nasnet import CellStem0, CellStem1, FirstCell, NormalCell, ReductionCell0, ReductionCell1
-
-from .classifier import Classifier
-from .registry import MODELS
-from .timm_models import timm_classifier
 
 __all__ = ["CADENE_NASNET_MOBILE_URL", "NASNetAMobile", "convert_cadene_nasnet_mobile_state_dict"]
 
@@ -276,21 +273,3 @@ default_cfgs = generate_default_cfgs(
 def nasnetamobile(pretrained: bool = False, **kwargs: Any) -> NASNetAMobile:
     """NASNet-A Mobile (4 @ 1056), ImageNet weights from Cadene's pretrainedmodels."""
     return _create_nasnet_mobile("nasnetamobile", pretrained, **kwargs)
-
-
-@MODELS.register("nasnet_mobile")
-def nasnet_mobile(num_classes: int, pretrained: bool = False, weights=None, **kwargs: Any) -> Classifier:
-    """NASNet-A Mobile, 4 @ 1056 (:class:`NASNetAMobile`, timm ``nasnetamobile``; 224 px).
-
-    ``weights`` may be the Cadene checkpoint ``nasnetamobile-7e03cead.pth`` or its URL;
-    kwargs (``cells_per_stage``, ``num_features``, ``stem_size``, ``drop_rate``) reach the model.
-    """
-    return timm_classifier(
-        "nasnetamobile",
-        num_classes,
-        pretrained,
-        weights,
-        checkpoint_filter=convert_cadene_nasnet_mobile_state_dict,
-        label="nasnet_mobile",
-        **kwargs,
-    )

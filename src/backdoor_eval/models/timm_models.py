@@ -1,9 +1,13 @@
-"""timm models as Classifiers: ResNet-50, ResNet-18, NASNet-A Large and any timm architecture by name.
+"""timm models as Classifiers: ResNet-50, ResNet-18, NASNet-A Large, NASNet-A Mobile and any timm architecture.
 
 :func:`timm_classifier` wraps a timm model (pretrained weights from the hub or a ``weights``
-file, a fresh head of ``num_classes`` outputs) and is what the builders here, and
-``nasnet_mobile``, call. ``create_model("timm:<name>", ...)`` reaches any timm architecture
-through :func:`any_timm_classifier` (docs/decisions.md#models).
+file, a fresh head of ``num_classes`` outputs) and is what the builders here call.
+``create_model("timm:<name>", ...)`` reaches any timm architecture through
+:func:`any_timm_classifier` (docs/decisions.md#models).
+
+timm (and torchvision, which it imports: about 2 s of a job's start-up on a CPU) is
+imported inside the functions that build a model, not here: registering these builders
+costs nothing, so the registry check of the workflow and a small-CNN job never load it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import timm
 import torch.nn as nn
 
 from .classifier import Classifier
@@ -54,6 +57,8 @@ def timm_classifier(
 
     ``label`` names the model in error messages (the registry name; default ``timm_name``).
     """
+    import timm
+
     label = repr(timm_name) if label is None or label == timm_name else f"{label!r} (timm {timm_name})"
     if not pretrained:
         backbone = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -78,6 +83,10 @@ def any_timm_classifier(
     **kwargs: Any,
 ) -> Classifier:
     """``name`` = ``"timm:<timm model name>"`` (a tag picks weights: ``timm:resnet50.a1_in1k``) as a Classifier."""
+    import timm
+
+    from . import nasnet_mobile  # noqa: F401  (registers ``nasnetamobile`` with timm)
+
     timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
         raise ValueError(f"model {name!r}: {timm_name!r} is not a timm model name (see timm.list_models())")
@@ -112,3 +121,25 @@ def nasnet_large(num_classes: int, pretrained: bool = False, weights=None, **kwa
     kwargs reach timm's ``NASNetALarge`` (``num_features``, ``stem_size`` shrink it for tests).
     """
     return timm_classifier("nasnetalarge", num_classes, pretrained, weights, label="nasnet_large", **kwargs)
+
+
+@MODELS.register("nasnet_mobile")
+def nasnet_mobile(num_classes: int, pretrained: bool = False, weights=None, **kwargs: Any) -> Classifier:
+    """NASNet-A Mobile, 4 @ 1056 (:class:`~backdoor_eval.models.nasnet_mobile.NASNetAMobile`, timm
+    ``nasnetamobile``; 224 px).
+
+    ``weights`` may be the Cadene checkpoint ``nasnetamobile-7e03cead.pth`` or its URL;
+    kwargs (``cells_per_stage``, ``num_features``, ``stem_size``, ``drop_rate``) reach the model.
+    """
+    # imported here: the architecture module needs timm, and importing it registers it with timm
+    from .nasnet_mobile import convert_cadene_nasnet_mobile_state_dict
+
+    return timm_classifier(
+        "nasnetamobile",
+        num_classes,
+        pretrained,
+        weights,
+        checkpoint_filter=convert_cadene_nasnet_mobile_state_dict,
+        label="nasnet_mobile",
+        **kwargs,
+    )

@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-import timm
 import torch
 import torch.nn as nn
 
@@ -140,6 +139,8 @@ def read_weights(weights: str | os.PathLike, model_name: str) -> dict[str, torch
     location = str(weights)
     check_weights_file(location, model_name)
     path = _download(location, model_name) if is_url(location) else os.path.expanduser(location)
+    import timm  # here, not at the top: only pretrained models read weights (small_cnn jobs never import timm)
+
     try:
         state_dict = timm.models.load_state_dict(path)
     except Exception as error:
@@ -227,6 +228,8 @@ def _hf_download(hf_hub_id: str, names: list[str]) -> str:
 def hub_weights_file(timm_name: str, label: str) -> str:
     """A local file of the timm model's default pretrained weights: the copy in the Hugging Face or
     torch-hub cache, else downloaded into it. Fails fast (:class:`WeightsUnavailableError`) offline."""
+    import timm
+
     pretrained_cfg = timm.models.get_pretrained_cfg(timm_name)
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
         raise _unavailable(label, "timm knows no pretrained weights for it")
@@ -257,6 +260,8 @@ def hub_weights_file(timm_name: str, label: str) -> str:
 
 def timm_from_hub(timm_name: str, kwargs: Mapping[str, Any], label: str) -> nn.Module:
     """timm model with its default pretrained weights (with the pretraining head), failing fast offline."""
+    import timm
+
     path = hub_weights_file(timm_name, label)
     pretrained_cfg = timm.models.get_pretrained_cfg(timm_name)
     # created with the pretraining classes so that timm loads strictly (head included), through the
