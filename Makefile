@@ -39,7 +39,8 @@ clean-results:
 	rm -rf results/quickstart
 
 # Copy a finished config's tables and PNG figures under docs/results/<name>/
-# with its runs.parquet (and detections/defenses.parquet when made; what docs/results.md shows and quotes), e.g.
+# with its runs.parquet and epochs.parquet, detections/defenses.parquet when made, and its
+# pretrainings' manifests (what docs/results.md shows and quotes), e.g.
 # `make publish-results NAME=real-cifar10`.
 publish-results:
 	@test -n "$(NAME)" || { echo "usage: make publish-results NAME=<config name, a folder under results/>"; exit 2; }
@@ -47,5 +48,12 @@ publish-results:
 	mkdir -p docs/results/$(NAME)/tables docs/results/$(NAME)/figures
 	cp results/$(NAME)/tables/*.md results/$(NAME)/tables/*.csv docs/results/$(NAME)/tables/
 	cp results/$(NAME)/figures/*.png docs/results/$(NAME)/figures/
-	cp results/$(NAME)/runs.parquet docs/results/$(NAME)/
+	cp results/$(NAME)/runs.parquet results/$(NAME)/epochs.parquet docs/results/$(NAME)/
+	# the manifests of the pretrainings its models start from (config/$(NAME).yaml's pretraining: block)
+	test ! -f config/$(NAME).yaml || $(BIN)/python -c "import shutil, sys; from pathlib import Path; \
+	from backdoor_eval import pretrain; from backdoor_eval.config import load_config; \
+	c = load_config(sys.argv[1], check_registries=False); out = Path(sys.argv[2]); \
+	[(out.mkdir(exist_ok=True), shutil.copy(m, out)) for n in c.get('pretraining') or {} \
+	 for m in [pretrain.manifest_file(pretrain.pretraining_file(c, n))] if Path(m).is_file()]" \
+	config/$(NAME).yaml docs/results/$(NAME)/pretraining
 	for f in detections.parquet defenses.parquet; do test ! -f results/$(NAME)/$$f || cp results/$(NAME)/$$f docs/results/$(NAME)/; done

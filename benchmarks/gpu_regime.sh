@@ -44,7 +44,8 @@ with tarfile.open(".devdata/cifar10-jpeg.tar.xz") as tar, zipfile.ZipFile("resou
 EOF
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } | tee "$out/device.txt"
-run() { timeout "$1" snakemake --configfile "$config" --cores "$(nproc)" --scheduler greedy "${@:2}"; }
+snakemake --configfile "$config" --unlock >/dev/null 2>&1
+run() { timeout "$1" snakemake --configfile "$config" --cores "$(nproc)" --scheduler greedy --rerun-incomplete "${@:2}"; }
 tic=$(date +%s)
 # shellcheck disable=SC2046
 run "$probe_s" $(python3 benchmarks/lr_probe.py --config "$config" --targets) 2>&1 | tail -n 40 >"$out/probe.log"

@@ -72,9 +72,14 @@ def choose(table: pd.DataFrame, min_asr: float, init: str | None) -> float:
     return float(best["lr"].iloc[0])
 
 
+def yaml_number(lr: float) -> str:
+    """``3.0e-4``: a float to YAML (which needs the point), without the exponent's leading zero."""
+    return f"{lr:.1e}".replace("e-0", "e-")
+
+
 def write_lr(config_file: Path, lr: float) -> None:
     text = config_file.read_text()
-    new, count = re.subn(r"(?m)^(train:\n(?:  .*\n)*?  lr: ).*$", lambda m: f"{m.group(1)}{lr:.1e}", text)
+    new, count = re.subn(r"(?m)^(train:\n(?:  .*\n)*?  lr: ).*$", lambda m: f"{m.group(1)}{yaml_number(lr)}", text)
     if count != 1:
         raise SystemExit(f"{config_file}: no `train:` block with an `lr:` line to write")
     config_file.write_text(new)
@@ -101,7 +106,7 @@ def main() -> int:
     print(f"chosen learning rate: {lr:g} (lowest pretrained rate with ASR >= {args.min_asr}, else the highest ASR)")
     if args.write:
         write_lr(args.config, lr)
-        print(f"wrote train.lr: {lr:.1e} into {args.config}")
+        print(f"wrote train.lr: {yaml_number(lr)} into {args.config}")
     return 0
 
 
