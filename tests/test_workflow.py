@@ -481,6 +481,7 @@ BROKEN_CONFIGS = {
     "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
     "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
     "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
+    "no job per GPU": ([_set("jobs_per_gpu", 0)], "jobs_per_gpu: 0 is not valid; less than the minimum of 1"),
 }
 
 
