@@ -18,7 +18,8 @@ forward/backward. On CUDA, ``--fast on`` is bf16 autocast + channels-last + cuDN
 ``--fast off`` float32, NCHW, deterministic kernels; ``--compile on`` adds torch.compile (its
 compilation is timed apart, as ``compile s``). ``--sizes paper`` trains each model at its input
 size in ``config/config.yaml`` (CIFAR-10: NASNet-A Large 331, Mobile 224, ResNet-50 32; 32 for a
-model it lacks). ``--json FILE`` also writes the rows.
+model it lacks). ``--json FILE`` also writes the rows. ``--clock cpu`` (CPU device only) times the
+process's CPU time instead of the elapsed time: steadier where other work shares the cores.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def bench(
     repeats: int,
     regularizer: str,
     augment: str,
+    clock=time.perf_counter,
 ) -> dict:
     cfg = engine.TrainConfig(
         batch_size=batch,
@@ -109,10 +111,10 @@ def bench(
 
     def timed(fn) -> float:
         sync()
-        tic = time.perf_counter()
+        tic = clock()
         fn()
         sync()
-        return time.perf_counter() - tic
+        return clock() - tic
 
     # Warm-up (and, compiled, the compilation): two batches through each path.
     warm = timed(lambda: run.train_epoch(optimizer, images[: batch * 2], labels[: batch * 2], generator))
@@ -172,11 +174,27 @@ def main() -> None:
     parser.add_argument("--regularizer", default="none", help="the training loss (mixup has per-step draws)")
     parser.add_argument("--augment", default="none", choices=["none", "flip"])
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time (CPU device only; steadier on a shared machine)",
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures the host's work only: use it with --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     modes = {"on": [True], "off": [False], "both": [True, False]}
     paper = paper_sizes() if "paper" in args.sizes else {}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}", flush=True)
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, {args.clock} clock, "
+        f"{args.regularizer} regularizer, augment {args.augment}, batch {args.batch}, {args.images} images",
+        flush=True,
+    )
     header = (
         f"{'model':<14} {'size':>4} {'fast':>5} {'compile':>7} {'sync img/s':>11} {'engine img/s':>13} "
         f"{'gain':>6} {'bare img/s':>11} {'outside fwd/bwd':>16} {'warm-up s':>10}"
@@ -202,6 +220,7 @@ def main() -> None:
                         args.repeats,
                         args.regularizer,
                         args.augment,
+                        clock,
                     )
                     rows.append(r)
                     print(

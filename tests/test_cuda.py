@@ -77,7 +77,8 @@ def test_amp_and_channels_last_train_and_learn():
 @pytest.mark.parametrize("option", ["compile", "fused_optimizer"])
 def test_compiled_and_fused_training_agree_with_eager_on_cuda(float32_exact, option):
     init = initial_state()
-    settings = dict(amp=False, channels_last=False, deterministic=False, regularizer="mixup", epochs=2)
+    # deterministic: no cuDNN autotuning, which could pick other kernels for the two runs.
+    settings = dict(amp=False, channels_last=False, deterministic=True, regularizer="mixup", epochs=2)
     eager = train_epochs("cuda", init_state=init, **settings)
     other = train_epochs("cuda", init_state=init, **settings, **{option: True})
     loss_rel = max(abs(a - b) / abs(b) for a, b in zip(other.losses, eager.losses))

@@ -532,6 +532,7 @@ BROKEN_CONFIGS = {
         [_set("datasets.synthetic.params.per_class", 6)],  # 6 images: 0 of class0 in poison_val
         "experiments.E1.poison_class: dataset synthetic: class 'class0' has no image in the poison_val set (6 images",
     ),
+    "no job per GPU": ([_set("jobs_per_gpu", 0)], "jobs_per_gpu: 0 is not valid; less than the minimum of 1"),
 }
 
 
