@@ -117,10 +117,20 @@ def test_activation_clustering_flags_the_smaller_of_two_separated_clusters_only(
 
 
 def test_activation_clustering_with_ica_finds_them_less_sharply():
-    # FastICA whitens: the separating direction weighs no more than 9 noise directions (docs/detection.md).
+    # FastICA whitens: the separating direction weighs no more than 9 noise directions (docs/detection.md),
+    # so over a dozen seeds of its own draws it misses the clusters now and then, where PCA never does.
     activations, labels, poisoned = planted(shift=12.0, direction=np.ones(DIMS) / np.sqrt(DIMS))
-    found, _ = metrics_of("activation_clustering", activations, labels, poisoned, reduce="ica")
-    assert 0.85 < found["auroc"] < 1.0
+
+    def aurocs(reduce: str) -> list[float]:
+        runs = [
+            ANALYSES.create("activation_clustering", reduce=reduce).detect(activations, labels, 0.25, seed)
+            for seed in range(12)
+        ]
+        return [detection_metrics(f.scores, f.flagged, labels, poisoned, POISON_CLASS)["auroc"] for f in runs]
+
+    assert aurocs("pca") == [1.0] * 12
+    ica = aurocs("ica")
+    assert min(ica) < 1.0 and 0.6 < np.mean(ica) < 1.0 and ica.count(1.0) >= 6
 
 
 def test_a_label_too_small_to_cluster_fails_naming_it():
