@@ -1,7 +1,7 @@
 """What a config's grid costs in device hours: runs, epochs and images from the config, seconds per image measured here.
 
     .venv/bin/python benchmarks/grid_cost.py --config config/quickstart.yaml
-    .venv/bin/python benchmarks/grid_cost.py --config config/config.yaml --quick --flops-gpu h100
+    .venv/bin/python benchmarks/grid_cost.py --config config/config.yaml --images 2 --flops-gpu h100
     .venv/bin/python benchmarks/grid_cost.py --config config/config.yaml --models resnet50 --images 16
 
 For each (dataset, model) of the grid it prints:
@@ -33,8 +33,10 @@ For each (dataset, model) of the grid it prints:
 On a CPU it is the CPU estimate (one job at a time with ``--threads``); run it on a GPU
 and it is that GPU's. ``--flops-gpu h100`` adds an estimate from the FLOPs per image
 (``torch.utils.flop_counter.FlopCounterMode`` over the same engine path) at a named
-GPU's dense bf16 peak and the utilisations of ``--utilisation``. A (dataset, model)
-left out by ``--models`` is listed as not measured and left out of the totals.
+GPU's dense bf16 peak and the utilisations of ``--utilisation`` (a training image as 3 forwards). A (dataset, model)
+left out by ``--models`` is listed as not measured and left out of the totals. On a CPU,
+NASNet-A Large at 331 px holds about 1 GB of activations per image timed: ``--images 2`` for
+the paper grid (8 images were killed for memory on a 23 GB machine).
 ``--json FILE`` writes every figure for other scripts (tests, docs).
 """
 
@@ -258,20 +260,23 @@ def measure(cell: Cell, config: dict, device, train_images: int, eval_images: in
 
 
 def measure_flops(cell: Cell, config: dict) -> dict[str, float]:
-    """FLOPs per image of a training step and of evaluation (FlopCounterMode, on the CPU, 2 images)."""
+    """FLOPs per image of evaluation (FlopCounterMode over ``Engine.predict``, on the CPU, 2 images) and of a
+    training step, taken as 3 x the forward (backward: grad-input and grad-weight, each about a forward).
+
+    Not counted over ``train_epoch`` itself: torch's counter (2.14) gives a grouped convolution's
+    grad-weight the FLOPs of a dense one, ~3.5 x too many for the NASNets' depthwise-separable cells
+    (ResNet-50 counts 2.97 x its forward either way).
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device("cpu")
-    runner, optimizer, num_classes = _engine(cell, config, device)
-    images, labels = _images(2, cell.image_size, num_classes, device)
-    generator = torch.Generator().manual_seed(0)
-    with FlopCounterMode(display=False) as counter:
-        runner.train_epoch(optimizer, images, labels, generator)
-    train = counter.get_total_flops() / 2
+    runner, _, num_classes = _engine(cell, config, device)
+    images, _ = _images(2, cell.image_size, num_classes, device)
     with FlopCounterMode(display=False) as counter:
         runner.predict(images)
-    return {"train_flops_per_image": train, "eval_flops_per_image": counter.get_total_flops() / 2}
+    forward = counter.get_total_flops() / 2
+    return {"train_flops_per_image": 3 * forward, "eval_flops_per_image": forward}
 
 
 def device_label(device) -> str:
