@@ -262,7 +262,7 @@ def test_from_run_id_rejects_other_paths():
     [
         (
             {"trigger": ["bs", "square"]},
-            r"^experiments\.E\.trigger\[1\]: 'square' is not a trigger declared in config triggers",
+            r"^experiments\.E\.trigger\[1\]: 'square' is not declared in config triggers",
         ),
         ({"alpha": [0.1, 0.2, 0.5, 1.5]}, r"^experiments\.E\.alpha\[3\]: 1\.5 is outside \[0, 1\]$"),
         ({"poison_rate": [0.1, 0]}, r"^experiments\.E\.poison_rate\[1\]: 0 is outside \(0, 1\)$"),
@@ -280,7 +280,10 @@ def test_from_run_id_rejects_other_paths():
             r"^experiments\.E\.source: 'lily' is not a class of dataset flowers",
         ),
         ({"model": "resnet18"}, r"^experiments\.E\.model: 'resnet18' is not declared in config models"),
-        ({"regularizer": ["none", "dropout"]}, r"^experiments\.E\.regularizer\[1\]: 'dropout' is not a regularizer"),
+        (
+            {"regularizer": ["none", "dropout"]},
+            r"^experiments\.E\.regularizer\[1\]: 'dropout' is not declared in config regularizers",
+        ),
         ({"dataset": ["flowers", "mnist"]}, r"^experiments\.E\.dataset\[1\]: 'mnist' is not a dataset declared"),
         (
             {"poison_class": {"flowers": ["rose"], "mnist": "x"}},

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from backdoor_eval import config as cfg
 from backdoor_eval import experiments as ex
+from backdoor_eval.factors import FACTOR_NAMES
 from backdoor_eval.names import ALL_CLASSES, MANY_TO_ONE, ONE_TO_ONE, STRATEGIES
 
 pytest.importorskip("torch")  # check_registries imports the package registries
@@ -131,7 +132,7 @@ def per_dataset(data: st.DataObject, config: dict) -> None:
     """Give some factors of each experiment (all on the one dataset) in the per-dataset form."""
     for spec in config["experiments"].values():
         factors = [
-            f for f in spec if f in ex.FACTORS[1:] and not (isinstance(spec[f], dict) and "synthetic" in spec[f])
+            f for f in spec if f in FACTOR_NAMES[1:] and not (isinstance(spec[f], dict) and "synthetic" in spec[f])
         ]
         for factor in data.draw(st.sets(st.sampled_from(factors)) if factors else st.just(()), label="per-dataset"):
             spec[factor] = {"synthetic": spec[factor]}

@@ -98,6 +98,23 @@ def test_table2_cell_is_mean_over_poison_classes_and_seeds():
     assert spread.iloc[0, 0] == pytest.approx(statistics.stdev(values_no))
 
 
+@pytest.mark.parametrize("factor", ["regularizer", "alpha", "poison_rate"])
+def test_tables_refuse_to_average_over_a_factor_they_do_not_name(factor):
+    other = {"regularizer": "snnl", "alpha": 0.5, "poison_rate": 0.2}[factor]
+    rows = [run_row("E1", "poison"), run_row("E1", "poison", **{factor: other})]
+    with pytest.raises(ValueError, match=rf"^table2 \(\['E1'\]\): its runs differ in {factor} \(.*\) within one cell"):
+        tables.table2(frame(rows), no=["E1"], yes=None)
+    # A factor that varies between cells, not within one, is fine: the trigger is a column.
+    rows = [run_row("E1", "poison"), run_row("E1", "poison", trigger="sin", **{factor: other})]
+    assert tables.table2(frame(rows), no=["E1"], yes=None).shape == (1, 2)
+
+
+def test_rows_without_a_factor_column_read_as_one_value():
+    # Results made before a factor existed lack its column: nothing to average over.
+    runs = frame([run_row("E1", "poison"), run_row("E1", "poison", poison_class="tulip")]).drop(columns="regularizer")
+    assert tables.table2(runs, no="E1", yes=None).iloc[0, 0] == pytest.approx(0.5)
+
+
 def test_table2_takes_each_experiments_phases_and_counts_a_shared_run_once():
     rows = [
         run_row("E1", "poison", adversarial_success_rate=0.8),

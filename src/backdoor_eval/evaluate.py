@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .names import FACTORS
+from .factors import FACTOR_NAMES, typed_row
 
-RUN_PARAMETERS = ("run_id", *FACTORS)
+RUN_PARAMETERS = ("run_id", *FACTOR_NAMES)
 SUMMARY_METRICS = (
     "train_loss",
     "poison_val_accuracy",
@@ -57,15 +57,10 @@ def summarize(
 
     ``phases`` holds, per phase, its ``final.json`` content and its per-epoch frame.
     """
-    missing = [k for k in RUN_PARAMETERS if k not in run_params]
-    if missing:
-        raise ValueError(f"run parameters lack {missing}; required: {list(RUN_PARAMETERS)}")
-    params = {k: run_params[k] for k in RUN_PARAMETERS}
-    params["alpha"] = float(params["alpha"])
-    params["poison_rate"] = float(params["poison_rate"])
-    params["seed"] = int(params["seed"])
-    params["poison_class"] = str(params["poison_class"])
-    params["source"] = str(params["source"])
+    if "run_id" not in run_params:
+        raise ValueError(f"run parameters lack 'run_id'; required: {list(RUN_PARAMETERS)}")
+    # Each factor as its declared type (str, float, int).
+    params = {"run_id": run_params["run_id"], **typed_row(run_params)}
     rows, epochs = [], []
     for final, history in phases:
         row = dict(params)

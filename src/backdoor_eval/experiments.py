@@ -13,9 +13,10 @@ config) by factor lists::
       seed: {range: 2}
       retrain: true
 
-``expand(config)`` takes the product of the factors (missing ones take the
-schema's defaults: many-to-one, poison rate 0.1, the trigger's default
-alpha, no regularizer, seed 0) and returns one list of :class:`Run` per
+``expand(config)`` takes the product of the factors (missing ones take
+their declared defaults, ``backdoor_eval.factors``: many-to-one, poison rate
+0.1, the trigger's default alpha, no regularizer, seed 0, the training
+settings' optimizer) and returns one list of :class:`Run` per
 experiment. A run's parameters map one-to-one to its output path
 (``Run.run_id``), so a run shared by two experiments is one path and
 Snakemake trains it once; :func:`union` de-duplicates across experiments.
@@ -32,147 +33,46 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from backdoor_eval import seeding
 from backdoor_eval.config import schema_default
-from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval.factors import (
+    DEFAULT,
+    FACTOR_BY_NAME,
+    FACTOR_DEFAULTS,
+    FACTOR_NAMES,
+    FACTORS,
+    NAME_RE,
+    REQUIRED_FACTORS,
+    WILDCARD_CONSTRAINTS,
+    Run,
+)
+from backdoor_eval.layout import Layout
 from backdoor_eval.names import (
     ALL_CLASSES,
     CLEAN_PHASE,
-    FACTORS,
     MANY_TO_ONE,
     NO_REGULARIZER,
     OTHER_CLASSES,
     OUTPUTS,
-    PER_RUN_SPLIT,
     PHASES,
     POISON_PHASE,
-    SHARED_SPLIT,
-    SPLIT_POLICIES,
     STRATEGIES,
     check_output_experiment_count,
     experiment_list,
 )
 
-REQUIRED_FACTORS = ("dataset", "model", "trigger")
-# Factor defaults and the outputs mapping are the schema's (one definition).
-FACTOR_DEFAULTS: dict[str, Any] = {factor: schema_default("experiment", factor) for factor in FACTORS[3:]}
+__all__ = ["WILDCARD_CONSTRAINTS", "Run"]  # the factors' declarations (backdoor_eval.factors), used with the grid
+
+# The outputs mapping is the schema's (one definition); factor defaults are the factors' own.
 DEFAULT_OUTPUTS: dict[str, list[str]] = {
     name: experiment_list(value) for name, value in schema_default("outputs").items()
 }
-EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases")
+EXPERIMENT_KEYS = (*FACTOR_NAMES, "description", "retrain", "phases")
 # ``alpha: default`` in a factor list: the trigger's default transparency.
-DEFAULT_ALPHA = FACTOR_DEFAULTS["alpha"]
-
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
-_NAME_RE = re.compile(rf"^{_NAME}$")
-_NUMBER = r"[0-9][0-9.e+-]*"
-WILDCARD_CONSTRAINTS = {
-    "dataset": _NAME,
-    "model": _NAME,
-    "trigger": _NAME,
-    "alpha": _NUMBER,
-    "strategy": "|".join(STRATEGIES),
-    "poison_class": _NAME,
-    "source": _NAME,
-    "poison_rate": _NUMBER,
-    "regularizer": _NAME,
-    "seed": r"[0-9]+",
-    "split": seeding.SPLIT_ID_PATTERN,
-}
-_RUN_ID_RE = re.compile(
-    "^"
-    + re.sub(
-        r"\\\{(\w+)\\\}",
-        lambda m: f"(?P<{m.group(1)}>{WILDCARD_CONSTRAINTS[m.group(1)]})",
-        re.escape(RUN_ID_TEMPLATE),
-    )
-    + "$"
-)
-
-
-def format_number(value: float) -> str:
-    """Minimal text of a float as used in paths: ``repr(float)`` (``1.0``, ``0.05``)."""
-    return repr(float(value))
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: the parameters that name its output folder."""
-
-    dataset: str
-    model: str
-    trigger: str
-    alpha: float
-    strategy: str
-    poison_class: str
-    source: str
-    poison_rate: float
-    regularizer: str
-    seed: int
-
-    def _path_fields(self) -> dict[str, str]:
-        values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        values["alpha"] = format_number(self.alpha)
-        values["poison_rate"] = format_number(self.poison_rate)
-        return values
-
-    @property
-    def run_id(self) -> str:
-        """The run's relative output path (the shared results contract)."""
-        return RUN_ID_TEMPLATE.format(**self._path_fields())
-
-    def split(self, policy: str) -> str:
-        """The split the run trains on (docs/decisions.md#partitions): its own, or its seed's.
-
-        ``per-run``: drawn from the run's identity and seed, so runs that
-        differ in any factor get independent splits and poison draws (the
-        paper's section 3). ``shared``: one split per seed for every run.
-        """
-        if policy == PER_RUN_SPLIT:
-            return seeding.split_id(self.seed, self.run_id)
-        if policy == SHARED_SPLIT:
-            return seeding.split_id(self.seed)
-        raise ValueError(f"split policy {policy!r} is unknown; allowed: {', '.join(SPLIT_POLICIES)}")
-
-    def poison_id(self, policy: str) -> str:
-        """The relative path of the run's poisoned overlay (shared by every run of the same split and poisoning)."""
-        return POISON_ID_TEMPLATE.format(**self._path_fields(), split=self.split(policy))
-
-    def params(self) -> dict[str, Any]:
-        """The run parameters, typed (alpha and poison_rate float, seed int)."""
-        return asdict(self)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Run:
-        """Build a run from path strings or typed values (e.g. Snakemake wildcards)."""
-        try:
-            return cls(
-                dataset=str(values["dataset"]),
-                model=str(values["model"]),
-                trigger=str(values["trigger"]),
-                alpha=float(values["alpha"]),
-                strategy=str(values["strategy"]),
-                poison_class=str(values["poison_class"]),
-                source=str(values["source"]),
-                poison_rate=float(values["poison_rate"]),
-                regularizer=str(values["regularizer"]),
-                seed=int(values["seed"]),
-            )
-        except KeyError as exc:
-            raise ValueError(f"run parameters lack {exc.args[0]!r}; required: {', '.join(FACTORS)}") from None
-
-    @classmethod
-    def from_run_id(cls, run_id: str) -> Run:
-        """Inverse of :attr:`run_id`."""
-        match = _RUN_ID_RE.match(run_id)
-        if match is None:
-            raise ValueError(f"run_id {run_id!r} does not match {RUN_ID_TEMPLATE}")
-        return cls.from_mapping(match.groupdict())
+DEFAULT_ALPHA = DEFAULT
+_NAME_RE = NAME_RE
 
 
 # --------------------------------------------------------------------------- config accessors
@@ -287,25 +187,43 @@ def split_of(config: Mapping[str, Any], run: Run) -> str:
     return run.split(split_policy(config))
 
 
-def train_layers(config: Mapping[str, Any], dataset: str, model: str) -> list[tuple[str, Mapping[str, Any]]]:
+def train_layers(
+    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
+) -> list[tuple[str, Mapping[str, Any]]]:
     """The config blocks that set ``model``'s training on ``dataset``, as (key path, block), later ones winning:
-    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``."""
+    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``, then
+    for a run (``factors``: its factor values) each training-setting factor off its default: its value,
+    and its block in the factor's config section (e.g. ``optimizers.<name>``)."""
     model_spec = (config.get("models") or {}).get(model) or {}
-    return [
+    layers: list[tuple[str, Mapping[str, Any]]] = [
         ("train", config.get("train") or {}),
         (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train") or {}),
         (f"models.{model}.train", model_spec.get("train") or {}),
         (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset) or {}),
     ]
+    for factor in FACTORS:
+        value = (factors or {}).get(factor.name, factor.default)
+        if factor.train_setting is None or value == factor.default:
+            continue
+        block = ((config.get(factor.section) or {}) if factor.section else {}).get(value) or {}
+        layers.append((f"{factor.section}.{value}", {factor.train_setting: value, **block}))
+    return layers
 
 
-def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
-    """Training settings of ``model`` on ``dataset``: the blocks of :func:`train_layers` merged, later keys winning
-    (e.g. a model's input size on one dataset)."""
+def train_params(
+    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Training settings of ``model`` on ``dataset`` (for a run: ``factors``, its factor values): the blocks
+    of :func:`train_layers` merged, later keys winning (e.g. a model's input size on one dataset)."""
     merged: dict[str, Any] = {}
-    for _, block in train_layers(config, dataset, model):
+    for _, block in train_layers(config, dataset, model, factors):
         merged.update(block)
     return merged
+
+
+def run_train_params(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """The training settings of ``run`` (the ``--train-params`` of its train and retrain jobs)."""
+    return train_params(config, run.dataset, run.model, run.values())
 
 
 def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -404,9 +322,9 @@ def _expand_one(config: Mapping[str, Any], spec: Mapping[str, Any], check: bool)
     runs: dict[Run, None] = {}  # ordered set
     for dataset in _as_list(spec.get("dataset")):
         classes = dataset_classes(config, dataset) if not check else _checked_classes(config, dataset, spec)
-        per_factor = {factor: _values(spec, factor, dataset) for factor in FACTORS[1:]}
-        for combo in itertools.product(*(per_factor[f] for f in FACTORS[1:])):
-            chosen = dict(zip(FACTORS[1:], combo))
+        per_factor = {factor: _values(spec, factor, dataset) for factor in FACTOR_NAMES[1:]}
+        for combo in itertools.product(*per_factor.values()):
+            chosen = dict(zip(per_factor, combo))
             for run in _resolve(config, dataset, classes, chosen, check):
                 runs.setdefault(run, None)
     return list(runs)
@@ -429,25 +347,18 @@ def _resolve(
     chosen: Mapping[str, tuple[str, Any]],
     check: bool,
 ) -> Iterable[Run]:
-    """Turn one combination of factor values into runs (``all``/``others`` widen to many)."""
-    (model_path, model), (trigger_path, trigger) = chosen["model"], chosen["trigger"]
-    (alpha_path, alpha), (strategy_path, strategy) = chosen["alpha"], chosen["strategy"]
-    (class_path, poison_class), (source_path, source) = chosen["poison_class"], chosen["source"]
-    (rate_path, poison_rate), (reg_path, regularizer) = chosen["poison_rate"], chosen["regularizer"]
-    seed_path, seed = chosen["seed"]
+    """Turn one combination of factor values (``chosen``: factor -> (config path, value)) into runs:
+    ``alpha: default`` becomes the trigger's alpha, ``all``/``others`` classes widen to one run each."""
+    values = {factor: value for factor, (_, value) in chosen.items()}
     if check:
-        _check_name(config, "models", model_path, model)
-        _check_in(trigger_path, trigger, trigger_names(config), "a trigger declared in config triggers")
-        _check_in(reg_path, regularizer, regularizer_names(config), "a regularizer declared in config regularizers")
-        _check_in(strategy_path, strategy, STRATEGIES, "a poisoning strategy")
-        _check_fraction(rate_path, poison_rate, closed=False)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
+        _check_values(config, chosen)
+    trigger, alpha, strategy, source = values["trigger"], values["alpha"], values["strategy"], values["source"]
     if alpha == DEFAULT_ALPHA:
-        alpha = trigger_default_alpha(config, trigger)
+        values["alpha"] = trigger_default_alpha(config, trigger)
     elif check:
-        _check_fraction(alpha_path, alpha, closed=True)
-    poison_classes = classes if poison_class == ALL_CLASSES else [poison_class]
+        _check_fraction(chosen["alpha"][0], alpha, closed=True)
+    class_path, source_path = chosen["poison_class"][0], chosen["source"][0]
+    poison_classes = classes if values["poison_class"] == ALL_CLASSES else [values["poison_class"]]
     for target in poison_classes:
         if check and target not in classes:
             raise _PathError(
@@ -469,23 +380,35 @@ def _resolve(
                 )
             sources = [source]
         for src in sources:
-            yield Run(
-                dataset,
-                model,
-                trigger,
-                float(alpha),
-                strategy,
-                str(target),
-                str(src),
-                float(poison_rate),
-                regularizer,
-                int(seed),
-            )
+            yield Run.from_mapping({**values, "dataset": dataset, "poison_class": target, "source": src})
 
 
-def _check_name(config: Mapping[str, Any], section: str, path: str, name: Any) -> None:
-    if name not in (config.get(section) or {}):
-        raise _PathError(path, f"{name!r} is not declared in config {section}; declared: {_names(config, section)}")
+def _check_values(config: Mapping[str, Any], chosen: Mapping[str, tuple[str, Any]]) -> None:
+    """The checks of single factor values: names declared in their config section, strategies, rates, seeds."""
+    for name, (path, value) in chosen.items():
+        factor = FACTOR_BY_NAME[name]
+        if factor.section is not None and value != factor.default:
+            declared = declared_names(config, factor.section)
+            if value not in declared:
+                raise _PathError(
+                    path,
+                    f"{value!r} is not declared in config {factor.section}; declared: {', '.join(declared) or '(none)'}",
+                )
+    _check_in(*chosen["strategy"], STRATEGIES, "a poisoning strategy")
+    _check_fraction(*chosen["poison_rate"], closed=False)
+    seed_path, seed = chosen["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
+
+
+def declared_names(config: Mapping[str, Any], section: str) -> list[str]:
+    """The names a factor's values may take from config ``section``: its keys (for ``triggers`` without a
+    block, every registered trigger; ``none`` is always a regularizer)."""
+    if section == "triggers":
+        return trigger_names(config)
+    if section == "regularizers":
+        return regularizer_names(config)
+    return [str(name) for name in config.get(section) or {}]
 
 
 def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
@@ -627,7 +550,7 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
         if CLEAN_PHASE in phases and not spec.get("retrain", False):
             raise ValueError(f"{prefix}.phases: 'clean' needs retrain: true")
         for factor, value in spec.items():
-            if _is_per_dataset(factor, value) and factor in FACTORS:
+            if _is_per_dataset(factor, value) and factor in FACTOR_NAMES:
                 if factor == "dataset":
                     raise ValueError(f"{prefix}.dataset: give a name or a list of names, not a mapping")
                 extra = [key for key in value if key not in _as_list(spec.get("dataset"))]
@@ -756,11 +679,15 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
                     f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
                     f"registered: {', '.join(registry.names())}"
                 )
-    # Training settings as each (dataset, model) pair of the grid gets them (optimizer name, values).
+    # Training settings as each run gets them (optimizer name, values), once per distinct combination.
     from backdoor_eval.train import TrainConfig
 
-    for dataset, model in sorted({(run.dataset, run.model) for run in union(expand(config))}):
-        merged = train_params(config, dataset, model)
+    settings = {}
+    for run in union(expand(config)):
+        factors = {f.name: getattr(run, f.name) for f in FACTORS if f.train_setting is not None}
+        settings.setdefault((run.dataset, run.model, tuple(factors.items())), factors)
+    for (dataset, model, _), factors in sorted(settings.items(), key=lambda item: str(item[0])):
+        merged = train_params(config, dataset, model, factors)
         try:
             TrainConfig.from_dict(merged)
         except ValueError as exc:
@@ -769,14 +696,16 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
                 try:
                     TrainConfig.from_dict({key: merged[key]})
                 except ValueError:
-                    raise ValueError(f"{train_key_path(config, dataset, model, key)}: {exc}") from None
+                    raise ValueError(f"{train_key_path(config, dataset, model, key, factors)}: {exc}") from None
             raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
 
 
-def train_key_path(config: Mapping[str, Any], dataset: str, model: str, key: str) -> str:
+def train_key_path(
+    config: Mapping[str, Any], dataset: str, model: str, key: str, factors: Mapping[str, Any] | None = None
+) -> str:
     """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last block of
     :func:`train_layers` that sets it)."""
-    layers = reversed(train_layers(config, dataset, model))
+    layers = reversed(train_layers(config, dataset, model, factors))
     return next((f"{path}.{key}" for path, block in layers if key in block), f"train.{key}")
 
 

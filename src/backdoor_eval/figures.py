@@ -31,11 +31,13 @@ import numpy as np
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import PHASES, POISON_PHASE
 from backdoor_eval.tables import (
+    AVERAGED_OVER,
     DATASET_ORDER,
     MODEL_ORDER,
     REGULARIZER_ORDER,
     TRIGGER_ORDER,
     display_name,
+    group_runs,
     ordered,
     select_runs,
 )
@@ -164,7 +166,8 @@ def regularization_matrix(
     part = select_runs(runs, experiment, phase)
     if metric not in part.columns:
         raise ValueError(f"metric {metric!r} is not a column of runs; allowed: {', '.join(METRIC_LABELS)}")
-    means = part.groupby(["poison_class", "regularizer"])[metric].mean().unstack("regularizer")
+    cells = group_runs(part, ["poison_class", "regularizer"], ["seed"], f"Fig. 4 ({experiment})")
+    means = cells[metric].mean().unstack("regularizer")
     if "none" not in means.columns:
         raise ValueError(
             f"experiment {experiment!r} has no regularizer 'none' runs; allowed: the baseline 'none' plus "
@@ -225,6 +228,7 @@ def fig5_regularization_boxplots(runs: pd.DataFrame, experiment: str = "E3") -> 
     import seaborn as sns
 
     part = select_runs(runs, experiment, POISON_PHASE)
+    group_runs(part, ["regularizer"], AVERAGED_OVER, f"Fig. 5 ({experiment})")  # one box per regularizer
     metrics = ("clean_val_accuracy", "adversarial_success_rate")
     order = ordered(part["regularizer"], REGULARIZER_ORDER)
     data = part[["regularizer", *metrics]].copy()
@@ -276,7 +280,8 @@ def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:
 
     part = select_runs(runs, experiment)
     keys = ["dataset", "trigger", "phase", "model", "poison_rate", "alpha"]
-    means = part.groupby(keys)["adversarial_success_rate"].mean().reset_index()
+    means = group_runs(part, keys, AVERAGED_OVER, f"Fig. 6 ({experiment})")["adversarial_success_rate"].mean()
+    means = means.reset_index()
     datasets = ordered(means["dataset"], DATASET_ORDER)
     triggers = ordered(means["trigger"], ("sin", "lv", *TRIGGER_ORDER))
     phases = ordered(means["phase"], PHASES)
@@ -331,7 +336,8 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
 
     part = select_runs(runs, experiment, POISON_PHASE)
     metrics = ["poison_val_accuracy", "clean_val_accuracy", "adversarial_success_rate"]
-    means = part.groupby(["trigger", "poison_rate"])[metrics].mean().reset_index()
+    cells = group_runs(part, ["trigger", "poison_rate"], AVERAGED_OVER, f"Fig. 7 ({experiment})")
+    means = cells[metrics].mean().reset_index()
     triggers = ordered(means["trigger"], TRIGGER_ORDER)
     colours = dict(zip(triggers, _palette(len(triggers))))
     fig = _new_figure(9.0, 4.2)

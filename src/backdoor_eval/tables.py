@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from backdoor_eval.factors import FACTOR_NAMES
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import CLEAN_PHASE, MANY_TO_ONE, ONE_TO_ONE, PHASES, POISON_PHASE, STRATEGIES
 
@@ -42,6 +43,7 @@ __all__ = [
     "combine_runs",
     "display_name",
     "flatten_columns",
+    "group_runs",
     "ordered",
     "select_runs",
     "table1",
@@ -74,6 +76,8 @@ DISPLAY_NAMES: dict[str, dict[str, str]] = {
     "phase": {POISON_PHASE: "before retraining", CLEAN_PHASE: "after retraining"},
 }
 STATISTICS = ("mean", "std", "count")
+# What a table cell or plotted point averages over: the runs of every poison class and seed.
+AVERAGED_OVER = ("poison_class", "seed")
 MISSING = "-"  # how an empty cell reads in Markdown
 COLUMN_SEPARATOR = " / "  # joins two-level column labels into one CSV/Markdown header
 
@@ -159,6 +163,30 @@ def select_runs(runs: pd.DataFrame, experiment: str, phase: str | None = None) -
     return part
 
 
+def group_runs(part: pd.DataFrame, by: Sequence[str], over: Sequence[str], what: str, sort: bool = True) -> Any:
+    """``part`` grouped by the columns ``by`` (``sort`` as pandas), to be reduced over the factors ``over``.
+
+    Every other run factor (``backdoor_eval.factors``) must take one value in
+    each group: a table or figure names each factor it averages over, and
+    refuses to average silently over one that varies (two optimizers, say),
+    naming it. A factor the rows lack (results made before it existed) is
+    one value throughout.
+    """
+    others = [factor for factor in FACTOR_NAMES if factor in part.columns and factor not in by and factor not in over]
+    if others and not part.empty:
+        distinct = part.groupby(list(by), sort=False, dropna=False)[others].nunique(dropna=False)
+        varying = [factor for factor in others if (distinct[factor] > 1).any()]
+        if varying:
+            factor = varying[0]
+            values = ", ".join(sorted(map(str, part[factor].unique())))
+            raise ValueError(
+                f"{what}: its runs differ in {factor} ({values}) within one cell, and it averages only over "
+                f"{', '.join(over) or 'nothing'}; allowed: runs with one {factor} per "
+                f"{', '.join(by)}, or an output that groups by {factor}"
+            )
+    return part.groupby(list(by), sort=sort)
+
+
 def _check_statistic(statistic: str) -> None:
     if statistic not in STATISTICS:
         raise ValueError(f"statistic {statistic!r} is unknown; allowed: {', '.join(STATISTICS)}")
@@ -242,7 +270,8 @@ def _paper_grid(
         part = pd.concat([select_runs(runs, name, phase) for name in names]).drop_duplicates(["run_id", "phase"])
         metrics = [column for _, column in splits]
         _require_columns(part, ["dataset", "model", "trigger", *metrics], f"runs of experiment {experiment!r}")
-        grouped = part.groupby(["dataset", "model", "trigger"], sort=False)[metrics].agg(statistic)
+        cells = group_runs(part, ["dataset", "model", "trigger"], AVERAGED_OVER, f"{table} ({experiment})", sort=False)
+        grouped = cells[metrics].agg(statistic)
         for (dataset, model, trigger), values in grouped.iterrows():
             for split, column in splits:
                 records.append((dataset, split, retrained, model, trigger, values[column]))
@@ -334,13 +363,14 @@ def _strategy_table(
         sub = part[part["strategy"] == strategy]
         if sub.empty:
             continue
+        what = f"{label} ({experiment})"
         if strategy == ONE_TO_ONE:
-            per_source = sub.groupby(["model", "dataset", "source"])[metric].mean()
+            per_source = group_runs(sub, ["model", "dataset", "source"], AVERAGED_OVER, what)[metric].mean()
             over_sources = per_source.groupby(level=["model", "dataset"]).agg(["mean", "std"])
             data[(label, "mean")] = over_sources["mean"]
             data[(label, "std")] = over_sources["std"]
         else:
-            data[(label, "mean")] = sub.groupby(["model", "dataset"])[metric].mean()
+            data[(label, "mean")] = group_runs(sub, ["model", "dataset"], AVERAGED_OVER, what)[metric].mean()
     if not data:
         raise ValueError(f"experiment {experiment!r} has no {phase!r}-phase runs of strategy {', '.join(STRATEGIES)}")
     frame = pd.DataFrame(data)

@@ -14,7 +14,8 @@ from backdoor_eval import experiments as ex
 from backdoor_eval import names, offline, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
-from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval.factors import POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
+from backdoor_eval.layout import RUN_WILDCARD, Layout
 
 # Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
 # the fetch rules (fetch.smk), which run first on the submitting node, alone turn the network back
@@ -32,6 +33,7 @@ RESULTS = f"results/{config['name']}"
 PATHS = Layout(RESULTS)
 EXPERIMENTS = ex.expand(config)
 RUNS = ex.union(EXPERIMENTS)
+RUN_OF = {run.run_id: run for run in RUNS}
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
 OUTPUTS = ex.outputs(config)
 RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
@@ -105,18 +107,10 @@ if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
     )
 
 
+# Every wildcard is constrained by the factors' declarations (backdoor_eval.factors): {run} is a
+# run id, the others a poisoned set's factors and its split.
 wildcard_constraints:
-    dataset=ex.WILDCARD_CONSTRAINTS["dataset"],
-    model=ex.WILDCARD_CONSTRAINTS["model"],
-    trigger=ex.WILDCARD_CONSTRAINTS["trigger"],
-    alpha=ex.WILDCARD_CONSTRAINTS["alpha"],
-    strategy=ex.WILDCARD_CONSTRAINTS["strategy"],
-    poison_class=ex.WILDCARD_CONSTRAINTS["poison_class"],
-    source=ex.WILDCARD_CONSTRAINTS["source"],
-    poison_rate=ex.WILDCARD_CONSTRAINTS["poison_rate"],
-    regularizer=ex.WILDCARD_CONSTRAINTS["regularizer"],
-    seed=ex.WILDCARD_CONSTRAINTS["seed"],
-    split=ex.WILDCARD_CONSTRAINTS["split"],
+    **WILDCARD_CONSTRAINTS,
 
 
 def phases_running_elsewhere():
@@ -278,9 +272,14 @@ def get_poison_options(wildcards, input):
 # ---------------------------------------------------------------- train
 
 
+def run_of(wildcards):
+    """The run a job's ``{run}`` wildcard names."""
+    return RUN_OF.get(wildcards.run) or Run.from_run_id(wildcards.run)
+
+
 def get_run_data(wildcards):
     """The data a run trains on: the store, its split's partitions and its poisoned overlay."""
-    run = ex.Run.from_mapping(wildcards)
+    run = run_of(wildcards)
     split = ex.split_of(config, run)
     return {
         "store": PATHS.store.format(dataset=run.dataset),
@@ -292,18 +291,19 @@ def get_run_data(wildcards):
 def get_model_weights(wildcards):
     """The pretrained weights file a run's model starts from (fetched, or the config's local file); none
     when it is not pretrained. An input of train: Snakemake names it when it is missing."""
-    weights, _ = MODEL_WEIGHTS[wildcards.model]
+    weights, _ = MODEL_WEIGHTS[run_of(wildcards).model]
     return {"weights": weights} if weights else {}
 
 
 def get_train_options(wildcards):
-    """Model, regularizer and training arguments of `backdoor-eval train/retrain`, shell-quoted.
+    """Model, regularizer, training and seed arguments of `backdoor-eval train/retrain`, shell-quoted.
 
     One function for all of them: Snakemake inspects and calls each params
     function once per job, which is most of a dry run's time on the paper grid.
     """
-    arch, model_params = ex.model_spec(config, wildcards.model)
-    weights, fetch = MODEL_WEIGHTS[wildcards.model]
+    run = run_of(wildcards)
+    arch, model_params = ex.model_spec(config, run.model)
+    weights, fetch = MODEL_WEIGHTS[run.model]
     if fetch is not None:
         model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
     options = [
@@ -312,13 +312,15 @@ def get_train_options(wildcards):
         "--model-params",
         as_json(model_params),
         "--regularizer",
-        wildcards.regularizer,
+        run.regularizer,
         "--regularizer-params",
-        as_json(ex.regularizer_params(config, wildcards.regularizer)),
+        as_json(ex.regularizer_params(config, run.regularizer)),
         "--train-params",
-        as_json(ex.train_params(config, wildcards.dataset, wildcards.model)),
+        as_json(ex.run_train_params(config, run)),
         "--device",
         config["device"],
+        "--seed",
+        str(run.seed),
     ]
     if GPU_LOCK_DIR:
         options += ["--gpu-lock-dir", GPU_LOCK_DIR]
@@ -335,7 +337,7 @@ def get_checkpoint(phase):
 
 def get_summarize_input(wildcards):
     """The poison phase's results, plus the clean phase's for runs an experiment retrains."""
-    run_id = ex.Run.from_mapping(wildcards).run_id
+    run_id = run_of(wildcards).run_id
     inputs = {
         "poison_final": PATHS.phase_file(POISON_PHASE, "final", run_id),
         "poison_epochs": PATHS.phase_file(POISON_PHASE, "epochs", run_id),
@@ -348,7 +350,7 @@ def get_summarize_input(wildcards):
 
 def get_summarize_options(wildcards, input):
     """The run parameters and, for retrained runs, the clean phase's files, shell-quoted."""
-    run = ex.Run.from_mapping(wildcards)
+    run = run_of(wildcards)
     options = ["--run-params", as_json({"run_id": run.run_id, **run.params()})]
     if "clean_final" in input.keys():
         options += ["--clean-final", input.clean_final, "--clean-epochs", input.clean_epochs]
