@@ -146,6 +146,11 @@ def format_number(value: float) -> str:
     return repr(float(value))
 
 
+def added_factor_defaults() -> dict[str, Any]:
+    """The factors added after runs were published (``path_omits_default``) and their defaults."""
+    return {factor.name: factor.default for factor in FACTORS if factor.path_omits_default}
+
+
 def typed_row(values: Mapping[str, Any]) -> dict[str, Any]:
     """The factors of ``values`` (path text, wildcards or row cells) converted to their declared types.
 
@@ -203,6 +208,15 @@ class _RunIdentity:
     def params(self) -> dict[str, Any]:
         """The run parameters, typed (alpha and poison_rate float, seed int)."""
         return self.values()
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters its run id spells: every factor but those added later that are at their default
+        (what the workflow passes to jobs, so that a job made before such a factor existed is not redone)."""
+        return {
+            factor.name: getattr(self, factor.name)
+            for factor in FACTORS
+            if not (factor.path_omits_default and getattr(self, factor.name) == factor.default)
+        }
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Run:

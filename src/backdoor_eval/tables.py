@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from backdoor_eval.factors import FACTOR_NAMES
+from backdoor_eval.factors import FACTOR_NAMES, added_factor_defaults
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import CLEAN_PHASE, MANY_TO_ONE, ONE_TO_ONE, PHASES, POISON_PHASE, STRATEGIES
 
@@ -473,10 +473,16 @@ def combine_runs(
         if run_id not in epochs:
             raise ValueError(f"run {run_id!r} has no per-epoch frame")
         epoch_frames.append(epochs[run_id])
-    return (
-        pd.concat(run_frames, ignore_index=True),
-        pd.concat(epoch_frames, ignore_index=True),
-    )
+    return _with_added_factors(pd.concat(run_frames, ignore_index=True)), pd.concat(epoch_frames, ignore_index=True)
+
+
+def _with_added_factors(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows summarized before a factor was added lack it (no column, or empty cells): they are runs at its
+    default. Only when some row has the factor, so that results of configs that never use it stay as they were."""
+    for factor, default in added_factor_defaults().items():
+        if factor in runs.columns:
+            runs[factor] = runs[factor].where(runs[factor].notna(), default)
+    return runs
 
 
 # --------------------------------------------------------------------------- writing

@@ -349,9 +349,10 @@ def get_summarize_input(wildcards):
 
 
 def get_summarize_options(wildcards, input):
-    """The run parameters and, for retrained runs, the clean phase's files, shell-quoted."""
+    """The run parameters (as its run id spells them: a factor added later only off its default, so runs
+    summarized before it existed are not redone) and, for retrained runs, the clean phase's files, shell-quoted."""
     run = run_of(wildcards)
-    options = ["--run-params", as_json({"run_id": run.run_id, **run.params()})]
+    options = ["--run-params", as_json({"run_id": run.run_id, **run.identity()})]
     if "clean_final" in input.keys():
         options += ["--clean-final", input.clean_final, "--clean-epochs", input.clean_epochs]
     return shlex.join(options)
