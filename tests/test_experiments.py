@@ -449,3 +449,51 @@ def test_outputs_take_as_many_experiments_as_they_can_use(quickstart):
     config["outputs"]["fig4"] = "E3+E1"
     with pytest.raises(ValueError, match=r"^outputs\.fig4: 'E3\+E1'; allowed: one experiment name \(e\.g\. 'E3'\)"):
         ex.validate(config)
+
+
+# --------------------------------------------------------------------------- the optimizer factor
+
+
+def optimizer_config(quickstart: dict, optimizers: list) -> dict:
+    config = copy.deepcopy(quickstart)
+    config["optimizers"] = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adamw": {"weight_decay": 0.01}}
+    config["experiments"] = {"E8": {**config["experiments"]["E1"], "optimizer": optimizers, "retrain": True}}
+    return config
+
+
+def test_optimizer_values_name_blocks_of_training_settings(quickstart):
+    config = optimizer_config(quickstart, ["default", "sgd", "adamw"])
+    ex.validate(config)
+    runs = ex.expand(config)["E8"]
+    assert len(runs) == 3 * len(ex.expand(quickstart)["E1"])
+    by_optimizer = {run.optimizer: run for run in runs if run.trigger == "bs" and run.poison_class == "class0"}
+    default, sgd, adamw = by_optimizer["default"], by_optimizer["sgd"], by_optimizer["adamw"]
+    # The default optimizer's runs are E1's, path and all; the others add their segment.
+    assert default in ex.expand(quickstart)["E1"]
+    assert sgd.run_id == default.run_id + "/opt-sgd" and adamw.run_id == default.run_id + "/opt-adamw"
+    assert ex.run_train_params(config, default) == config["train"]
+    assert ex.run_train_params(config, sgd) == {**config["train"], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+    assert ex.run_train_params(config, adamw) == {**config["train"], "optimizer": "adamw", "weight_decay": 0.01}
+    # Under split: per-run each optimizer's runs draw their own split; under shared they share it.
+    assert sgd.split("per-run") != default.split("per-run")
+    assert sgd.poison_id("shared") == default.poison_id("shared")
+
+
+def test_an_undeclared_optimizer_names_the_key(quickstart):
+    config = optimizer_config(quickstart, ["sgd", "lion"])
+    with pytest.raises(
+        ValueError, match=r"^experiments\.E8\.optimizer\[1\]: 'lion' is not declared in config optimizers"
+    ):
+        ex.validate(config)
+
+
+def test_registry_check_names_the_optimizer_block_of_a_bad_setting(quickstart):
+    pytest.importorskip("torch")
+    config = optimizer_config(quickstart, ["sgd"])
+    ex.validate(config, check_registries=True)
+    config["optimizers"]["sgd"]["lr"] = 0
+    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.lr: "):
+        ex.validate(config, check_registries=True)
+    config["optimizers"]["sgd"] = {"optimizer": "sgdx"}
+    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.optimizer: optimizer 'sgdx' is unknown"):
+        ex.validate(config, check_registries=True)

@@ -143,3 +143,15 @@ def test_every_factor_section_is_a_config_section():
             # Each value's block of training settings: the train block's keys.
             assert top[factor.section]["additionalProperties"] == {"$ref": "#/$defs/train"}
             assert factor.train_setting in load_schema()["$defs"]["train"]["properties"]
+
+
+def test_an_added_factor_at_its_default_leaves_the_run_id_alone():
+    base = Run.from_run_id(PINNED[0][0])
+    assert base.optimizer == factors.DEFAULT
+    sgd = Run(**{**base.params(), "optimizer": "sgd"})
+    assert sgd.run_id == PINNED[0][0] + "/opt-sgd"
+    assert Run.from_run_id(sgd.run_id) == sgd
+    assert re.fullmatch(RUN_ID_PATTERN, sgd.run_id)
+    assert sgd.identity() == sgd.params() and "optimizer" not in base.identity()
+    # Positional construction of the fields before it still works (it has a default).
+    assert Run(*[base.params()[name] for name in FACTOR_NAMES[:-1]]) == base

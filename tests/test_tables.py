@@ -98,9 +98,9 @@ def test_table2_cell_is_mean_over_poison_classes_and_seeds():
     assert spread.iloc[0, 0] == pytest.approx(statistics.stdev(values_no))
 
 
-@pytest.mark.parametrize("factor", ["regularizer", "alpha", "poison_rate"])
+@pytest.mark.parametrize("factor", ["regularizer", "alpha", "poison_rate", "optimizer"])
 def test_tables_refuse_to_average_over_a_factor_they_do_not_name(factor):
-    other = {"regularizer": "snnl", "alpha": 0.5, "poison_rate": 0.2}[factor]
+    other = {"regularizer": "snnl", "alpha": 0.5, "poison_rate": 0.2, "optimizer": "sgd"}[factor]
     rows = [run_row("E1", "poison"), run_row("E1", "poison", **{factor: other})]
     with pytest.raises(ValueError, match=rf"^table2 \(\['E1'\]\): its runs differ in {factor} \(.*\) within one cell"):
         tables.table2(frame(rows), no=["E1"], yes=None)
@@ -445,6 +445,20 @@ def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys)
     membership["experiments"]["E1"]["runs"].append("not/a/run")
     with pytest.raises(ValueError, match="run 'not/a/run' .*has no summary"):
         tables.combine_runs(membership, summaries, {})
+
+
+def test_aggregate_reads_rows_made_before_an_added_factor_as_its_default():
+    old = pd.DataFrame([run_row("E1", "poison")]).drop(columns=["experiment", "optimizer"])
+    new = pd.DataFrame([run_row("E1", "poison", poison_class="tulip", optimizer="sgd")]).drop(columns="experiment")
+    membership = {"experiments": {"E1": {"phases": ["poison"], "runs": [old.run_id[0], new.run_id[0]]}}}
+    epochs = {old.run_id[0]: old, new.run_id[0]: new}
+    runs, _ = tables.combine_runs(membership, {old.run_id[0]: old, new.run_id[0]: new}, epochs)
+    assert runs["optimizer"].tolist() == ["default", "sgd"]
+    # Results of a config that never had the factor stay as they were: no column added.
+    runs, _ = tables.combine_runs(
+        {"experiments": {"E1": {"phases": ["poison"], "runs": [old.run_id[0]]}}}, {old.run_id[0]: old}, epochs
+    )
+    assert "optimizer" not in runs.columns
 
 
 # --------------------------------------------------------------------------- table1 / table commands

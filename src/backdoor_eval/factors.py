@@ -88,6 +88,18 @@ FACTORS: tuple[Factor, ...] = (
     Factor("poison_rate", float, 0.1, NUMBER, "r{poison_rate}", poisoning=True),
     Factor("regularizer", str, NO_REGULARIZER, NAME, "{regularizer}", section="regularizers"),
     Factor("seed", int, 0, "[0-9]+", "seed{seed}"),
+    # Beyond the paper (its future work): the optimizer. DEFAULT: the training settings' (train: optimizer);
+    # any other value names a block of training settings in config optimizers (each its own learning rate).
+    Factor(
+        "optimizer",
+        str,
+        DEFAULT,
+        NAME,
+        "opt-{optimizer}",
+        section="optimizers",
+        path_omits_default=True,
+        train_setting="optimizer",
+    ),
 )
 FACTOR_NAMES: tuple[str, ...] = tuple(factor.name for factor in FACTORS)
 FACTOR_BY_NAME: dict[str, Factor] = {factor.name: factor for factor in FACTORS}
