@@ -21,7 +21,9 @@ def raw(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "config").glob("*.yaml")))
 def test_shipped_configs_load_with_defaults_filled(name):
     config = cfg.load_config(REPO / "config" / name)
-    assert config["experiments"]["E1"]["strategy"] == "many-to-one"
+    experiment, first = next(iter(config["experiments"].items()))
+    assert first["strategy"] == "many-to-one"  # defaults filled in
+    assert first["optimizer"] == raw(name)["experiments"][experiment].get("optimizer", "default")
     assert config["keep_models"] is False
     assert set(config["resources"]) == {"train", "retrain"}
     # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
@@ -88,7 +90,8 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
         ),
         (
             lambda c: c["outputs"].update(table9="E1"),
-            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, table2, table3, table4, table5$",
+            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, fig_optimizer, table2, table3, table4, "
+            r"table5, table_optimizer$",
         ),
         (
             lambda c: c.update(name="my run"),

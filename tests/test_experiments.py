@@ -58,6 +58,7 @@ def test_paper_config_gives_the_paper_grid_counts(paper):
         "E4": 432,
         "E5": 44,
         "E6": 45,
+        "E8": 30,
     }
     assert ex.experiment_phases(paper)["E2"] == ["clean"]
     # E2 retrains exactly the E1 runs.
@@ -70,21 +71,21 @@ def test_paper_config_distinct_runs_and_retrain_jobs(paper):
     # Shared with E1 (seed 0, lambda 0.1, default alpha, many-to-one, no regularizer):
     # E3 5 (Flowers ResNet-50 BS), E4 12 (SIN 0.1 and LV 0.5 at lambda 0.1, seed 0),
     # E5 4 (lambda 0.1), E6 6 (many-to-one); E4 and E5 also share 2 (CIFAR-10
-    # NASNet-A Large truck, lambda 0.05, SIN 0.1 / LV 0.5, seed 0).
-    assert len(distinct) == 180 + 250 + 432 + 44 + 45 - 5 - 12 - 4 - 6 - 2 == 922
-    assert len({run.run_id for run in distinct}) == 922
-    # Retrained: E2's 180 and E4's 432 share the 12 E1 runs of E4.
-    assert len(ex.retrain_runs(paper, runs)) == 600
+    # NASNet-A Large truck, lambda 0.05, SIN 0.1 / LV 0.5, seed 0). E8's 30 name their optimizer: their own.
+    assert len(distinct) == 180 + 250 + 432 + 44 + 45 - 5 - 12 - 4 - 6 - 2 + 30 == 952
+    assert len({run.run_id for run in distinct}) == 952
+    # Retrained: E2's 180 and E4's 432 share the 12 E1 runs of E4; E8's 30.
+    assert len(ex.retrain_runs(paper, runs)) == 630
     summary = ex.counts(paper)
-    assert summary["distinct_runs"] == 922 and summary["retrain_jobs"] == 600
+    assert summary["distinct_runs"] == 952 and summary["retrain_jobs"] == 630
     # The paper's split per run: one partition and one poisoned set per run, one LV fit per lv run.
     lv_runs = sum(run.trigger == "lv" for run in distinct)
-    assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 922, 922)
+    assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 952, 952)
     assert summary["lv_fits"] == lv_runs == 264
-    # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models and regularizers.
+    # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models, regularizers, optimizers.
     shared = ex.counts({**paper, "split": "shared"})
     assert (shared["distinct_runs"], shared["partitions"], shared["poisoned_sets"], shared["lv_fits"]) == (
-        922,
+        952,
         12,
         296,
         4,
@@ -97,7 +98,7 @@ def test_a_run_in_two_experiments_is_one_run_with_one_split_under_either_policy(
     expanded = ex.expand(config)
     shared_run = next(run for run in expanded["E4"] if run in set(expanded["E1"]))
     assert expanded["E1"].count(shared_run) == expanded["E4"].count(shared_run) == 1
-    assert len(ex.union(expanded)) == 922
+    assert len(ex.union(expanded)) == 952
     assert len({ex.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
 
 
@@ -203,7 +204,7 @@ def test_union_deduplicates_across_experiments_in_first_seen_order():
 
 def test_shared_run_is_one_run_id_in_membership(paper):
     document = ex.membership(paper, "results/paper")
-    assert len(document["runs"]) == 922
+    assert len(document["runs"]) == 952
     shared = set(document["experiments"]["E1"]["runs"]) & set(document["experiments"]["E3"]["runs"])
     assert len(shared) == 5
     run_id = sorted(shared)[0]

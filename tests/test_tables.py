@@ -6,6 +6,7 @@ values (not results), so each table cell can be checked exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import types
@@ -576,3 +577,51 @@ def test_table1_command_with_given_counts_overrides_the_store(monkeypatch, tmp_p
     assert main(table1_args(tmp_path / "bad", "--class-counts", "710,980")) == 2
     assert "gives 2 counts but the store has 5 classes" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------- the optimizer table (beyond the paper)
+
+
+@pytest.fixture
+def optimizer_runs() -> pd.DataFrame:
+    """E8-like: 3 optimizers x 2 triggers x 2 poison classes, both phases; ASR = base + class offset."""
+    base = {"sgd": 0.2, "adam": 0.5, "adamw": 0.6}
+    rows = []
+    for optimizer, trigger, (poison_class, offset), phase in itertools.product(
+        base, ["sin", "bs"], [("rose", 0.0), ("tulip", 0.1)], ["poison", "clean"]
+    ):
+        asr = base[optimizer] + offset - (0.3 if phase == "clean" else 0.0)
+        rows.append(
+            run_row("E8", phase, optimizer=optimizer, trigger=trigger, poison_class=poison_class, adversarial_success_rate=asr)
+        )
+    rows.append(run_row("E1", "poison", adversarial_success_rate=1.0))  # another experiment
+    return pd.DataFrame(rows)
+
+
+def test_the_optimizer_table_groups_by_the_optimizer(optimizer_runs, tmp_path):
+    table = tables.table_optimizer(optimizer_runs, experiment="E8")
+    assert table.index.names == ["Dataset", "Model", "Trigger", "Optimizer"]
+    # Paper order of triggers, then the optimizers in their order.
+    assert [row[2:] for row in table.index] == [
+        (trigger, optimizer) for trigger in ("Square", "Sine") for optimizer in ("SGD", "Adam", "AdamW")
+    ]
+    before = ("Adversarial success, before retraining", "mean")
+    after = ("Adversarial success, after retraining", "mean")
+    assert table.loc[("Flowers", "ResNet50", "Square", "SGD"), before] == pytest.approx(0.25)
+    assert table.loc[("Flowers", "ResNet50", "Sine", "AdamW"), after] == pytest.approx(0.35)
+    spread = table.loc[("Flowers", "ResNet50", "Square", "Adam"), ("Adversarial success, before retraining", "std")]
+    assert spread == pytest.approx(statistics.stdev([0.5, 0.6]))
+    assert (table[("Clean accuracy, before retraining", "mean")] == 0.5).all()
+    # The same numbers, long, are what the figure draws; each mean is over 2 runs.
+    long = tables.optimizer_means(optimizer_runs, "E8")
+    assert set(long["count"]) == {2}
+    assert len(long) == 2 * 3 * 2 * 2  # trigger x optimizer x phase x metric
+    tables.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", note=tables.TABLE_NOTES["table_optimizer"])
+    assert "| Flowers   | ResNet50 | Square    | SGD" in (tmp_path / "t.md").read_text()
+
+
+def test_the_optimizer_table_refuses_a_factor_it_does_not_name(optimizer_runs):
+    runs = optimizer_runs.copy()
+    runs.loc[runs.index[0], "regularizer"] = "snnl"
+    with pytest.raises(ValueError, match=r"table_optimizer \(E8\): its runs differ in regularizer"):
+        tables.table_optimizer(runs, experiment="E8")

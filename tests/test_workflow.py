@@ -94,8 +94,8 @@ def expected_counts(config: dict) -> dict[str, int]:
     outputs = ex.outputs(config)
     per_rule = {
         "retraining_table": ("table2", "table3"),
-        "strategy_table": ("table4", "table5"),
-        "figure": ("fig4", "fig5", "fig6", "fig7"),
+        "experiment_table": ("table4", "table5", "table_optimizer"),
+        "figure": ("fig4", "fig5", "fig6", "fig7", "fig_optimizer"),
     }
     for rule, names in per_rule.items():
         if any(name in outputs for name in names):
@@ -126,11 +126,11 @@ def test_paper_dry_run_job_counts(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     assert counts == expected_counts(config)
-    assert (counts["train"], counts["summarize"], counts["retrain"]) == (922, 922, 600)
+    assert (counts["train"], counts["summarize"], counts["retrain"]) == (952, 952, 630)
     # A split per run (the paper's): each run its own partitions and poisoned set; every lv run its own fit.
-    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (922, 923, 265, 2)
+    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (952, 953, 265, 2)
     # Fetched first on the submitting node: the three models' ImageNet weights and the CIFAR-10 archive.
-    assert (counts["fetch_weights"], counts["fetch_dataset"], counts["total"]) == (3, 1, 4573)
+    assert (counts["fetch_weights"], counts["fetch_dataset"], counts["total"]) == (3, 1, 4725)
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_paper_dry_run_shows_nasnet_cifar10_input_sizes_and_per_run_splits(tmp_p
     assert sizes[("cifar10", "nasnet_mobile")] == {224}
     assert sizes[("cifar10", "resnet50")] == {None}
     partitions = {re.search(r"--partitions (\S+)", line).group(1) for line in commands}
-    assert len(partitions) == len(commands) == 922  # one split per run
+    assert len(partitions) == len(commands) == 952  # one split per run
     assert all(re.fullmatch(r"results/paper/data/\w+/seed\d+-[0-9a-f]{16}/partitions\.npz", p) for p in partitions)
 
 
@@ -315,7 +315,7 @@ def test_expand_cli_prints_the_counts(capsys):
     assert main(["expand", "--config", str(REPO / "config" / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^E4\s+432\s+poison\+clean$", out, re.M)
-    assert "distinct runs (train jobs): 922; retrain jobs: 600" in out
+    assert "distinct runs (train jobs): 952; retrain jobs: 630" in out
 
 
 def test_expand_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):

@@ -16,6 +16,8 @@ same output as the Agg backend.
 - :func:`fig5_regularization_boxplots`: spread over runs per regularizer (Fig. 5).
 - :func:`fig6_alpha`: adversarial success vs alpha, before/after retraining (Fig. 6).
 - :func:`fig7_poison_rate`: accuracy and adversarial success vs poison rate (Fig. 7).
+- :func:`fig_optimizer`: beyond the paper, clean accuracy and adversarial success per optimizer,
+  before and after retraining (numbers from :func:`backdoor_eval.tables.optimizer_means`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from backdoor_eval.tables import (
     TRIGGER_ORDER,
     display_name,
     group_runs,
+    optimizer_means,
     ordered,
     select_runs,
 )
@@ -54,6 +57,7 @@ __all__ = [
     "fig5_regularization_boxplots",
     "fig6_alpha",
     "fig7_poison_rate",
+    "fig_optimizer",
     "regularization_matrix",
     "render_trigger_alone",
     "save_figure",
@@ -364,5 +368,51 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
         Line2D([], [], color="black", linestyle="--", marker="s", label="clean validation"),
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=8)
+    fig.computed = means
+    return fig
+
+
+# --------------------------------------------------------------------------- the optimizer (beyond the paper)
+
+
+def fig_optimizer(runs: pd.DataFrame, experiment: str = "E8") -> Figure:
+    """Clean accuracy and adversarial success per optimizer (bars, mean ± sample std over poison classes
+    and seeds); columns: before and after clean retraining; one group of bars per (dataset, model, trigger).
+
+    ``fig.computed``: :func:`backdoor_eval.tables.optimizer_means` of the experiment.
+    """
+    from matplotlib.patches import Patch
+
+    means = optimizer_means(runs, experiment)
+    groups = list(dict.fromkeys(zip(means["dataset"], means["model"], means["trigger"])))
+    optimizers = list(dict.fromkeys(means["optimizer"]))
+    phases = list(dict.fromkeys(means["phase"]))
+    metrics = list(dict.fromkeys(means["metric"]))
+    # A group's label names only what differs between groups (the trigger, for one dataset and model).
+    varying = [i for i in range(3) if len({group[i] for group in groups}) > 1] or [2]
+    kinds = ("dataset", "model", "trigger")
+    labels = ["\n".join(display_name(kinds[i], group[i]) for i in varying) for group in groups]
+    colours = dict(zip(optimizers, _palette(len(optimizers))))
+    width = 0.8 / len(optimizers)
+    fig = _new_figure(max(4.0, 1.2 * len(groups) * len(phases) + 1.5), 3.0 * len(metrics) + 0.6)
+    axes = fig.subplots(len(metrics), len(phases), squeeze=False, sharey="row")
+    for row, metric in enumerate(metrics):
+        for column, phase in enumerate(phases):
+            ax = axes[row, column]
+            cell = means[(means["metric"] == metric) & (means["phase"] == phase)]
+            for k, optimizer in enumerate(optimizers):
+                bars = cell[cell["optimizer"] == optimizer].set_index(["dataset", "model", "trigger"])
+                bars = bars.reindex(groups)
+                positions = np.arange(len(groups)) + (k - (len(optimizers) - 1) / 2) * width
+                ax.bar(
+                    positions, bars["mean"], width, yerr=bars["std"].fillna(0.0), color=colours[optimizer], capsize=2
+                )
+            ax.set_xticks(np.arange(len(groups)), labels)
+            ax.set_ylim(0.0, 1.03)
+            ax.set_title(f"{METRIC_LABELS[metric]}, {display_name('phase', phase)}", fontsize=9)
+            if column == 0:
+                ax.set_ylabel(METRIC_LABELS[metric])
+    handles = [Patch(color=colours[o], label=display_name("optimizer", o)) for o in optimizers]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.computed = means
     return fig

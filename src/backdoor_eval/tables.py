@@ -39,6 +39,7 @@ __all__ = [
     "REGULARIZER_ORDER",
     "STATISTICS",
     "TABLE_NOTES",
+    "OPTIMIZER_ORDER",
     "TRIGGER_ORDER",
     "combine_runs",
     "display_name",
@@ -52,6 +53,8 @@ __all__ = [
     "table3",
     "table4",
     "table5",
+    "table_optimizer",
+    "optimizer_means",
     "to_markdown",
     "write_table",
 ]
@@ -61,6 +64,7 @@ DATASET_ORDER = ("flowers", "cifar10")
 MODEL_ORDER = ("resnet50", "nasnet_large", "nasnet_mobile")
 TRIGGER_ORDER = ("bs", "rs", "sin", "lv")
 REGULARIZER_ORDER = ("none", "logit_squeeze", "mixup", "contrastive", "snnl")
+OPTIMIZER_ORDER = ("default", "sgd", "adam", "adamw")
 DISPLAY_NAMES: dict[str, dict[str, str]] = {
     "dataset": {"flowers": "Flowers", "cifar10": "CIFAR-10"},
     "model": {"resnet50": "ResNet50", "nasnet_large": "NasNet", "nasnet_mobile": "NasNet Mobile"},
@@ -72,6 +76,7 @@ DISPLAY_NAMES: dict[str, dict[str, str]] = {
         "contrastive": "Contrastive",
         "snnl": "SNNL",
     },
+    "optimizer": {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"},
     "strategy": {ONE_TO_ONE: "1-to-1", MANY_TO_ONE: "M-to-1"},
     "phase": {POISON_PHASE: "before retraining", CLEAN_PHASE: "after retraining"},
 }
@@ -111,6 +116,13 @@ TABLE_NOTES = {
         "non-poison-class adversarial-test images; 1-to-1 source class: over the source class's "
         "images only; mean ± sample std (ddof=1) over source classes (each averaged over seeds "
         "first). M-to-1: mean over seeds."
+    ),
+    "table_optimizer": (
+        "Beyond the paper (its future work): the optimizer of training and clean retraining. Clean "
+        "validation accuracy and adversarial success rate of the early-stopped model (before retraining, "
+        "phase poison) and after clean retraining (phase clean), mean ± sample std (ddof=1) over poison "
+        "classes and seeds. Each optimizer trains with its own settings (config `optimizers:`); `default` "
+        "is the `train:` block's optimizer."
     ),
 }
 
@@ -415,6 +427,71 @@ def table5(runs: pd.DataFrame, experiment: str = "E6", phase: str = POISON_PHASE
         ("M-to-1", MANY_TO_ONE, "adversarial_success_rate"),
     ]
     return _strategy_table(runs, experiment, phase, columns)
+
+
+# --------------------------------------------------------------------------- the optimizer (beyond the paper)
+
+OPTIMIZER_METRICS = (("Clean accuracy", "clean_val_accuracy"), ("Adversarial success", "adversarial_success_rate"))
+OPTIMIZER_KEYS = ("dataset", "model", "trigger", "optimizer")
+
+
+def optimizer_means(runs: pd.DataFrame, experiment: str = "E8") -> pd.DataFrame:
+    """The numbers of the optimizer table and figure, long: one row per (dataset, model, trigger,
+    optimizer, phase, metric) with the ``mean``, sample ``std`` (ddof=1) and ``count`` of its runs
+    (poison classes and seeds), in display order."""
+    import pandas as pd
+
+    part = select_runs(runs, experiment)
+    metrics = [metric for _, metric in OPTIMIZER_METRICS]
+    _require_columns(part, [*OPTIMIZER_KEYS, *metrics], f"runs of experiment {experiment!r}")
+    frames = []
+    for phase in ordered(part["phase"], PHASES):
+        cells = group_runs(
+            part[part["phase"] == phase], OPTIMIZER_KEYS, AVERAGED_OVER, f"table_optimizer ({experiment})"
+        )
+        for _, metric in OPTIMIZER_METRICS:
+            stats = cells[metric].agg(["mean", "std", "count"]).reset_index()
+            frames.append(stats.assign(phase=phase, metric=metric))
+    long = pd.concat(frames, ignore_index=True)
+    orders = {
+        "dataset": ordered(long["dataset"], DATASET_ORDER),
+        "model": ordered(long["model"], MODEL_ORDER),
+        "trigger": ordered(long["trigger"], TRIGGER_ORDER),
+        "optimizer": ordered(long["optimizer"], OPTIMIZER_ORDER),
+        "phase": ordered(long["phase"], PHASES),
+        "metric": metrics,
+    }
+    for column, order in orders.items():
+        long[column] = pd.Categorical(long[column], categories=order, ordered=True)
+    long = long.sort_values(list(orders)).reset_index(drop=True)
+    for column in orders:
+        long[column] = long[column].astype(str)
+    return long
+
+
+def table_optimizer(runs: pd.DataFrame, experiment: str = "E8") -> pd.DataFrame:
+    """Beyond the paper: clean accuracy and adversarial success per optimizer, before and after retraining.
+
+    Rows (Dataset, Model, Trigger, Optimizer); columns (Column, Statistic):
+    for each phase the experiment has and each metric, mean and sample std
+    over poison classes and seeds (:func:`optimizer_means`).
+    """
+    import pandas as pd
+
+    long = optimizer_means(runs, experiment)
+    labels = {metric: label for label, metric in OPTIMIZER_METRICS}
+    long["column"] = [f"{labels[m]}, {display_name('phase', p)}" for m, p in zip(long["metric"], long["phase"])]
+    columns = list(dict.fromkeys(long["column"]))
+    wide = long.set_index([*OPTIMIZER_KEYS, "column"])[["mean", "std"]].unstack("column")
+    rows = list(dict.fromkeys(zip(*(long[key] for key in OPTIMIZER_KEYS))))
+    wide = wide.reindex(index=pd.MultiIndex.from_tuples(rows))
+    frame = pd.DataFrame({(column, stat): wide[(stat, column)] for column in columns for stat in ("mean", "std")})
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["Column", "Statistic"])
+    frame.index = pd.MultiIndex.from_tuples(
+        [tuple(display_name(kind, value) for kind, value in zip(OPTIMIZER_KEYS, row)) for row in rows],
+        names=["Dataset", "Model", "Trigger", "Optimizer"],
+    )
+    return frame
 
 
 # --------------------------------------------------------------------------- aggregation

@@ -37,7 +37,7 @@ RUN_OF = {run.run_id: run for run in RUNS}
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
 OUTPUTS = ex.outputs(config)
 RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
-STRATEGY_TABLES = [name for name in names.STRATEGY_TABLES if name in OUTPUTS]
+EXPERIMENT_TABLES = [name for name in names.EXPERIMENT_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
 POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
@@ -154,7 +154,7 @@ def get_final_output():
         targets += [PATHS.table("table1", ext) for ext in ("csv", "md")]
     for name in RETRAINING_TABLES:
         targets += [PATHS.table(stem, ext) for stem in (name, f"{name}_n") for ext in ("csv", "md")]
-    for name in STRATEGY_TABLES:
+    for name in EXPERIMENT_TABLES:
         targets += [PATHS.table(name, ext) for ext in ("csv", "md")]
     for name in FIGURES + (["fig2"] if config.get("gallery") else []):
         targets += [PATHS.figure(name, ext) for ext in ("png", "pdf")]
