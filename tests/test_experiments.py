@@ -401,7 +401,7 @@ def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper)
 def test_registry_check_names_the_key_of_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
-    with pytest.raises(ValueError, match=r"^train\.optimizer: optimizer 'adamx' is unknown"):
+    with pytest.raises(ValueError, match=r"^train\.optimizer: unknown optimizer 'adamx'; registered optimizers: adam"):
         ex.validate(quickstart, check_registries=True)
     quickstart["train"]["optimizer"] = "adam"
     quickstart["models"]["small_cnn"]["train_per_dataset"] = {"synthetic": {"batch_size": 0}}
@@ -496,5 +496,34 @@ def test_registry_check_names_the_optimizer_block_of_a_bad_setting(quickstart):
     with pytest.raises(ValueError, match=r"^optimizers\.sgd\.lr: "):
         ex.validate(config, check_registries=True)
     config["optimizers"]["sgd"] = {"optimizer": "sgdx"}
-    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.optimizer: optimizer 'sgdx' is unknown"):
+    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.optimizer: unknown optimizer 'sgdx'"):
         ex.validate(config, check_registries=True)
+
+
+# --------------------------------------------------------------------------- every registry entry's parameters
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("models.small_cnn.params.evil", 1, r"^models\.small_cnn\.params\.evil: .*'evil'"),
+        ("models.small_cnn.params.width", 0, r"^models\.small_cnn\.params\.width: width=0 is invalid"),
+        ("triggers.bs.params", {"radius": 3}, r"^triggers\.bs\.params\.radius: trigger 'bs' has no parameter 'radius'"),
+        ("triggers.bs.params", {"size_px": -2}, r"^triggers\.bs\.params\.size_px: size_px=-2"),
+        ("triggers.lv.params", {"radius": 3}, r"^triggers\.lv\.params\.radius: trigger 'lv' has no parameter"),
+        ("regularizers.contrastive.margin", -1, r"^regularizers\.contrastive\.margin: "),
+        ("regularizers.snnl.radius", 1, r"^regularizers\.snnl\.radius: regularizer 'snnl' has no parameter 'radius'"),
+        ("datasets.synthetic.params.colour", 1, r"^datasets\.synthetic\.params\.colour: dataset 'synthetic' has no"),
+        ("datasets.synthetic.params.size", 2, r"^datasets\.synthetic\.params\.size: size 2 is not allowed"),
+        ("datasets.synthetic.params.size", 20000, r"^datasets\.synthetic\.params: making this dataset needs about"),
+    ],
+)
+def test_registry_check_names_every_bad_entry_parameter(quickstart, path, value, message):
+    pytest.importorskip("torch")
+    *parents, last = path.split(".")
+    node = quickstart
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    with pytest.raises(ValueError, match=message):
+        ex.validate(quickstart, check_registries=True)

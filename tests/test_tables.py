@@ -536,7 +536,7 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     assert exit_info.value.code == 2
     assert (
         "backdoor-eval table: error: argument --name: invalid choice: 'table9' "
-        "(choose from 'table2', 'table3', 'table4', 'table5')"
+        "(choose from 'table2', 'table3', 'table4', 'table5', 'table_optimizer')"
     ) in capsys.readouterr().err
 
 
@@ -592,7 +592,14 @@ def optimizer_runs() -> pd.DataFrame:
     ):
         asr = base[optimizer] + offset - (0.3 if phase == "clean" else 0.0)
         rows.append(
-            run_row("E8", phase, optimizer=optimizer, trigger=trigger, poison_class=poison_class, adversarial_success_rate=asr)
+            run_row(
+                "E8",
+                phase,
+                optimizer=optimizer,
+                trigger=trigger,
+                poison_class=poison_class,
+                adversarial_success_rate=asr,
+            )
         )
     rows.append(run_row("E1", "poison", adversarial_success_rate=1.0))  # another experiment
     return pd.DataFrame(rows)

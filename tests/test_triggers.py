@@ -240,9 +240,9 @@ def test_spec_is_json_and_rebuilds_the_same_trigger():
 
 
 def test_unknown_trigger_and_parameter_are_clear_errors():
-    with pytest.raises(ValueError, match=r"'checkerboard' is unknown; allowed: bs, lv, rs, sin"):
+    with pytest.raises(ValueError, match=r"^unknown trigger 'checkerboard'; registered triggers: bs, lv, rs, sin$"):
         create_trigger("checkerboard")
-    with pytest.raises(ValueError, match=r"no parameter\(s\) \['radius'\]; allowed: size, offset"):
+    with pytest.raises(ValueError, match=r"^trigger 'bs' has no parameter 'radius'; allowed: alpha, size, offset"):
         create_trigger("bs", radius=3)
 
 

@@ -460,10 +460,13 @@ BROKEN_CONFIGS = {
         [_set("regularizers.mixupp", {}), _set("experiments.E3.regularizer", ["none", "mixupp"])],
         "regularizers.mixupp: 'mixupp' is not registered",
     ),
-    "optimizer": ([_set("train.optimizer", "adamx")], "train.optimizer: optimizer 'adamx' is unknown; allowed:"),
+    "optimizer": (
+        [_set("train.optimizer", "adamx")],
+        "train.optimizer: unknown optimizer 'adamx'; registered optimizers:",
+    ),
     "per-model optimizer": (
         [_set("models.small_cnn.train", {"optimizer": "adamx"})],
-        "models.small_cnn.train.optimizer: optimizer 'adamx' is unknown",
+        "models.small_cnn.train.optimizer: unknown optimizer 'adamx'",
     ),
     "unknown train key": ([_set("train.lrate", 0.1)], "train.lrate: unknown key; allowed: amp,"),
     "lr read as text": ([_set("train.lr", "3e-3")], "train.lr: '3e-3' is not valid; allowed: number (YAML reads"),
@@ -480,6 +483,22 @@ BROKEN_CONFIGS = {
     "undeclared model": ([_set("experiments.E1.model", "resnet50")], "experiments.E1.model: 'resnet50' is not decl"),
     "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
     "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
+    # Every parameter of every registry entry, checked as its job would build it (issue: they failed in the job).
+    "model param unknown": ([_set("models.small_cnn.params.evil", 1)], "models.small_cnn.params.evil: "),
+    "model width 0": ([_set("models.small_cnn.params.width", 0)], "models.small_cnn.params.width: width=0 is invalid"),
+    "trigger param unknown": (
+        [_set("triggers.bs.params", {"radius": 3})],
+        "triggers.bs.params.radius: trigger 'bs' has no parameter 'radius'; allowed: size, offset",
+    ),
+    "regularizer param": ([_set("regularizers.contrastive.margin", -1)], "regularizers.contrastive.margin: "),
+    "dataset param unknown": (
+        [_set("datasets.synthetic.params.colour", "red")],
+        "datasets.synthetic.params.colour: dataset 'synthetic' has no parameter 'colour'",
+    ),
+    "dataset too big for memory": (
+        [_set("datasets.synthetic.params.size", 20000)],
+        "datasets.synthetic.params: making this dataset needs about",
+    ),
     "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
 }
 

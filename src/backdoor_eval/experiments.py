@@ -679,6 +679,7 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
                     f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
                     f"registered: {', '.join(registry.names())}"
                 )
+    _validate_entry_params(config)
     # Training settings as each run gets them (optimizer name, values), once per distinct combination.
     from backdoor_eval.train import TrainConfig
 
@@ -698,6 +699,61 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
                 except ValueError:
                     raise ValueError(f"{train_key_path(config, dataset, model, key, factors)}: {exc}") from None
             raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
+
+
+def _validate_entry_params(config: Mapping[str, Any]) -> None:
+    """Every parameter of every dataset, model, trigger and regularizer entry, checked as its job would
+    build it, naming the key: unknown keys, and the values each builder checks (a model on the meta device:
+    no memory, no weights). Also the memory a dataset needs to be made, when the reader can say it."""
+    import torch
+
+    from backdoor_eval.data import DATASETS
+    from backdoor_eval.models import create_model
+    from backdoor_eval.regularizers import create_regularizer
+    from backdoor_eval.triggers import TRIGGERS
+
+    for name, spec in (config.get("datasets") or {}).items():
+        params = dict(spec.get("params") or {})
+        dataset = _built(f"datasets.{name}.params", params, DATASETS.create, spec["kind"], **params)
+        _check_memory(f"datasets.{name}.params", getattr(dataset, "memory_bytes", None))
+    for name in config.get("models") or {}:
+        arch, params = model_spec(config, name)
+        params = {key: value for key, value in params.items() if key not in ("pretrained", "weights")}
+        with torch.device("meta"):
+            _built(f"models.{name}.params", params, create_model, arch, num_classes=2, **params)
+    for name in config.get("triggers") or {}:
+        kind, params = trigger_kind(config, name), trigger_params(config, name)
+        where = f"triggers.{name}.params"
+        _built(where, params, TRIGGERS.check_params, kind, params, exclude=("alpha",))
+        if "fit" not in (TRIGGERS.parameters(kind) or []):
+            _built(where, params, TRIGGERS.create, kind, alpha=trigger_default_alpha(config, name), **params)
+    for name, spec in (config.get("regularizers") or {}).items():
+        params = dict(spec or {})
+        _built(f"regularizers.{name}", params, create_regularizer, name, **params)
+
+
+def _built(where: str, params: Mapping[str, Any], build: Any, *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)``, its bad-input errors prefixed with ``where`` and the parameter they are about."""
+    from backdoor_eval.registry import params_error_key
+
+    try:
+        return build(*args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        key = params_error_key(exc, params)
+        raise ValueError(f"{where}.{key}: {exc}" if key else f"{where}: {exc}") from None
+
+
+def _check_memory(where: str, memory_bytes: Any) -> None:
+    """A dataset that would need more memory to make than this machine has (ingest runs here) is an error."""
+    import os
+
+    needed = memory_bytes() if callable(memory_bytes) else None
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed is not None and needed > total:
+        raise ValueError(
+            f"{where}: making this dataset needs about {needed / 2**30:.1f} GiB of memory, more than this "
+            f"machine's {total / 2**30:.1f} GiB; allowed: fewer or smaller images"
+        )
 
 
 def train_key_path(

@@ -89,8 +89,7 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} is unknown; allowed: {OPTIMIZERS.names()}")
+        OPTIMIZERS.get(self.optimizer)  # an unknown name: the registry's one message
         for name in ("lr", "batch_size", "eval_batch_size", "max_epochs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training option {name}={getattr(self, name)!r} must be > 0")
@@ -317,7 +316,7 @@ class Engine:
             raise ValueError(f"phase {phase!r} is unknown; allowed: {list(PHASES)}")
         cfg = self.cfg
         lr = cfg.lr if phase == POISON_PHASE or cfg.retrain_lr is None else cfg.retrain_lr
-        optimizer = OPTIMIZERS.get(cfg.optimizer)(self.model.parameters(), cfg, lr)
+        optimizer = OPTIMIZERS.create(cfg.optimizer, params=self.model.parameters(), cfg=cfg, lr=lr)
         stopper = EarlyStopping(cfg.patience)
         history: list[dict[str, Any]] = []
         best_state = _clone_state(self.model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..download import DEFAULT_CACHE_DIR
 from ..factory import DATASETS
 from .image_folder import ImageFolder
 
@@ -17,28 +16,6 @@ class Flowers(ImageFolder):
     """
 
     DEFAULT_SIZE = 224
-
-    def __init__(
-        self,
-        path: str | None = None,
-        url: str | None = None,
-        md5: str | None = None,
-        size: int | None = DEFAULT_SIZE,
-        splits: list[str] | None = None,
-        cache_dir: str = DEFAULT_CACHE_DIR,
-        workers: int | None = None,
-        executor: str = "thread",
-    ):
-        super().__init__(
-            path=path,
-            url=url,
-            md5=md5,
-            size=size,
-            splits=splits,
-            cache_dir=cache_dir,
-            workers=workers,
-            executor=executor,
-        )
 
 
 __all__ = ["Flowers"]
