@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval import validation
 from backdoor_eval.experiments import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +62,7 @@ def test_paper_config_gives_the_paper_grid_counts(paper):
         "E6": 45,
         "E8": 30,
     }
-    assert ex.experiment_phases(paper)["E2"] == ["clean"]
+    assert cv.experiment_phases(paper)["E2"] == ["clean"]
     # E2 retrains exactly the E1 runs.
     assert runs["E2"] == runs["E1"]
 
@@ -99,7 +101,7 @@ def test_a_run_in_two_experiments_is_one_run_with_one_split_under_either_policy(
     shared_run = next(run for run in expanded["E4"] if run in set(expanded["E1"]))
     assert expanded["E1"].count(shared_run) == expanded["E4"].count(shared_run) == 1
     assert len(ex.union(expanded)) == 952
-    assert len({ex.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
+    assert len({cv.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
 
 
 def test_per_run_splits_differ_by_any_factor_and_shared_splits_only_by_seed():
@@ -137,11 +139,11 @@ def test_paper_e6_one_to_one_runs_cover_every_other_class(paper):
 
 
 def test_quickstart_is_reduced_but_builds_every_output(quickstart):
-    ex.validate(quickstart)
+    validation.validate(quickstart)
     runs = ex.expand(quickstart)
     assert set(runs) == {"E1", "E2", "E3", "E4", "E5", "E6"}
     assert 35 <= len(ex.union(runs)) <= 50
-    assert set(ex.outputs(quickstart)) == set(ex.DEFAULT_OUTPUTS)
+    assert set(cv.outputs(quickstart)) == set(cv.DEFAULT_OUTPUTS)
     assert quickstart["table1"]["dataset"] == "synthetic" and quickstart["gallery"]["dataset"] == "synthetic"
 
 
@@ -178,7 +180,7 @@ def test_a_per_dataset_seed_range():
     config = tiny_config(
         dataset=["flowers", "cifar10"], poison_class="all", seed={"flowers": {"range": [1, 3]}, "cifar10": 0}
     )
-    ex.validate(config)
+    validation.validate(config)
     runs = ex.expand(config)["E"]
     assert sorted({(r.dataset, r.seed) for r in runs}) == [("cifar10", 0), ("flowers", 1), ("flowers", 2)]
 
@@ -219,7 +221,7 @@ def test_shared_run_is_one_run_id_in_membership(paper):
 def test_outputs_need_all_their_experiments(quickstart):
     config = copy.deepcopy(quickstart)
     del config["experiments"]["E2"], config["experiments"]["E5"]
-    assert set(ex.outputs(config)) == {"table4", "table5", "fig4", "fig5", "fig6"}
+    assert set(cv.outputs(config)) == {"table4", "table5", "fig4", "fig5", "fig6"}
 
 
 def test_train_params_merge_order():
@@ -227,8 +229,8 @@ def test_train_params_merge_order():
     config["train"] = {"lr": 1e-5, "batch_size": 32, "input_size": None}
     config["datasets"]["flowers"]["train"] = {"lr": 1e-4, "input_size": 224}
     config["models"]["m"]["train"] = {"lr": 1e-3}
-    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-3, "batch_size": 32, "input_size": 224}
-    assert ex.model_spec(config, "m") == ("small_cnn", {"pretrained": False, "weights": None})
+    assert cv.train_params(config, "flowers", "m") == {"lr": 1e-3, "batch_size": 32, "input_size": 224}
+    assert cv.model_spec(config, "m") == ("small_cnn", {"pretrained": False, "weights": None})
 
 
 # --------------------------------------------------------------------------- run ids
@@ -328,7 +330,7 @@ def test_from_run_id_rejects_other_paths():
 )
 def test_validation_names_the_config_key(experiment, message):
     with pytest.raises(ValueError, match=message):
-        ex.validate(tiny_config(**experiment))
+        validation.validate(tiny_config(**experiment))
 
 
 def test_validation_of_per_dataset_alpha_path():
@@ -336,45 +338,45 @@ def test_validation_of_per_dataset_alpha_path():
         dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all"
     )
     with pytest.raises(ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: 2\.0 is outside \[0, 1\]$"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_validation_of_sections():
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["daisy", "daisy"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes: 'daisy' appears twice"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["a/b", "c"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: 'a/b' is not a valid class name"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["0", "1"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: '0' is not a valid class name"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["triggers"]["sin"]["alpha"] = 1.5
     with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: 1\.5 is outside \[0, 1\]$"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["table1"] = {"dataset": "mnist"}
     with pytest.raises(ValueError, match=r"^table1\.dataset: 'mnist' is not declared"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_both_configs_validate(paper, quickstart):
-    ex.validate(paper)
-    ex.validate(quickstart)
+    validation.validate(paper)
+    validation.validate(quickstart)
 
 
 def test_registry_check_names_the_key(quickstart):
     pytest.importorskip("torch")
-    ex.validate(quickstart, check_registries=True)
+    validation.validate(quickstart, check_registries=True)
     quickstart["models"]["small_cnn"]["arch"] = "tiny_cnn"
     with pytest.raises(
         ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"
     ):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_train_params_per_dataset_model_override_comes_last():
@@ -383,43 +385,43 @@ def test_train_params_per_dataset_model_override_comes_last():
     config["datasets"]["cifar10"]["train"] = {"batch_size": 64}
     config["models"]["m"]["train"] = {"lr": 1e-4}
     config["models"]["m"]["train_per_dataset"] = {"cifar10": {"input_size": 331}}
-    assert ex.train_params(config, "cifar10", "m") == {"lr": 1e-4, "input_size": 331, "batch_size": 64}
-    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-4, "input_size": None}
+    assert cv.train_params(config, "cifar10", "m") == {"lr": 1e-4, "input_size": 331, "batch_size": 64}
+    assert cv.train_params(config, "flowers", "m") == {"lr": 1e-4, "input_size": None}
     config["models"]["m"]["train_per_dataset"] = {"mnist": {"input_size": 28}}
     with pytest.raises(ValueError, match=r"^models\.m\.train_per_dataset\.mnist: not a dataset declared"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper):
-    assert ex.train_params(paper, "cifar10", "nasnet_large")["input_size"] == 331
-    assert ex.train_params(paper, "cifar10", "nasnet_mobile")["input_size"] == 224
-    assert ex.train_params(paper, "cifar10", "resnet50")["input_size"] is None  # native 32 px
+    assert cv.train_params(paper, "cifar10", "nasnet_large")["input_size"] == 331
+    assert cv.train_params(paper, "cifar10", "nasnet_mobile")["input_size"] == 224
+    assert cv.train_params(paper, "cifar10", "resnet50")["input_size"] is None  # native 32 px
     for model in ("resnet50", "nasnet_large", "nasnet_mobile"):
-        assert ex.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
+        assert cv.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
 
 
 def test_registry_check_names_the_key_of_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
     with pytest.raises(ValueError, match=r"^train\.optimizer: unknown optimizer 'adamx'; registered optimizers: adam"):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
     quickstart["train"]["optimizer"] = "adam"
     quickstart["models"]["small_cnn"]["train_per_dataset"] = {"synthetic": {"batch_size": 0}}
     with pytest.raises(ValueError, match=r"^models\.small_cnn\.train_per_dataset\.synthetic\.batch_size: "):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quickstart):
     quickstart["triggers"]["lv_scaled"] = {"kind": "lv", "params": {"reading": "scaled"}}
     quickstart["experiments"]["E4"]["trigger"] = ["sin", "lv", "lv_scaled"]
-    ex.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
-    assert ex.trigger_kind(quickstart, "lv_scaled") == "lv" and ex.trigger_kind(quickstart, "sin") == "sin"
-    assert ex.uses_lv_fit(quickstart, "lv_scaled") and not ex.uses_lv_fit(quickstart, "sin")
-    assert ex.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
-    assert ex.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
+    validation.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
+    assert cv.trigger_kind(quickstart, "lv_scaled") == "lv" and cv.trigger_kind(quickstart, "sin") == "sin"
+    assert cv.uses_lv_fit(quickstart, "lv_scaled") and not cv.uses_lv_fit(quickstart, "sin")
+    assert cv.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
+    assert cv.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
     quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
     with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.kind: 'lvx' is not registered"):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quickstart):
@@ -427,29 +429,29 @@ def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quic
     dataset = config["experiments"]["E5"]["dataset"]
     classes = config["datasets"][dataset]["classes"]
     # 100 images per class: 76 in the poison-set; 60 or 61 of them (80%, apportioned) poison-train.
-    ex.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
+    validation.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
     config["experiments"]["E5"]["poison_rate"] = [0.1, 0.016]
     with pytest.raises(ValueError) as info:
-        ex.check_poison_counts(config, {dataset: [100] * len(classes)})
+        validation.check_poison_counts(config, {dataset: [100] * len(classes)})
     message = str(info.value)
     assert message.startswith(f"experiments.E5.poison_rate: dataset {dataset}: poison_rate=0.016 x 60 ")
     assert "rounds down to 0 poisoned images; allowed: a poison rate of at least 0.01667" in message
-    ex.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
+    validation.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
 
 
 def test_poison_count_check_names_a_class_list_that_does_not_match_the_dataset(quickstart):
     dataset = quickstart["experiments"]["E5"]["dataset"]
     with pytest.raises(ValueError, match=rf"datasets\.{dataset}\.classes: \d+ classes declared, but the dataset has 3"):
-        ex.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
+        validation.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
 
 
 def test_outputs_take_as_many_experiments_as_they_can_use(quickstart):
     config = copy.deepcopy(quickstart)
     config["outputs"]["table2"] = "E1+E2+E4"  # each fills the halves it has phases for
-    ex.validate(config)
+    validation.validate(config)
     config["outputs"]["fig4"] = "E3+E1"
     with pytest.raises(ValueError, match=r"^outputs\.fig4: 'E3\+E1'; allowed: one experiment name \(e\.g\. 'E3'\)"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 # --------------------------------------------------------------------------- the optimizer factor
@@ -464,7 +466,7 @@ def optimizer_config(quickstart: dict, optimizers: list) -> dict:
 
 def test_optimizer_values_name_blocks_of_training_settings(quickstart):
     config = optimizer_config(quickstart, ["default", "sgd", "adamw"])
-    ex.validate(config)
+    validation.validate(config)
     runs = ex.expand(config)["E8"]
     assert len(runs) == 3 * len(ex.expand(quickstart)["E1"])
     by_optimizer = {run.optimizer: run for run in runs if run.trigger == "bs" and run.poison_class == "class0"}
@@ -472,9 +474,9 @@ def test_optimizer_values_name_blocks_of_training_settings(quickstart):
     # The default optimizer's runs are E1's, path and all; the others add their segment.
     assert default in ex.expand(quickstart)["E1"]
     assert sgd.run_id == default.run_id + "/opt-sgd" and adamw.run_id == default.run_id + "/opt-adamw"
-    assert ex.run_train_params(config, default) == config["train"]
-    assert ex.run_train_params(config, sgd) == {**config["train"], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
-    assert ex.run_train_params(config, adamw) == {**config["train"], "optimizer": "adamw", "weight_decay": 0.01}
+    assert cv.run_train_params(config, default) == config["train"]
+    assert cv.run_train_params(config, sgd) == {**config["train"], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+    assert cv.run_train_params(config, adamw) == {**config["train"], "optimizer": "adamw", "weight_decay": 0.01}
     # Under split: per-run each optimizer's runs draw their own split; under shared they share it.
     assert sgd.split("per-run") != default.split("per-run")
     assert sgd.poison_id("shared") == default.poison_id("shared")
@@ -485,19 +487,19 @@ def test_an_undeclared_optimizer_names_the_key(quickstart):
     with pytest.raises(
         ValueError, match=r"^experiments\.E8\.optimizer\[1\]: 'lion' is not declared in config optimizers"
     ):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_registry_check_names_the_optimizer_block_of_a_bad_setting(quickstart):
     pytest.importorskip("torch")
     config = optimizer_config(quickstart, ["sgd"])
-    ex.validate(config, check_registries=True)
+    validation.validate(config, check_registries=True)
     config["optimizers"]["sgd"]["lr"] = 0
     with pytest.raises(ValueError, match=r"^optimizers\.sgd\.lr: "):
-        ex.validate(config, check_registries=True)
+        validation.validate(config, check_registries=True)
     config["optimizers"]["sgd"] = {"optimizer": "sgdx"}
     with pytest.raises(ValueError, match=r"^optimizers\.sgd\.optimizer: unknown optimizer 'sgdx'"):
-        ex.validate(config, check_registries=True)
+        validation.validate(config, check_registries=True)
 
 
 # --------------------------------------------------------------------------- every registry entry's parameters
@@ -526,4 +528,4 @@ def test_registry_check_names_every_bad_entry_parameter(quickstart, path, value,
         node = node.setdefault(key, {})
     node[last] = value
     with pytest.raises(ValueError, match=message):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from backdoor_eval import factors
-from backdoor_eval.config import load_schema
 from backdoor_eval.factors import (
     FACTOR_NAMES,
     FACTORS,
@@ -26,6 +25,7 @@ from backdoor_eval.factors import (
     Run,
     typed_row,
 )
+from backdoor_eval.schema import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = ("real-cifar10", "real-flowers")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     policy = config.get("split", "per-run")
     splits = {r: r.split(policy) for r in runs}
     partitions = {(r.dataset, splits[r]) for r in runs}
-    lv_fits = {(r.dataset, splits[r]) for r in runs if ex.uses_lv_fit(config, r.trigger)}
+    lv_fits = {(r.dataset, splits[r]) for r in runs if cv.uses_lv_fit(config, r.trigger)}
     if config.get("gallery"):
         gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
         partitions.add(gallery)
@@ -91,7 +92,7 @@ def expected_counts(config: dict) -> dict[str, int]:
         "aggregate": 1,
         "all": 1,
     }
-    outputs = ex.outputs(config)
+    outputs = cv.outputs(config)
     per_rule = {
         "retraining_table": ("table2", "table3"),
         "experiment_table": ("table4", "table5", "table_optimizer"),

@@ -1,18 +1,8 @@
 """The experiment grid: config factor lists -> runs (docs/decisions.md#experiment-grid).
 
 A config's ``experiments:`` block names each experiment (E1..E6 in the paper
-config) by factor lists::
-
-    E4:
-      dataset: [cifar10, flowers]
-      model: [resnet50, nasnet_large, nasnet_mobile]
-      trigger: [sin, lv]
-      alpha: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
-      poison_class: {cifar10: [truck], flowers: [rose]}
-      poison_rate: [0.05, 0.1]
-      seed: {range: 2}
-      retrain: true
-
+config) by factor lists (config/README.md: ``dataset: [cifar10, flowers]``,
+``alpha: [0.01, 0.1]``, ``seed: {range: 2}``, ...).
 ``expand(config)`` takes the product of the factors (missing ones take
 their declared defaults, ``backdoor_eval.factors``: many-to-one, poison rate
 0.1, the trigger's default alpha, no regularizer, seed 0, the training
@@ -25,235 +15,36 @@ Every factor except ``dataset`` may instead be a per-dataset mapping
 (``{cifar10: [truck], flowers: [rose]}``), which is how E4 and E6 pair a
 poison class (and E6 a trigger) with each dataset.
 
-This module is light (no torch, no pandas): the Snakefile imports it at
-parse time, on every cluster job too.
+The config's sections are read through ``backdoor_eval.configview`` and
+checked by ``backdoor_eval.validation``. This module is light (no torch, no
+pandas): the Snakefile imports it at parse time, on every cluster job too.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from backdoor_eval.config import schema_default
-from backdoor_eval.factors import (
-    DEFAULT,
-    FACTOR_BY_NAME,
-    FACTOR_DEFAULTS,
-    FACTOR_NAMES,
-    FACTORS,
-    NAME_RE,
-    REQUIRED_FACTORS,
-    WILDCARD_CONSTRAINTS,
-    Run,
+from backdoor_eval.configview import (
+    dataset_classes,
+    declared_names,
+    experiment_phases,
+    names_of,
+    outputs,
+    split_of,
+    split_policy,
+    trigger_default_alpha,
+    uses_lv_fit,
 )
+from backdoor_eval.factors import DEFAULT, FACTOR_BY_NAME, FACTOR_DEFAULTS, FACTOR_NAMES, Run
 from backdoor_eval.layout import Layout
-from backdoor_eval.names import (
-    ALL_CLASSES,
-    CLEAN_PHASE,
-    MANY_TO_ONE,
-    NO_REGULARIZER,
-    OTHER_CLASSES,
-    OUTPUTS,
-    PHASES,
-    POISON_PHASE,
-    STRATEGIES,
-    check_output_experiment_count,
-    experiment_list,
-)
+from backdoor_eval.names import ALL_CLASSES, CLEAN_PHASE, MANY_TO_ONE, OTHER_CLASSES, STRATEGIES
 
-__all__ = ["WILDCARD_CONSTRAINTS", "Run"]  # the factors' declarations (backdoor_eval.factors), used with the grid
-
-# The outputs mapping is the schema's (one definition); factor defaults are the factors' own.
-DEFAULT_OUTPUTS: dict[str, list[str]] = {
-    name: experiment_list(value) for name, value in schema_default("outputs").items()
-}
 EXPERIMENT_KEYS = (*FACTOR_NAMES, "description", "retrain", "phases")
 # ``alpha: default`` in a factor list: the trigger's default transparency.
 DEFAULT_ALPHA = DEFAULT
-_NAME_RE = NAME_RE
-
-
-# --------------------------------------------------------------------------- config accessors
-
-
-def datasets(config: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(config.get("datasets") or {})
-
-
-def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
-    """The class names the config declares for ``dataset``, in label order."""
-    try:
-        return list(config["datasets"][dataset]["classes"])
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"dataset {dataset!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
-        ) from None
-
-
-def trigger_names(config: Mapping[str, Any]) -> list[str]:
-    """The config's triggers; without a ``triggers:`` block, every registered trigger."""
-    if config.get("triggers"):
-        return list(config["triggers"])
-    from backdoor_eval.triggers import TRIGGERS
-
-    return TRIGGERS.names()
-
-
-def regularizer_names(config: Mapping[str, Any]) -> list[str]:
-    names = list(config.get("regularizers") or {})
-    return names if NO_REGULARIZER in names else [NO_REGULARIZER, *names]
-
-
-def trigger_kind(config: Mapping[str, Any], trigger: str) -> str:
-    """The registry name of the config's trigger ``trigger`` (``triggers.<name>.kind``, else the name)."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    return str(spec.get("kind") or trigger)
-
-
-def uses_lv_fit(config: Mapping[str, Any], trigger: str) -> bool:
-    """Whether the trigger is the low-variance one, which needs its split's PCA fit."""
-    return trigger_kind(config, trigger) == "lv"
-
-
-def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
-    """The trigger's default transparency: config ``triggers.<name>.alpha``, else the trigger's own."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    if spec.get("alpha") is not None:
-        return float(spec["alpha"])
-    from backdoor_eval.triggers import TRIGGERS
-
-    kind = trigger_kind(config, trigger)
-    if kind in TRIGGERS:
-        return float(TRIGGERS.get(kind).default_alpha)
-    where = f"triggers.{trigger}.kind" if spec.get("kind") else f"triggers.{trigger}"
-    raise ValueError(
-        f"{where}: {kind!r} is not registered in backdoor_eval.triggers.TRIGGERS; registered: {', '.join(TRIGGERS.names())}"
-    )
-
-
-def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
-    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``)."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    return dict(spec.get("params") or {})
-
-
-def lv_variance_fraction(config: Mapping[str, Any]) -> float | None:
-    """``triggers.lv.variance_fraction``, or ``None`` for the LV fit's own default."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    value = spec.get("variance_fraction")
-    return None if value is None else float(value)
-
-
-def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
-    """``(arch, model_params)`` for the train command: the registry name and its keyword
-    arguments, ``pretrained`` and ``weights`` included."""
-    try:
-        spec = dict(config["models"][model] or {})
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"model {model!r} is not declared in config models; declared: {_names(config, 'models')}"
-        ) from None
-    params = dict(spec.get("params") or {})
-    params["pretrained"] = bool(spec.get("pretrained", False))
-    params["weights"] = spec.get("weights")
-    return str(spec.get("arch") or model), params
-
-
-def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str, Any]:
-    """Keyword parameters of the regularizer (``weight`` and its hyper-parameters)."""
-    spec = (config.get("regularizers") or {}).get(regularizer)
-    if spec is None and regularizer != NO_REGULARIZER:
-        raise ValueError(
-            f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
-        )
-    return dict(spec or {})
-
-
-def lv_save_components(config: Mapping[str, Any]) -> bool:
-    """``triggers.lv.save_components`` (default true): keep the PCA components in each LV fit file."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    return bool(spec.get("save_components", True))
-
-
-def split_policy(config: Mapping[str, Any]) -> str:
-    """``split:`` of the config: ``per-run`` (the paper's) or ``shared``."""
-    return str(config.get("split") or schema_default("split"))
-
-
-def split_of(config: Mapping[str, Any], run: Run) -> str:
-    """The split ``run`` trains on under the config's split policy."""
-    return run.split(split_policy(config))
-
-
-def train_layers(
-    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
-) -> list[tuple[str, Mapping[str, Any]]]:
-    """The config blocks that set ``model``'s training on ``dataset``, as (key path, block), later ones winning:
-    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``, then
-    for a run (``factors``: its factor values) each training-setting factor off its default: its value,
-    and its block in the factor's config section (e.g. ``optimizers.<name>``)."""
-    model_spec = (config.get("models") or {}).get(model) or {}
-    layers: list[tuple[str, Mapping[str, Any]]] = [
-        ("train", config.get("train") or {}),
-        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train") or {}),
-        (f"models.{model}.train", model_spec.get("train") or {}),
-        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset) or {}),
-    ]
-    for factor in FACTORS:
-        value = (factors or {}).get(factor.name, factor.default)
-        if factor.train_setting is None or value == factor.default:
-            continue
-        block = ((config.get(factor.section) or {}) if factor.section else {}).get(value) or {}
-        layers.append((f"{factor.section}.{value}", {factor.train_setting: value, **block}))
-    return layers
-
-
-def train_params(
-    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Training settings of ``model`` on ``dataset`` (for a run: ``factors``, its factor values): the blocks
-    of :func:`train_layers` merged, later keys winning (e.g. a model's input size on one dataset)."""
-    merged: dict[str, Any] = {}
-    for _, block in train_layers(config, dataset, model, factors):
-        merged.update(block)
-    return merged
-
-
-def run_train_params(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
-    """The training settings of ``run`` (the ``--train-params`` of its train and retrain jobs)."""
-    return train_params(config, run.dataset, run.model, run.values())
-
-
-def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Phases each experiment reports: ``phases:`` if given, else poison (+ clean when ``retrain``)."""
-    phases = {}
-    for name, spec in (config.get("experiments") or {}).items():
-        spec = spec or {}
-        default = [POISON_PHASE, CLEAN_PHASE] if spec.get("retrain", False) else [POISON_PHASE]
-        phases[name] = list(spec.get("phases") or default)
-    return phases
-
-
-def outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Tables/figures built from experiments whose experiments all exist in the config."""
-    mapping = config.get("outputs")
-    mapping = DEFAULT_OUTPUTS if mapping is None else mapping
-    experiments = config.get("experiments") or {}
-    present = {}
-    for output, names in mapping.items():
-        names = experiment_list(names)
-        if names and all(name in experiments for name in names):
-            present[output] = names
-    return present
-
-
-def _names(config: Mapping[str, Any], section: str) -> str:
-    return ", ".join(config.get(section) or {}) or "(none)"
-
-
-# --------------------------------------------------------------------------- expansion
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -335,7 +126,7 @@ def _checked_classes(config: Mapping[str, Any], dataset: str, spec: Mapping[str,
         index = _as_list(spec.get("dataset")).index(dataset)
         path = f"dataset[{index}]" if isinstance(spec.get("dataset"), (list, tuple)) else "dataset"
         raise _PathError(
-            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {_names(config, 'datasets')}"
+            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {names_of(config, 'datasets')}"
         )
     return dataset_classes(config, dataset)
 
@@ -399,16 +190,6 @@ def _check_values(config: Mapping[str, Any], chosen: Mapping[str, tuple[str, Any
     seed_path, seed = chosen["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
-
-
-def declared_names(config: Mapping[str, Any], section: str) -> list[str]:
-    """The names a factor's values may take from config ``section``: its keys (for ``triggers`` without a
-    block, every registered trigger; ``none`` is always a regularizer)."""
-    if section == "triggers":
-        return trigger_names(config)
-    if section == "regularizers":
-        return regularizer_names(config)
-    return [str(name) for name in config.get(section) or {}]
 
 
 def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
@@ -514,290 +295,3 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
             "epochs": layout.run_epochs(run.run_id),
         }
     return document
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
-    """Check what the JSON schema cannot; raise ``ValueError`` naming the config key.
-
-    Names used by experiments must be declared in the config's ``datasets``,
-    ``models``, ``triggers`` and ``regularizers`` sections; alpha must lie in
-    [0, 1], poison rates in (0, 1); poison and source classes must be classes
-    of the dataset, and a one-to-one source must differ from the poison class.
-    With ``check_registries`` the declared names are also checked against the
-    package registries (this imports the package modules, torch included).
-    """
-    _validate_sections(config)
-    experiments = config.get("experiments")
-    if not isinstance(experiments, Mapping) or not experiments:
-        raise ValueError("experiments: at least one experiment is required (a mapping like {E1: {...}})")
-    for name, spec in experiments.items():
-        prefix = f"experiments.{name}"
-        if not isinstance(spec, Mapping):
-            raise ValueError(f"{prefix}: {spec!r} is not a mapping of factors")
-        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS), key=str)
-        if unknown:
-            raise ValueError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}")
-        for factor in REQUIRED_FACTORS:
-            if spec.get(factor) in (None, [], ()):
-                raise ValueError(f"{prefix}.{factor}: required; give a name or a list of names")
-        phases = experiment_phases({"experiments": {name: spec}})[name]
-        for i, phase in enumerate(phases):
-            if phase not in PHASES:
-                raise ValueError(f"{prefix}.phases[{i}]: {phase!r} is not a phase; allowed: {', '.join(PHASES)}")
-        if CLEAN_PHASE in phases and not spec.get("retrain", False):
-            raise ValueError(f"{prefix}.phases: 'clean' needs retrain: true")
-        for factor, value in spec.items():
-            if _is_per_dataset(factor, value) and factor in FACTOR_NAMES:
-                if factor == "dataset":
-                    raise ValueError(f"{prefix}.dataset: give a name or a list of names, not a mapping")
-                extra = [key for key in value if key not in _as_list(spec.get("dataset"))]
-                if extra:
-                    raise ValueError(
-                        f"{prefix}.{factor}.{extra[0]}: not a dataset of this experiment; datasets: "
-                        f"{', '.join(map(str, _as_list(spec.get('dataset'))))}"
-                    )
-        try:
-            _expand_one(config, spec, check=True)
-        except _PathError as exc:
-            raise ValueError(f"{prefix}.{exc}") from None
-    _validate_blocks(config)
-    if check_registries:
-        _validate_registries(config)
-
-
-def _validate_sections(config: Mapping[str, Any]) -> None:
-    if not _NAME_RE.match(str(config.get("name", ""))):
-        raise ValueError(f"name: {config.get('name')!r} is not a valid config name; allowed: letters, digits, _ . + -")
-    sets = config.get("datasets")
-    if not isinstance(sets, Mapping) or not sets:
-        raise ValueError("datasets: at least one dataset is required")
-    for section in ("datasets", "models", "triggers", "regularizers"):
-        for name in config.get(section) or {}:
-            if not _NAME_RE.match(str(name)):
-                raise ValueError(
-                    f"{section}.{name}: {name!r} is not a valid name; allowed: letters, digits, _ . + - (no '/')"
-                )
-    for name, spec in sets.items():
-        classes = (spec or {}).get("classes")
-        if not isinstance(classes, list) or len(classes) < 2:
-            raise ValueError(
-                f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)"
-            )
-        for i, cls in enumerate(classes):
-            # All-digit names would read as class indices on the command line.
-            if (
-                not isinstance(cls, str)
-                or not _NAME_RE.match(cls)
-                or cls in (ALL_CLASSES, OTHER_CLASSES)
-                or cls.isdigit()
-            ):
-                raise ValueError(
-                    f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; "
-                    "allowed: letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others'"
-                )
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"datasets.{name}.classes: {duplicates[0]!r} appears twice; class names must be unique")
-    for name, spec in (config.get("triggers") or {}).items():
-        alpha = (spec or {}).get("alpha")
-        if alpha is not None:
-            try:
-                _check_fraction("alpha", alpha, closed=True)
-            except _PathError as exc:
-                raise ValueError(f"triggers.{name}.{exc}") from None
-    for name, spec in (config.get("models") or {}).items():
-        for dataset in (spec or {}).get("train_per_dataset") or {}:
-            if dataset not in sets:
-                raise ValueError(
-                    f"models.{name}.train_per_dataset.{dataset}: not a dataset declared in config datasets; "
-                    f"declared: {_names(config, 'datasets')}"
-                )
-    for name, spec in (config.get("regularizers") or {}).items():
-        weight = (spec or {}).get("weight")
-        if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0):
-            raise ValueError(f"regularizers.{name}.weight: {weight!r} is not a weight; allowed: a number >= 0")
-
-
-def check_output_experiments(config: Mapping[str, Any]) -> None:
-    """Every experiment the ``outputs:`` block names exists (else that output would silently not be made)."""
-    defined = list(config.get("experiments") or {})
-    for output, value in (config.get("outputs") or {}).items():
-        for name in experiment_list(value):
-            if name not in defined:
-                raise ValueError(
-                    f"outputs.{output}: experiment {name!r} is not defined in experiments; defined: {', '.join(defined)}"
-                )
-
-
-def _validate_blocks(config: Mapping[str, Any]) -> None:
-    for output, names in (config.get("outputs") or {}).items():
-        if output not in OUTPUTS:
-            raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(OUTPUTS)}")
-        if not experiment_list(names):
-            raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
-        check_output_experiment_count(output, experiment_list(names), f"outputs.{output}: {names!r}")
-    for block in ("table1", "gallery"):
-        spec = config.get(block)
-        if spec is None:
-            continue
-        if spec.get("dataset") not in (config.get("datasets") or {}):
-            raise ValueError(
-                f"{block}.dataset: {spec.get('dataset')!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
-            )
-    if config.get("table1") is not None:
-        try:
-            _check_fraction("poison_rate", config["table1"].get("poison_rate", 0.1), closed=False)
-        except _PathError as exc:
-            raise ValueError(f"table1.{exc}") from None
-    gallery = config.get("gallery")
-    if gallery is not None:
-        seed = gallery.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"gallery.seed: {seed!r} is not a seed; allowed: whole numbers >= 0")
-
-
-def _validate_registries(config: Mapping[str, Any]) -> None:
-    """Declared names against the package registries (imports the package: torch)."""
-    import importlib
-
-    checks = [
-        ("datasets", "backdoor_eval.data", "DATASETS", lambda name, spec: (spec or {}).get("kind", name)),
-        ("models", "backdoor_eval.models", "MODELS", lambda name, spec: (spec or {}).get("arch") or name),
-        ("triggers", "backdoor_eval.triggers", "TRIGGERS", lambda name, spec: (spec or {}).get("kind") or name),
-        ("regularizers", "backdoor_eval.regularizers", "REGULARIZERS", lambda name, spec: name),
-    ]
-    for section, module_name, attribute, registry_name in checks:
-        registry = getattr(importlib.import_module(module_name), attribute)
-        for name, spec in (config.get(section) or {}).items():
-            key = registry_name(name, spec)
-            if key not in registry:
-                field = {"datasets": ".kind", "models": ".arch", "triggers": ".kind"}.get(section, "")
-                raise ValueError(
-                    f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
-                    f"registered: {', '.join(registry.names())}"
-                )
-    _validate_entry_params(config)
-    # Training settings as each run gets them (optimizer name, values), once per distinct combination.
-    from backdoor_eval.train import TrainConfig
-
-    settings = {}
-    for run in union(expand(config)):
-        factors = {f.name: getattr(run, f.name) for f in FACTORS if f.train_setting is not None}
-        settings.setdefault((run.dataset, run.model, tuple(factors.items())), factors)
-    for (dataset, model, _), factors in sorted(settings.items(), key=lambda item: str(item[0])):
-        merged = train_params(config, dataset, model, factors)
-        try:
-            TrainConfig.from_dict(merged)
-        except ValueError as exc:
-            # Name the config key that set the bad value: the first setting that fails on its own.
-            for key in merged:
-                try:
-                    TrainConfig.from_dict({key: merged[key]})
-                except ValueError:
-                    raise ValueError(f"{train_key_path(config, dataset, model, key, factors)}: {exc}") from None
-            raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
-
-
-def _validate_entry_params(config: Mapping[str, Any]) -> None:
-    """Every parameter of every dataset, model, trigger and regularizer entry, checked as its job would
-    build it, naming the key: unknown keys, and the values each builder checks (a model on the meta device:
-    no memory, no weights). Also the memory a dataset needs to be made, when the reader can say it."""
-    import torch
-
-    from backdoor_eval.data import DATASETS
-    from backdoor_eval.models import create_model
-    from backdoor_eval.regularizers import create_regularizer
-    from backdoor_eval.triggers import TRIGGERS
-
-    for name, spec in (config.get("datasets") or {}).items():
-        params = dict(spec.get("params") or {})
-        dataset = _built(f"datasets.{name}.params", params, DATASETS.create, spec["kind"], **params)
-        _check_memory(f"datasets.{name}.params", getattr(dataset, "memory_bytes", None))
-    for name in config.get("models") or {}:
-        arch, params = model_spec(config, name)
-        params = {key: value for key, value in params.items() if key not in ("pretrained", "weights")}
-        with torch.device("meta"):
-            _built(f"models.{name}.params", params, create_model, arch, num_classes=2, **params)
-    for name in config.get("triggers") or {}:
-        kind, params = trigger_kind(config, name), trigger_params(config, name)
-        where = f"triggers.{name}.params"
-        _built(where, params, TRIGGERS.check_params, kind, params, exclude=("alpha",))
-        if "fit" not in (TRIGGERS.parameters(kind) or []):
-            _built(where, params, TRIGGERS.create, kind, alpha=trigger_default_alpha(config, name), **params)
-    for name, spec in (config.get("regularizers") or {}).items():
-        params = dict(spec or {})
-        _built(f"regularizers.{name}", params, create_regularizer, name, **params)
-
-
-def _built(where: str, params: Mapping[str, Any], build: Any, *args: Any, **kwargs: Any) -> Any:
-    """``build(*args, **kwargs)``, its bad-input errors prefixed with ``where`` and the parameter they are about."""
-    from backdoor_eval.registry import params_error_key
-
-    try:
-        return build(*args, **kwargs)
-    except (TypeError, ValueError) as exc:
-        key = params_error_key(exc, params)
-        raise ValueError(f"{where}.{key}: {exc}" if key else f"{where}: {exc}") from None
-
-
-def _check_memory(where: str, memory_bytes: Any) -> None:
-    """A dataset that would need more memory to make than this machine has (ingest runs here) is an error."""
-    import os
-
-    needed = memory_bytes() if callable(memory_bytes) else None
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed is not None and needed > total:
-        raise ValueError(
-            f"{where}: making this dataset needs about {needed / 2**30:.1f} GiB of memory, more than this "
-            f"machine's {total / 2**30:.1f} GiB; allowed: fewer or smaller images"
-        )
-
-
-def train_key_path(
-    config: Mapping[str, Any], dataset: str, model: str, key: str, factors: Mapping[str, Any] | None = None
-) -> str:
-    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last block of
-    :func:`train_layers` that sets it)."""
-    layers = reversed(train_layers(config, dataset, model, factors))
-    return next((f"{path}.{key}" for path, block in layers if key in block), f"train.{key}")
-
-
-def check_poison_counts(
-    config: Mapping[str, Any],
-    class_counts: Mapping[str, Sequence[int]],
-    expanded: Mapping[str, list[Run]] | None = None,
-) -> None:
-    """Every run poisons at least one training image, for the datasets whose class sizes are known.
-
-    ``class_counts`` maps a dataset name to its images per class (in the
-    order of its ``classes``). A run poisons floor(rate x N_t) of its
-    poison-train images of the poison class (docs/decisions.md#poison-sampling),
-    and N_t follows from the class sizes alone (:func:`backdoor_eval.splits.partition_counts`),
-    so a run that would poison none is an error here, before any job, naming
-    the experiment, the values and the lowest rate allowed. ``expanded``:
-    :func:`expand`'s result, when the caller has it already.
-    """
-    from backdoor_eval.poison import num_poisoned, zero_poison_message
-    from backdoor_eval.splits import partition_counts
-
-    poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
-    for name, runs in (expand(config) if expanded is None else expanded).items():
-        for run in runs:
-            if run.dataset not in poison_train:
-                continue
-            classes = dataset_classes(config, run.dataset)
-            sizes = poison_train[run.dataset]
-            if len(sizes) != len(classes):
-                raise ValueError(
-                    f"datasets.{run.dataset}.classes: {len(classes)} classes declared, but the dataset has "
-                    f"{len(sizes)}; allowed: the dataset's class names in label order"
-                )
-            count = int(sizes[classes.index(run.poison_class)])
-            if num_poisoned(run.poison_rate, count) == 0:
-                raise ValueError(
-                    f"experiments.{name}.poison_rate: dataset {run.dataset}: "
-                    + zero_poison_message(run.poison_rate, count, run.poison_class)
-                )

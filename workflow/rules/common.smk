@@ -10,7 +10,9 @@ import sys
 
 from snakemake.logging import logger
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval import validation
 from backdoor_eval import names, offline, seeding
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.locks import held_locks, read_holder
@@ -35,7 +37,7 @@ EXPERIMENTS = ex.expand(config)
 RUNS = ex.union(EXPERIMENTS)
 RUN_OF = {run.run_id: run for run in RUNS}
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
-OUTPUTS = ex.outputs(config)
+OUTPUTS = cv.outputs(config)
 RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
 EXPERIMENT_TABLES = [name for name in names.EXPERIMENT_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
@@ -96,7 +98,7 @@ def known_class_counts():
 # where the class sizes are known (synthetic, the official CIFAR-10, any ingested
 # store); for a dataset not yet ingested, its poison job fails with the same message.
 if workflow.is_main_process:
-    ex.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
+    validation.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
 
 # Said before any job (a dry run too), so it is not first seen on the GPU bill.
 if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
@@ -229,13 +231,13 @@ def get_dataset_params(wildcards):
 
 
 def get_dataset_classes(wildcards):
-    return as_json(ex.dataset_classes(config, wildcards.dataset))
+    return as_json(cv.dataset_classes(config, wildcards.dataset))
 
 
 def get_lv_fit_options(wildcards):
-    fraction = ex.lv_variance_fraction(config)
+    fraction = cv.lv_variance_fraction(config)
     options = [] if fraction is None else ["--variance-fraction", str(fraction)]
-    if not ex.lv_save_components(config):
+    if not cv.lv_save_components(config):
         options.append("--no-components")
     return shlex.join(options)
 
@@ -249,7 +251,7 @@ def get_poison_input(wildcards):
         "store": PATHS.store.format(dataset=wildcards.dataset),
         "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
-    if ex.uses_lv_fit(config, wildcards.trigger):
+    if cv.uses_lv_fit(config, wildcards.trigger):
         inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
@@ -258,9 +260,9 @@ def get_poison_options(wildcards, input):
     """The trigger (its registry name and parameters) and the optional arguments of `backdoor-eval poison`."""
     options = [
         "--trigger",
-        ex.trigger_kind(config, wildcards.trigger),
+        cv.trigger_kind(config, wildcards.trigger),
         "--trigger-params",
-        as_json(ex.trigger_params(config, wildcards.trigger)),
+        as_json(cv.trigger_params(config, wildcards.trigger)),
     ]
     if "lv_fit" in input.keys():
         options += ["--lv-fit", input.lv_fit]
@@ -280,11 +282,11 @@ def run_of(wildcards):
 def get_run_data(wildcards):
     """The data a run trains on: the store, its split's partitions and its poisoned overlay."""
     run = run_of(wildcards)
-    split = ex.split_of(config, run)
+    split = cv.split_of(config, run)
     return {
         "store": PATHS.store.format(dataset=run.dataset),
         "partitions": PATHS.partitions.format(dataset=run.dataset, split=split),
-        "poisoned": f"{RESULTS}/poison/{run.poison_id(ex.split_policy(config))}",
+        "poisoned": f"{RESULTS}/poison/{run.poison_id(cv.split_policy(config))}",
     }
 
 
@@ -302,7 +304,7 @@ def get_train_options(wildcards):
     function once per job, which is most of a dry run's time on the paper grid.
     """
     run = run_of(wildcards)
-    arch, model_params = ex.model_spec(config, run.model)
+    arch, model_params = cv.model_spec(config, run.model)
     weights, fetch = MODEL_WEIGHTS[run.model]
     if fetch is not None:
         model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
@@ -314,9 +316,9 @@ def get_train_options(wildcards):
         "--regularizer",
         run.regularizer,
         "--regularizer-params",
-        as_json(ex.regularizer_params(config, run.regularizer)),
+        as_json(cv.regularizer_params(config, run.regularizer)),
         "--train-params",
-        as_json(ex.run_train_params(config, run)),
+        as_json(cv.run_train_params(config, run)),
         "--device",
         config["device"],
         "--seed",
@@ -407,11 +409,11 @@ def get_gallery_options():
     """The image and the triggers of Fig. 2, each at the alpha and with the parameters the config gives it."""
     triggers = {
         name: {
-            "kind": ex.trigger_kind(config, name),
-            "alpha": ex.trigger_default_alpha(config, name),
-            "params": ex.trigger_params(config, name),
+            "kind": cv.trigger_kind(config, name),
+            "alpha": cv.trigger_default_alpha(config, name),
+            "params": cv.trigger_params(config, name),
         }
-        for name in ex.trigger_names(config)
+        for name in cv.trigger_names(config)
     }
     # In the config's order (the panels' order); the gallery's seed places the random square.
     options = ["--triggers", json.dumps(triggers), "--seed", str(config["gallery"]["seed"])]
