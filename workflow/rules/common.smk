@@ -1,6 +1,7 @@
-# Config -> targets. The grid logic lives in backdoor_eval.experiments and the
-# file layout in backdoor_eval.layout (pure, unit-tested); this file maps them
-# onto wildcards, input functions (get_*) and command-line arguments.
+# Config -> targets. The grid logic lives in backdoor_eval.experiments, the file
+# layout in backdoor_eval.layout and the checks before any job in
+# backdoor_eval.preflight (pure, unit-tested); this file maps them onto
+# wildcards, input functions (get_*) and command-line arguments.
 import json
 import os
 import re
@@ -12,10 +13,7 @@ from snakemake.logging import logger
 
 from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
-from backdoor_eval import validation
-from backdoor_eval import names, offline, seeding
-from backdoor_eval.io import remove_stale_temporaries
-from backdoor_eval.locks import held_locks, read_holder
+from backdoor_eval import names, offline, preflight, seeding
 from backdoor_eval.factors import POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
 from backdoor_eval.layout import RUN_WILDCARD, Layout
 
@@ -56,57 +54,18 @@ for _dataset, _archive in sorted(ARCHIVE_OF.items()):
     ARCHIVE_DATASET.setdefault(_archive, _dataset)
 
 
-def poison_phases_to_train_again():
-    """Finished poison phases that must train again: a run now asks for clean retraining, and
-    its model.pt, temporary with keep_models: false, was deleted once nothing needed it."""
-    return [
-        run_id
-        for run_id in sorted(RETRAIN_RUN_IDS)
-        if os.path.exists(PATHS.phase_file(POISON_PHASE, "final", run_id))
-        and not os.path.exists(PATHS.phase_file(POISON_PHASE, "model", run_id))
-        and not os.path.exists(PATHS.phase_file(CLEAN_PHASE, "final", run_id))
-    ]
-
-
-def cuda_visible():
-    import torch  # already imported by the registry check of the main process
-
-    return torch.cuda.is_available()
-
-
-# A cluster's head node may have no GPU while its compute nodes do: a warning, not an error.
-if workflow.is_main_process and config["device"] == "cuda" and not cuda_visible():
-    logger.warning(
-        "device: cuda, but no GPU is visible here; the train and retrain jobs will fail unless they run "
-        "where one is (a cluster's GPU nodes). Use device: auto to train on the CPU when there is none."
-    )
-
-
-def known_class_counts():
-    """Images per class of each dataset whose sizes are known before its ingest job (or after it)."""
-    from backdoor_eval.data import known_class_counts
-
-    counts = {}
-    for name, spec in config["datasets"].items():
-        known = known_class_counts(PATHS.store.format(dataset=name), spec["kind"], spec.get("params"))
-        if known is not None:
-            counts[name] = known
-    return counts
-
-
-# A run that would poison no image is a config mistake: an error before any job
-# where the class sizes are known (synthetic, the official CIFAR-10, any ingested
-# store); for a dataset not yet ingested, its poison job fails with the same message.
+# Before any job (a dry run too), checks and warnings from backdoor_eval.preflight (tested there):
+# device: cuda where no GPU is visible is a warning (a head node may have none); a run that would
+# poison no image is an error where the class sizes are known; finished poison phases that must train
+# again because their model.pt was deleted are announced, not first seen on the GPU bill.
 if workflow.is_main_process:
-    validation.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
-
-# Said before any job (a dry run too), so it is not first seen on the GPU bill.
-if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
-    logger.warning(
-        f"{len(AGAIN)} finished poison phase(s) will be trained again, because their runs now need clean "
-        f"retraining and their model.pt was deleted after training (keep_models: false); e.g. {AGAIN[0]}. "
-        "Set keep_models: true before a later experiment adds retraining to keep them."
-    )
+    for message in (
+        preflight.cuda_warning(config["device"]),
+        preflight.retraining_warning(PATHS, RETRAIN_RUN_IDS),
+    ):
+        if message:
+            logger.warning(message)
+    preflight.check_poison_counts(config, PATHS, EXPERIMENTS)
 
 
 # Every wildcard is constrained by the factors' declarations (backdoor_eval.factors): {run} is a
@@ -115,38 +74,11 @@ wildcard_constraints:
     **WILDCARD_CONSTRAINTS,
 
 
-def phases_running_elsewhere():
-    """(run_id, phase, holder) of the training phases some process runs now, before any job of ours:
-    the orphans of a killed Snakemake (their phase lock, backdoor_eval.phase.run_phase, is held)."""
-    checkpoints = PATHS.checkpoint_root
-    running = []
-    for lock in held_locks(checkpoints, "*.lock"):
-        run_id = lock.parent.relative_to(checkpoints).as_posix()
-        holder = read_holder(lock) or {}
-        running.append((run_id, lock.name.split(".", 1)[0], f"pid {holder.get('pid')} on {holder.get('host')}"))
-    return running
-
-
 onstart:
     logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
-    running = phases_running_elsewhere()
-    if running:
-        run_id, phase, holder = running[0]
-        logger.warning(
-            f"{len(running)} training phase(s) are still running in processes this Snakemake did not start "
-            f"(left by a killed run?), e.g. the {phase} phase of {run_id} ({holder}). If scheduled again, their "
-            "jobs fail at once with a lock message; wait for those processes to finish, or kill them, then run "
-            "the workflow again (README.md: When something goes wrong)."
-        )
-    # Half-written files of killed jobs (a NASNet checkpoint is hundreds of MB); no job of ours runs yet,
-    # and the folders of phases still running elsewhere are left alone.
-    busy = [f"{PATHS.checkpoint_root}/{run_id}" for run_id, _, _ in running]
-    busy += [os.path.dirname(PATHS.phase_file(phase, "final", run_id)) for run_id, phase, _ in running]
-    removed, size = remove_stale_temporaries(RESULTS, keep=busy)
-    if removed:
-        logger.info(
-            f"removed {removed} temporary file(s) left by killed jobs ({size / 1e6:.1f} MB) under {RESULTS}"
-        )
+    # Phases still running elsewhere (a killed run's orphans), and the half-written files of killed jobs.
+    for level, message in preflight.clean_up(PATHS):
+        getattr(logger, level)(message)
 
 
 def get_final_output():
