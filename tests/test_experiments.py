@@ -267,7 +267,10 @@ def test_from_run_id_rejects_other_paths():
             {"trigger": ["bs", "square"]},
             r"^experiments\.E\.trigger\[1\]: 'square' is not declared in config triggers",
         ),
-        ({"alpha": [0.1, 0.2, 0.5, 1.5]}, r"^experiments\.E\.alpha\[3\]: 1\.5 is outside \[0, 1\]$"),
+        (
+            {"alpha": [0.1, 0.2, 0.5, 1.5]},
+            r"^experiments\.E\.alpha\[3\]: alpha=1\.5 is outside the allowed range \[0, 1\]$",
+        ),
         ({"poison_rate": [0.1, 0]}, r"^experiments\.E\.poison_rate\[1\]: 0 is outside \(0, 1\)$"),
         ({"poison_rate": 1.0}, r"^experiments\.E\.poison_rate: 1\.0 is outside \(0, 1\)$"),
         (
@@ -337,7 +340,9 @@ def test_validation_of_per_dataset_alpha_path():
     config = tiny_config(
         dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all"
     )
-    with pytest.raises(ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: 2\.0 is outside \[0, 1\]$"):
+    with pytest.raises(
+        ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: alpha=2\.0 is outside the allowed range \[0, 1\]$"
+    ):
         validation.validate(config)
 
 
@@ -356,7 +361,7 @@ def test_validation_of_sections():
         validation.validate(config)
     config = tiny_config()
     config["triggers"]["sin"]["alpha"] = 1.5
-    with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: 1\.5 is outside \[0, 1\]$"):
+    with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: alpha=1\.5 is outside the allowed range \[0, 1\]$"):
         validation.validate(config)
     config = tiny_config()
     config["table1"] = {"dataset": "mnist"}

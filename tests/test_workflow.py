@@ -161,7 +161,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
     assert result.returncode != 0
-    assert "experiments.E4.alpha[3]: 1.5 is outside [0, 1]" in result.stdout + result.stderr
+    assert "experiments.E4.alpha[3]: alpha=1.5 is outside the allowed range [0, 1]" in result.stdout + result.stderr
 
 
 GPU_SNAKEFILE = textwrap.dedent(

@@ -1,23 +1,17 @@
 """The experiment grid: config factor lists -> runs (docs/decisions.md#experiment-grid).
 
-A config's ``experiments:`` block names each experiment (E1..E6 in the paper
-config) by factor lists (config/README.md: ``dataset: [cifar10, flowers]``,
-``alpha: [0.01, 0.1]``, ``seed: {range: 2}``, ...).
-``expand(config)`` takes the product of the factors (missing ones take
-their declared defaults, ``backdoor_eval.factors``: many-to-one, poison rate
-0.1, the trigger's default alpha, no regularizer, seed 0, the training
-settings' optimizer) and returns one list of :class:`Run` per
+``expand(config)`` takes the product of each experiment's factor lists
+(config/README.md; missing factors take their declared defaults,
+``backdoor_eval.factors``) and returns one list of :class:`Run` per
 experiment. A run's parameters map one-to-one to its output path
 (``Run.run_id``), so a run shared by two experiments is one path and
 Snakemake trains it once; :func:`union` de-duplicates across experiments.
-
-Every factor except ``dataset`` may instead be a per-dataset mapping
-(``{cifar10: [truck], flowers: [rose]}``), which is how E4 and E6 pair a
-poison class (and E6 a trigger) with each dataset.
+Every factor except ``dataset`` may be a per-dataset mapping
+(``{cifar10: [truck], flowers: [rose]}``).
 
 The config's sections are read through ``backdoor_eval.configview`` and
-checked by ``backdoor_eval.validation``. This module is light (no torch, no
-pandas): the Snakefile imports it at parse time, on every cluster job too.
+checked by ``backdoor_eval.validation``. Light (no torch, no pandas): the
+Snakefile imports it at parse time, on every cluster job too.
 """
 
 from __future__ import annotations
@@ -147,7 +141,7 @@ def _resolve(
     if alpha == DEFAULT_ALPHA:
         values["alpha"] = trigger_default_alpha(config, trigger)
     elif check:
-        _check_fraction(chosen["alpha"][0], alpha, closed=True)
+        check_alpha(chosen["alpha"][0], alpha)
     class_path, source_path = chosen["poison_class"][0], chosen["source"][0]
     poison_classes = classes if values["poison_class"] == ALL_CLASSES else [values["poison_class"]]
     for target in poison_classes:
@@ -186,7 +180,7 @@ def _check_values(config: Mapping[str, Any], chosen: Mapping[str, tuple[str, Any
                     f"{value!r} is not declared in config {factor.section}; declared: {', '.join(declared) or '(none)'}",
                 )
     _check_in(*chosen["strategy"], STRATEGIES, "a poisoning strategy")
-    _check_fraction(*chosen["poison_rate"], closed=False)
+    _check_rate(*chosen["poison_rate"])
     seed_path, seed = chosen["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
@@ -198,11 +192,19 @@ def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
         raise _PathError(path, f"{value!r} is not {what}; allowed: {', '.join(map(str, allowed))}")
 
 
-def _check_fraction(path: str, value: Any, closed: bool) -> None:
+def check_alpha(path: str, value: Any) -> None:
+    """Alpha at config ``path``, checked by the trigger's own rule (``triggers.validate_alpha``)."""
+    from backdoor_eval.triggers import validate_alpha
+
+    try:
+        validate_alpha(value)
+    except ValueError as exc:
+        raise _PathError(path, str(exc)) from None
+
+
+def _check_rate(path: str, value: Any) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if closed and not (is_number and 0.0 <= value <= 1.0):
-        raise _PathError(path, f"{value!r} is outside [0, 1]")
-    if not closed and not (is_number and 0.0 < value < 1.0):
+    if not (is_number and 0.0 < value < 1.0):
         raise _PathError(path, f"{value!r} is outside (0, 1)")
 
 

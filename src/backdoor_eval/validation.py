@@ -12,6 +12,7 @@ Also the poison-count check, which needs the class sizes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from backdoor_eval.configview import (
@@ -29,10 +30,11 @@ from backdoor_eval.experiments import (
     EXPERIMENT_KEYS,
     Run,
     _as_list,
-    _check_fraction,
+    _check_rate,
     _expand_one,
     _is_per_dataset,
     _PathError,
+    check_alpha,
     expand,
     union,
 )
@@ -134,7 +136,7 @@ def _validate_sections(config: Mapping[str, Any]) -> None:
         alpha = (spec or {}).get("alpha")
         if alpha is not None:
             try:
-                _check_fraction("alpha", alpha, closed=True)
+                check_alpha("alpha", alpha)
             except _PathError as exc:
                 raise ValueError(f"triggers.{name}.{exc}") from None
     for name, spec in (config.get("models") or {}).items():
@@ -178,7 +180,7 @@ def _validate_blocks(config: Mapping[str, Any]) -> None:
             )
     if config.get("table1") is not None:
         try:
-            _check_fraction("poison_rate", config["table1"].get("poison_rate", 0.1), closed=False)
+            _check_rate("poison_rate", config["table1"].get("poison_rate", 0.1))
         except _PathError as exc:
             raise ValueError(f"table1.{exc}") from None
     gallery = config.get("gallery")
@@ -242,31 +244,43 @@ def _validate_entry_params(config: Mapping[str, Any]) -> None:
     from backdoor_eval.triggers import TRIGGERS
 
     for name, spec in (config.get("datasets") or {}).items():
-        params = dict(spec.get("params") or {})
-        dataset = _built(f"datasets.{name}.params", params, DATASETS.create, spec["kind"], **params)
-        _check_memory(f"datasets.{name}.params", getattr(dataset, "memory_bytes", None))
+        where = f"datasets.{name}.params"
+        params = _keyword_params(where, spec.get("params"))
+        dataset = _built(where, params, partial(DATASETS.create, spec["kind"], **params))
+        _check_memory(where, getattr(dataset, "memory_bytes", None))
     for name in config.get("models") or {}:
         arch, params = model_spec(config, name)
-        params = {key: value for key, value in params.items() if key not in ("pretrained", "weights")}
+        where = f"models.{name}.params"
+        params = _keyword_params(where, {k: v for k, v in params.items() if k not in ("pretrained", "weights")})
         with torch.device("meta"):
-            _built(f"models.{name}.params", params, create_model, arch, num_classes=2, **params)
+            _built(where, params, partial(create_model, arch, num_classes=2, **params))
     for name in config.get("triggers") or {}:
-        kind, params = trigger_kind(config, name), trigger_params(config, name)
-        where = f"triggers.{name}.params"
-        _built(where, params, TRIGGERS.check_params, kind, params, exclude=("alpha",))
-        if "fit" not in (TRIGGERS.parameters(kind) or []):
-            _built(where, params, TRIGGERS.create, kind, alpha=trigger_default_alpha(config, name), **params)
+        kind, where = trigger_kind(config, name), f"triggers.{name}.params"
+        params = _keyword_params(where, trigger_params(config, name))
+        if "fit" in (TRIGGERS.parameters(kind) or []):  # fitted: built in its job, with its split's fit
+            _built(where, params, partial(TRIGGERS.check_params, kind, params, exclude=("alpha",)))
+        else:
+            alpha = trigger_default_alpha(config, name)
+            _built(where, params, partial(TRIGGERS.create, kind, alpha=alpha, **params))
     for name, spec in (config.get("regularizers") or {}).items():
-        params = dict(spec or {})
-        _built(f"regularizers.{name}", params, create_regularizer, name, **params)
+        params = _keyword_params(f"regularizers.{name}", spec)
+        _built(f"regularizers.{name}", params, partial(create_regularizer, name, **params))
 
 
-def _built(where: str, params: Mapping[str, Any], build: Any, *args: Any, **kwargs: Any) -> Any:
-    """``build(*args, **kwargs)``, its bad-input errors prefixed with ``where`` and the parameter they are about."""
+def _keyword_params(where: str, params: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """A config entry's parameters, whose keys must be text (they become keyword arguments)."""
+    for key in params or {}:
+        if not isinstance(key, str):
+            raise ValueError(f"{where}.{key}: {key!r} is not a parameter name; allowed: text keys")
+    return dict(params or {})
+
+
+def _built(where: str, params: Mapping[str, Any], build: Any) -> Any:
+    """``build()``, its bad-input errors prefixed with ``where`` and the parameter of ``params`` they are about."""
     from backdoor_eval.registry import params_error_key
 
     try:
-        return build(*args, **kwargs)
+        return build()
     except (TypeError, ValueError) as exc:
         key = params_error_key(exc, params)
         raise ValueError(f"{where}.{key}: {exc}" if key else f"{where}: {exc}") from None
