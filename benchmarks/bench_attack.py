@@ -150,7 +150,7 @@ def bench_lv(store, parts, backends, compare_n, out_path):
 
 def grid_lv_cost(config_path: str, dataset: str) -> None:
     """The LV fits a config's grid needs on ``dataset`` under its split policy, at the time just measured."""
-    from backdoor_eval import experiments
+    from backdoor_eval import configview, experiments
     from backdoor_eval.config import load_config
 
     config = load_config(config_path, check_registries=False)
@@ -158,7 +158,7 @@ def grid_lv_cost(config_path: str, dataset: str) -> None:
         policy_config = {**config, "split": policy}
         runs = experiments.union(experiments.expand(policy_config))
         fits = {
-            experiments.split_of(policy_config, run) for run in runs if run.trigger == "lv" and run.dataset == dataset
+            configview.split_of(policy_config, run) for run in runs if run.trigger == "lv" and run.dataset == dataset
         }
         hours = len(fits) * LV_SECONDS["gram"] / 3600
         print(

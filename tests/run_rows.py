@@ -16,6 +16,7 @@ DEFAULT_ROW = dict(
     poison_rate=0.1,
     regularizer="none",
     seed=0,
+    optimizer="default",
     epoch=3,
     best_epoch=3,
     epochs_run=8,

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from backdoor_eval import config as cfg
-from backdoor_eval import experiments as ex
+from backdoor_eval import configview as cv
+from backdoor_eval import schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,17 +22,19 @@ def raw(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "config").glob("*.yaml")))
 def test_shipped_configs_load_with_defaults_filled(name):
     config = cfg.load_config(REPO / "config" / name)
-    assert config["experiments"]["E1"]["strategy"] == "many-to-one"
+    experiment, first = next(iter(config["experiments"].items()))
+    assert first["strategy"] == "many-to-one"  # defaults filled in
+    assert first["optimizer"] == raw(name)["experiments"][experiment].get("optimizer", "default")
     assert config["keep_models"] is False
     assert set(config["resources"]) == {"train", "retrain", "pretrain"}
     # Per-dataset overrides of `train` get no defaults (they would mask `train:`).
     dataset, model = next(iter(config["datasets"])), next(iter(config["models"]))
-    assert ex.train_params(config, dataset, model)["lr"] == config["train"]["lr"]
+    assert cv.train_params(config, dataset, model)["lr"] == config["train"]["lr"]
 
 
 def test_the_workflow_schema_is_the_package_schema():
     linked = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    assert yaml.safe_load(linked.read_text()) == cfg.load_schema()
+    assert yaml.safe_load(linked.read_text()) == schema.load_schema()
 
 
 def test_a_partial_resources_block_keeps_the_other_defaults():
@@ -60,8 +63,8 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
     config = raw("quickstart.yaml")
     config.pop("triggers")
     cfg.prepare_config(config, check_registries=False)
-    assert ex.trigger_names(config) == TRIGGERS.names()
-    assert ex.trigger_default_alpha(config, "sin") == TRIGGERS.get("sin").default_alpha == 0.1
+    assert cv.trigger_names(config) == TRIGGERS.names()
+    assert cv.trigger_default_alpha(config, "sin") == TRIGGERS.get("sin").default_alpha == 0.1
 
 
 @pytest.mark.parametrize(
@@ -88,7 +91,8 @@ def test_the_triggers_block_defaults_to_every_registered_trigger_with_its_own_al
         ),
         (
             lambda c: c["outputs"].update(table9="E1"),
-            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, retraining_budget, table2, table3, table4, table5$",
+            r"^outputs\.table9: unknown key; allowed: fig4, fig5, fig6, fig7, fig_optimizer, retraining_budget, table2, "
+            r"table3, table4, table5, table_optimizer$",
         ),
         (
             lambda c: c.update(name="my run"),
@@ -149,7 +153,7 @@ def test_a_missing_config_file_is_named(tmp_path):
 
 
 def test_schema_documents_every_key():
-    schema = cfg.load_schema()
+    document = schema.load_schema()
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -163,8 +167,8 @@ def test_schema_documents_every_key():
                 for i, sub in enumerate(node.get(key) or []):
                     walk(sub, f"{path}.{key}[{i}]")
 
-    walk(schema, "config")
-    for name, definition in schema["$defs"].items():
+    walk(document, "config")
+    for name, definition in document["$defs"].items():
         walk(definition, f"$defs.{name}")
 
 
@@ -172,18 +176,18 @@ def test_schema_train_keys_are_the_engine_settings_and_carry_no_defaults():
     pytest.importorskip("torch")
     from backdoor_eval.train import TrainConfig
 
-    train = cfg.load_schema()["$defs"]["train"]["properties"]
+    train = schema.load_schema()["$defs"]["train"]["properties"]
     assert set(train) == {field.name for field in dataclasses.fields(TrainConfig)}
     # The engine's dataclass is the one place the training defaults are written.
     assert not [key for key, spec in train.items() if "default" in spec]
 
 
 def test_schema_default_reads_nested_and_defs_nodes():
-    assert cfg.schema_default("experiment", "strategy") == "many-to-one"
-    assert cfg.schema_default("outputs")["table2"] == "E1+E2"
-    assert ex.DEFAULT_OUTPUTS["table2"] == ["E1", "E2"]
+    assert schema.schema_default("experiment", "strategy") == "many-to-one"
+    assert schema.schema_default("outputs")["table2"] == "E1+E2"
+    assert cv.DEFAULT_OUTPUTS["table2"] == ["E1", "E2"]
     with pytest.raises(KeyError, match="datasets"):
-        cfg.schema_default("datasets")
+        schema.schema_default("datasets")
 
 
 def test_show_config_prints_the_config_with_its_defaults(capsys):
@@ -248,4 +252,4 @@ def test_written_outputs_must_name_defined_experiments_but_defaults_make_what_ex
     for name in ("E3", "E4"):
         del config["experiments"][name]
     cfg.prepare_config(config, check_registries=False)  # the schema's default outputs: fig4-6 are left out
-    assert set(ex.outputs(config)) == {"table2", "table3", "table4", "table5", "fig7"}
+    assert set(cv.outputs(config)) == {"table2", "table3", "table4", "table5", "fig7"}

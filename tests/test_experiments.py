@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval import validation
 from backdoor_eval.experiments import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +60,9 @@ def test_paper_config_gives_the_paper_grid_counts(paper):
         "E4": 432,
         "E5": 44,
         "E6": 45,
+        "E8": 30,
     }
-    assert ex.experiment_phases(paper)["E2"] == ["clean"]
+    assert cv.experiment_phases(paper)["E2"] == ["clean"]
     # E2 retrains exactly the E1 runs.
     assert runs["E2"] == runs["E1"]
 
@@ -70,21 +73,21 @@ def test_paper_config_distinct_runs_and_retrain_jobs(paper):
     # Shared with E1 (seed 0, lambda 0.1, default alpha, many-to-one, no regularizer):
     # E3 5 (Flowers ResNet-50 BS), E4 12 (SIN 0.1 and LV 0.5 at lambda 0.1, seed 0),
     # E5 4 (lambda 0.1), E6 6 (many-to-one); E4 and E5 also share 2 (CIFAR-10
-    # NASNet-A Large truck, lambda 0.05, SIN 0.1 / LV 0.5, seed 0).
-    assert len(distinct) == 180 + 250 + 432 + 44 + 45 - 5 - 12 - 4 - 6 - 2 == 922
-    assert len({run.run_id for run in distinct}) == 922
-    # Retrained: E2's 180 and E4's 432 share the 12 E1 runs of E4.
-    assert len(ex.retrain_runs(paper, runs)) == 600
+    # NASNet-A Large truck, lambda 0.05, SIN 0.1 / LV 0.5, seed 0). E8's 30 name their optimizer: their own.
+    assert len(distinct) == 180 + 250 + 432 + 44 + 45 - 5 - 12 - 4 - 6 - 2 + 30 == 952
+    assert len({run.run_id for run in distinct}) == 952
+    # Retrained: E2's 180 and E4's 432 share the 12 E1 runs of E4; E8's 30.
+    assert len(ex.retrain_runs(paper, runs)) == 630
     summary = ex.counts(paper)
-    assert summary["distinct_runs"] == 922 and summary["retrain_jobs"] == 600
+    assert summary["distinct_runs"] == 952 and summary["retrain_jobs"] == 630
     # The paper's split per run: one partition and one poisoned set per run, one LV fit per lv run.
     lv_runs = sum(run.trigger == "lv" for run in distinct)
-    assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 922, 922)
+    assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 952, 952)
     assert summary["lv_fits"] == lv_runs == 264
-    # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models and regularizers.
+    # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models, regularizers, optimizers.
     shared = ex.counts({**paper, "split": "shared"})
     assert (shared["distinct_runs"], shared["partitions"], shared["poisoned_sets"], shared["lv_fits"]) == (
-        922,
+        952,
         12,
         296,
         4,
@@ -97,8 +100,8 @@ def test_a_run_in_two_experiments_is_one_run_with_one_split_under_either_policy(
     expanded = ex.expand(config)
     shared_run = next(run for run in expanded["E4"] if run in set(expanded["E1"]))
     assert expanded["E1"].count(shared_run) == expanded["E4"].count(shared_run) == 1
-    assert len(ex.union(expanded)) == 922
-    assert len({ex.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
+    assert len(ex.union(expanded)) == 952
+    assert len({cv.split_of(config, run) for run in [shared_run, Run(**shared_run.params())]}) == 1
 
 
 def test_per_run_splits_differ_by_any_factor_and_shared_splits_only_by_seed():
@@ -136,12 +139,12 @@ def test_paper_e6_one_to_one_runs_cover_every_other_class(paper):
 
 
 def test_quickstart_is_reduced_but_builds_every_output(quickstart):
-    ex.validate(quickstart)
+    validation.validate(quickstart)
     runs = ex.expand(quickstart)
     assert set(runs) == {"E1", "E2", "E3", "E4", "E5", "E6", "E7"}  # E7: analyses of E1/E2 runs (docs/detection.md)
     assert {run.run_id for run in runs["E7"]} <= {run.run_id for run in runs["E1"]}
     assert 35 <= len(ex.union(runs)) <= 50
-    assert set(ex.outputs(quickstart)) == set(ex.DEFAULT_OUTPUTS)
+    assert set(cv.outputs(quickstart)) == set(cv.DEFAULT_OUTPUTS)
     assert quickstart["table1"]["dataset"] == "synthetic" and quickstart["gallery"]["dataset"] == "synthetic"
 
 
@@ -178,7 +181,7 @@ def test_a_per_dataset_seed_range():
     config = tiny_config(
         dataset=["flowers", "cifar10"], poison_class="all", seed={"flowers": {"range": [1, 3]}, "cifar10": 0}
     )
-    ex.validate(config)
+    validation.validate(config)
     runs = ex.expand(config)["E"]
     assert sorted({(r.dataset, r.seed) for r in runs}) == [("cifar10", 0), ("flowers", 1), ("flowers", 2)]
 
@@ -204,7 +207,7 @@ def test_union_deduplicates_across_experiments_in_first_seen_order():
 
 def test_shared_run_is_one_run_id_in_membership(paper):
     document = ex.membership(paper, "results/paper")
-    assert len(document["runs"]) == 922
+    assert len(document["runs"]) == 952
     shared = set(document["experiments"]["E1"]["runs"]) & set(document["experiments"]["E3"]["runs"])
     assert len(shared) == 5
     run_id = sorted(shared)[0]
@@ -219,7 +222,7 @@ def test_shared_run_is_one_run_id_in_membership(paper):
 def test_outputs_need_all_their_experiments(quickstart):
     config = copy.deepcopy(quickstart)
     del config["experiments"]["E2"], config["experiments"]["E5"]
-    assert set(ex.outputs(config)) == {"table4", "table5", "fig4", "fig5", "fig6"}
+    assert set(cv.outputs(config)) == {"table4", "table5", "fig4", "fig5", "fig6"}
 
 
 def test_train_params_merge_order():
@@ -227,8 +230,8 @@ def test_train_params_merge_order():
     config["train"] = {"lr": 1e-5, "batch_size": 32, "input_size": None}
     config["datasets"]["flowers"]["train"] = {"lr": 1e-4, "input_size": 224}
     config["models"]["m"]["train"] = {"lr": 1e-3}
-    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-3, "batch_size": 32, "input_size": 224}
-    assert ex.model_spec(config, "m") == ("small_cnn", {"pretrained": False, "weights": None})
+    assert cv.train_params(config, "flowers", "m") == {"lr": 1e-3, "batch_size": 32, "input_size": 224}
+    assert cv.model_spec(config, "m") == ("small_cnn", {"pretrained": False, "weights": None})
 
 
 # --------------------------------------------------------------------------- run ids
@@ -263,9 +266,12 @@ def test_from_run_id_rejects_other_paths():
     [
         (
             {"trigger": ["bs", "square"]},
-            r"^experiments\.E\.trigger\[1\]: 'square' is not a trigger declared in config triggers",
+            r"^experiments\.E\.trigger\[1\]: 'square' is not declared in config triggers",
         ),
-        ({"alpha": [0.1, 0.2, 0.5, 1.5]}, r"^experiments\.E\.alpha\[3\]: 1\.5 is outside \[0, 1\]$"),
+        (
+            {"alpha": [0.1, 0.2, 0.5, 1.5]},
+            r"^experiments\.E\.alpha\[3\]: alpha=1\.5 is outside the allowed range \[0, 1\]$",
+        ),
         ({"poison_rate": [0.1, 0]}, r"^experiments\.E\.poison_rate\[1\]: 0 is outside \(0, 1\)$"),
         ({"poison_rate": 1.0}, r"^experiments\.E\.poison_rate: 1\.0 is outside \(0, 1\)$"),
         (
@@ -281,7 +287,10 @@ def test_from_run_id_rejects_other_paths():
             r"^experiments\.E\.source: 'lily' is not a class of dataset flowers",
         ),
         ({"model": "resnet18"}, r"^experiments\.E\.model: 'resnet18' is not declared in config models"),
-        ({"regularizer": ["none", "dropout"]}, r"^experiments\.E\.regularizer\[1\]: 'dropout' is not a regularizer"),
+        (
+            {"regularizer": ["none", "dropout"]},
+            r"^experiments\.E\.regularizer\[1\]: 'dropout' is not declared in config regularizers",
+        ),
         ({"dataset": ["flowers", "mnist"]}, r"^experiments\.E\.dataset\[1\]: 'mnist' is not a dataset declared"),
         (
             {"poison_class": {"flowers": ["rose"], "mnist": "x"}},
@@ -325,53 +334,55 @@ def test_from_run_id_rejects_other_paths():
 )
 def test_validation_names_the_config_key(experiment, message):
     with pytest.raises(ValueError, match=message):
-        ex.validate(tiny_config(**experiment))
+        validation.validate(tiny_config(**experiment))
 
 
 def test_validation_of_per_dataset_alpha_path():
     config = tiny_config(
         dataset=["flowers", "cifar10"], alpha={"flowers": [0.1], "cifar10": [0.2, 2.0]}, poison_class="all"
     )
-    with pytest.raises(ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: 2\.0 is outside \[0, 1\]$"):
-        ex.validate(config)
+    with pytest.raises(
+        ValueError, match=r"^experiments\.E\.alpha\.cifar10\[1\]: alpha=2\.0 is outside the allowed range \[0, 1\]$"
+    ):
+        validation.validate(config)
 
 
 def test_validation_of_sections():
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["daisy", "daisy"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes: 'daisy' appears twice"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["a/b", "c"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: 'a/b' is not a valid class name"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["datasets"]["flowers"]["classes"] = ["0", "1"]
     with pytest.raises(ValueError, match=r"^datasets\.flowers\.classes\[0\]: '0' is not a valid class name"):
-        ex.validate(config)
+        validation.validate(config)
     config = tiny_config()
     config["triggers"]["sin"]["alpha"] = 1.5
-    with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: 1\.5 is outside \[0, 1\]$"):
-        ex.validate(config)
+    with pytest.raises(ValueError, match=r"^triggers\.sin\.alpha: alpha=1\.5 is outside the allowed range \[0, 1\]$"):
+        validation.validate(config)
     config = tiny_config()
     config["table1"] = {"dataset": "mnist"}
     with pytest.raises(ValueError, match=r"^table1\.dataset: 'mnist' is not declared"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_both_configs_validate(paper, quickstart):
-    ex.validate(paper)
-    ex.validate(quickstart)
+    validation.validate(paper)
+    validation.validate(quickstart)
 
 
 def test_registry_check_names_the_key(quickstart):
     pytest.importorskip("torch")
-    ex.validate(quickstart, check_registries=True)
+    validation.validate(quickstart, check_registries=True)
     quickstart["models"]["small_cnn"]["arch"] = "tiny_cnn"
     with pytest.raises(
         ValueError, match=r"^models\.small_cnn\.arch: 'tiny_cnn' is not registered in backdoor_eval\.models\.MODELS"
     ):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_train_params_per_dataset_model_override_comes_last():
@@ -380,43 +391,43 @@ def test_train_params_per_dataset_model_override_comes_last():
     config["datasets"]["cifar10"]["train"] = {"batch_size": 64}
     config["models"]["m"]["train"] = {"lr": 1e-4}
     config["models"]["m"]["train_per_dataset"] = {"cifar10": {"input_size": 331}}
-    assert ex.train_params(config, "cifar10", "m") == {"lr": 1e-4, "input_size": 331, "batch_size": 64}
-    assert ex.train_params(config, "flowers", "m") == {"lr": 1e-4, "input_size": None}
+    assert cv.train_params(config, "cifar10", "m") == {"lr": 1e-4, "input_size": 331, "batch_size": 64}
+    assert cv.train_params(config, "flowers", "m") == {"lr": 1e-4, "input_size": None}
     config["models"]["m"]["train_per_dataset"] = {"mnist": {"input_size": 28}}
     with pytest.raises(ValueError, match=r"^models\.m\.train_per_dataset\.mnist: not a dataset declared"):
-        ex.validate(config)
+        validation.validate(config)
 
 
 def test_paper_config_trains_the_nasnets_on_cifar10_at_their_native_sizes(paper):
-    assert ex.train_params(paper, "cifar10", "nasnet_large")["input_size"] == 331
-    assert ex.train_params(paper, "cifar10", "nasnet_mobile")["input_size"] == 224
-    assert ex.train_params(paper, "cifar10", "resnet50")["input_size"] is None  # native 32 px
+    assert cv.train_params(paper, "cifar10", "nasnet_large")["input_size"] == 331
+    assert cv.train_params(paper, "cifar10", "nasnet_mobile")["input_size"] == 224
+    assert cv.train_params(paper, "cifar10", "resnet50")["input_size"] is None  # native 32 px
     for model in ("resnet50", "nasnet_large", "nasnet_mobile"):
-        assert ex.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
+        assert cv.train_params(paper, "flowers", model)["input_size"] is None  # the store is 224 px
 
 
 def test_registry_check_names_the_key_of_a_bad_training_setting(quickstart):
     pytest.importorskip("torch")
     quickstart["train"]["optimizer"] = "adamx"
-    with pytest.raises(ValueError, match=r"^train\.optimizer: optimizer 'adamx' is unknown"):
-        ex.validate(quickstart, check_registries=True)
+    with pytest.raises(ValueError, match=r"^train\.optimizer: unknown optimizer 'adamx'; registered optimizers: adam"):
+        validation.validate(quickstart, check_registries=True)
     quickstart["train"]["optimizer"] = "adam"
     quickstart["models"]["small_cnn"]["train_per_dataset"] = {"synthetic": {"batch_size": 0}}
     with pytest.raises(ValueError, match=r"^models\.small_cnn\.train_per_dataset\.synthetic\.batch_size: "):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quickstart):
     quickstart["triggers"]["lv_scaled"] = {"kind": "lv", "params": {"reading": "scaled"}}
     quickstart["experiments"]["E4"]["trigger"] = ["sin", "lv", "lv_scaled"]
-    ex.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
-    assert ex.trigger_kind(quickstart, "lv_scaled") == "lv" and ex.trigger_kind(quickstart, "sin") == "sin"
-    assert ex.uses_lv_fit(quickstart, "lv_scaled") and not ex.uses_lv_fit(quickstart, "sin")
-    assert ex.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
-    assert ex.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
+    validation.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
+    assert cv.trigger_kind(quickstart, "lv_scaled") == "lv" and cv.trigger_kind(quickstart, "sin") == "sin"
+    assert cv.uses_lv_fit(quickstart, "lv_scaled") and not cv.uses_lv_fit(quickstart, "sin")
+    assert cv.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
+    assert cv.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
     quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
     with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.kind: 'lvx' is not registered"):
-        ex.validate(quickstart, check_registries=True)
+        validation.validate(quickstart, check_registries=True)
 
 
 def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quickstart):
@@ -424,26 +435,103 @@ def test_a_run_that_would_poison_no_image_is_an_error_naming_the_experiment(quic
     dataset = config["experiments"]["E5"]["dataset"]
     classes = config["datasets"][dataset]["classes"]
     # 100 images per class: 76 in the poison-set; 60 or 61 of them (80%, apportioned) poison-train.
-    ex.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
+    validation.check_poison_counts(config, {dataset: [100] * len(classes)})  # rates 0.1-0.5 all poison some
     config["experiments"]["E5"]["poison_rate"] = [0.1, 0.016]
     with pytest.raises(ValueError) as info:
-        ex.check_poison_counts(config, {dataset: [100] * len(classes)})
+        validation.check_poison_counts(config, {dataset: [100] * len(classes)})
     message = str(info.value)
     assert message.startswith(f"experiments.E5.poison_rate: dataset {dataset}: poison_rate=0.016 x 60 ")
     assert "rounds down to 0 poisoned images; allowed: a poison rate of at least 0.01667" in message
-    ex.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
+    validation.check_poison_counts(config, {})  # sizes unknown before ingest: left to the poison job
 
 
 def test_poison_count_check_names_a_class_list_that_does_not_match_the_dataset(quickstart):
     dataset = quickstart["experiments"]["E5"]["dataset"]
     with pytest.raises(ValueError, match=rf"datasets\.{dataset}\.classes: \d+ classes declared, but the dataset has 3"):
-        ex.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
+        validation.check_poison_counts(quickstart, {dataset: [100, 100, 100]})
 
 
 def test_outputs_take_as_many_experiments_as_they_can_use(quickstart):
     config = copy.deepcopy(quickstart)
     config["outputs"]["table2"] = "E1+E2+E4"  # each fills the halves it has phases for
-    ex.validate(config)
+    validation.validate(config)
     config["outputs"]["fig4"] = "E3+E1"
     with pytest.raises(ValueError, match=r"^outputs\.fig4: 'E3\+E1'; allowed: one experiment name \(e\.g\. 'E3'\)"):
-        ex.validate(config)
+        validation.validate(config)
+
+
+# --------------------------------------------------------------------------- the optimizer factor
+
+
+def optimizer_config(quickstart: dict, optimizers: list) -> dict:
+    config = copy.deepcopy(quickstart)
+    config["optimizers"] = {"sgd": {"lr": 0.05, "momentum": 0.9}, "adamw": {"weight_decay": 0.01}}
+    config["experiments"] = {"E8": {**config["experiments"]["E1"], "optimizer": optimizers, "retrain": True}}
+    return config
+
+
+def test_optimizer_values_name_blocks_of_training_settings(quickstart):
+    config = optimizer_config(quickstart, ["default", "sgd", "adamw"])
+    validation.validate(config)
+    runs = ex.expand(config)["E8"]
+    assert len(runs) == 3 * len(ex.expand(quickstart)["E1"])
+    by_optimizer = {run.optimizer: run for run in runs if run.trigger == "bs" and run.poison_class == "class0"}
+    default, sgd, adamw = by_optimizer["default"], by_optimizer["sgd"], by_optimizer["adamw"]
+    # The default optimizer's runs are E1's, path and all; the others add their segment.
+    assert default in ex.expand(quickstart)["E1"]
+    assert sgd.run_id == default.run_id + "/opt-sgd" and adamw.run_id == default.run_id + "/opt-adamw"
+    assert cv.run_train_params(config, default) == config["train"]
+    assert cv.run_train_params(config, sgd) == {**config["train"], "optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+    assert cv.run_train_params(config, adamw) == {**config["train"], "optimizer": "adamw", "weight_decay": 0.01}
+    # Under split: per-run each optimizer's runs draw their own split; under shared they share it.
+    assert sgd.split("per-run") != default.split("per-run")
+    assert sgd.poison_id("shared") == default.poison_id("shared")
+
+
+def test_an_undeclared_optimizer_names_the_key(quickstart):
+    config = optimizer_config(quickstart, ["sgd", "lion"])
+    with pytest.raises(
+        ValueError, match=r"^experiments\.E8\.optimizer\[1\]: 'lion' is not declared in config optimizers"
+    ):
+        validation.validate(config)
+
+
+def test_registry_check_names_the_optimizer_block_of_a_bad_setting(quickstart):
+    pytest.importorskip("torch")
+    config = optimizer_config(quickstart, ["sgd"])
+    validation.validate(config, check_registries=True)
+    config["optimizers"]["sgd"]["lr"] = 0
+    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.lr: "):
+        validation.validate(config, check_registries=True)
+    config["optimizers"]["sgd"] = {"optimizer": "sgdx"}
+    with pytest.raises(ValueError, match=r"^optimizers\.sgd\.optimizer: unknown optimizer 'sgdx'"):
+        validation.validate(config, check_registries=True)
+
+
+# --------------------------------------------------------------------------- every registry entry's parameters
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("models.small_cnn.params.evil", 1, r"^models\.small_cnn\.params\.evil: .*'evil'"),
+        ("models.small_cnn.params.width", 0, r"^models\.small_cnn\.params\.width: width=0 is invalid"),
+        ("triggers.bs.params", {"radius": 3}, r"^triggers\.bs\.params\.radius: trigger 'bs' has no parameter 'radius'"),
+        ("triggers.bs.params", {"size_px": -2}, r"^triggers\.bs\.params\.size_px: size_px=-2"),
+        ("triggers.lv.params", {"radius": 3}, r"^triggers\.lv\.params\.radius: trigger 'lv' has no parameter"),
+        ("regularizers.contrastive.margin", -1, r"^regularizers\.contrastive\.margin: "),
+        ("regularizers.snnl.radius", 1, r"^regularizers\.snnl\.radius: regularizer 'snnl' has no parameter 'radius'"),
+        ("datasets.synthetic.params.colour", 1, r"^datasets\.synthetic\.params\.colour: dataset 'synthetic' has no"),
+        ("datasets.synthetic.params.size", 2, r"^datasets\.synthetic\.params\.size: size 2 is not allowed"),
+        ("datasets.synthetic.params.size", 20000, r"^datasets\.synthetic\.params: making this dataset needs about"),
+    ],
+)
+def test_registry_check_names_every_bad_entry_parameter(quickstart, path, value, message):
+    pytest.importorskip("torch")
+    *parents, last = path.split(".")
+    node = quickstart
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    with pytest.raises(ValueError, match=message):
+        validation.validate(quickstart, check_registries=True)

@@ -396,3 +396,24 @@ def test_the_retraining_curves_plot_the_mean_and_range_per_model_and_epoch(tmp_p
     assert stats.loc[("small_cnn_pre", 5), "max"] == pytest.approx(0.4)
     assert stats["count"].eq(2).all() and sorted(stats.index.get_level_values("epoch").unique()) == list(range(7))
     assert [ax.get_title() for ax in fig.axes] == ["Square"]
+
+
+# --------------------------------------------------------------------------- the optimizer (beyond the paper)
+
+
+def test_fig_optimizer_draws_the_tables_numbers(tmp_path):
+    rows = [
+        run_row("E8", phase, optimizer=optimizer, poison_class=poison_class, adversarial_success_rate=value)
+        for optimizer, value in (("sgd", 0.2), ("adamw", 0.6))
+        for poison_class in ("rose", "tulip")
+        for phase in ("poison", "clean")
+    ]
+    fig = figures.fig_optimizer(pd.DataFrame(rows), experiment="E8")
+    computed = fig.computed
+    assert list(dict.fromkeys(computed["optimizer"])) == ["sgd", "adamw"]
+    asr = computed[(computed["metric"] == "adversarial_success_rate") & (computed["phase"] == "clean")]
+    assert asr.set_index("optimizer")["mean"].to_dict() == {"sgd": pytest.approx(0.2), "adamw": pytest.approx(0.6)}
+    # Two rows of panels (metrics) x two columns (phases), one bar per optimizer in each.
+    axes = fig.get_axes()
+    assert len(axes) == 4 and all(len(ax.patches) == 2 for ax in axes)
+    check_saved(fig, tmp_path / "fig_optimizer")

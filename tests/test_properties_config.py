@@ -27,7 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backdoor_eval import config as cfg
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval import schema
+from backdoor_eval.factors import FACTOR_NAMES
 from backdoor_eval.names import ALL_CLASSES, MANY_TO_ONE, ONE_TO_ONE, STRATEGIES
 
 pytest.importorskip("torch")  # check_registries imports the package registries
@@ -131,7 +134,7 @@ def per_dataset(data: st.DataObject, config: dict) -> None:
     """Give some factors of each experiment (all on the one dataset) in the per-dataset form."""
     for spec in config["experiments"].values():
         factors = [
-            f for f in spec if f in ex.FACTORS[1:] and not (isinstance(spec[f], dict) and "synthetic" in spec[f])
+            f for f in spec if f in FACTOR_NAMES[1:] and not (isinstance(spec[f], dict) and "synthetic" in spec[f])
         ]
         for factor in data.draw(st.sets(st.sampled_from(factors)) if factors else st.just(()), label="per-dataset"):
             spec[factor] = {"synthetic": spec[factor]}
@@ -211,11 +214,11 @@ def check_runs(config: dict) -> None:
     for name, runs in expanded.items():
         assert runs, f"experiment {name} of an accepted config has no runs"
         for run in runs:
-            classes = ex.dataset_classes(config, run.dataset)
+            classes = cv.dataset_classes(config, run.dataset)
             assert run.dataset in config["datasets"]
             assert run.model in config["models"]
-            assert run.trigger in ex.trigger_names(config)
-            assert run.regularizer in ex.regularizer_names(config)
+            assert run.trigger in cv.trigger_names(config)
+            assert run.regularizer in cv.regularizer_names(config)
             assert run.strategy in STRATEGIES
             assert run.poison_class in classes
             if run.strategy == MANY_TO_ONE:
@@ -265,7 +268,7 @@ def test_prepare_config_only_fills_defaults_into_a_config_it_rejects(data):
         prepared(config)
     except ValueError:
         with contextlib.suppress(ValueError):
-            cfg.validate_schema(schema_filled)
+            schema.validate_schema(schema_filled)
         assert config == schema_filled
     assert_contains(config, original)
 

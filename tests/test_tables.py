@@ -6,6 +6,7 @@ values (not results), so each table cell can be checked exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import types
@@ -96,6 +97,23 @@ def test_table2_cell_is_mean_over_poison_classes_and_seeds():
     assert counts.dtypes.unique().tolist() == [np.dtype("int64")]
     spread = tables.table2(frame(rows), statistic="std")
     assert spread.iloc[0, 0] == pytest.approx(statistics.stdev(values_no))
+
+
+@pytest.mark.parametrize("factor", ["regularizer", "alpha", "poison_rate", "optimizer"])
+def test_tables_refuse_to_average_over_a_factor_they_do_not_name(factor):
+    other = {"regularizer": "snnl", "alpha": 0.5, "poison_rate": 0.2, "optimizer": "sgd"}[factor]
+    rows = [run_row("E1", "poison"), run_row("E1", "poison", **{factor: other})]
+    with pytest.raises(ValueError, match=rf"^table2 \(\['E1'\]\): its runs differ in {factor} \(.*\) within one cell"):
+        tables.table2(frame(rows), no=["E1"], yes=None)
+    # A factor that varies between cells, not within one, is fine: the trigger is a column.
+    rows = [run_row("E1", "poison"), run_row("E1", "poison", trigger="sin", **{factor: other})]
+    assert tables.table2(frame(rows), no=["E1"], yes=None).shape == (1, 2)
+
+
+def test_rows_without_a_factor_column_read_as_one_value():
+    # Results made before a factor existed lack its column: nothing to average over.
+    runs = frame([run_row("E1", "poison"), run_row("E1", "poison", poison_class="tulip")]).drop(columns="regularizer")
+    assert tables.table2(runs, no="E1", yes=None).iloc[0, 0] == pytest.approx(0.5)
 
 
 def test_table2_takes_each_experiments_phases_and_counts_a_shared_run_once():
@@ -430,6 +448,20 @@ def test_aggregate_missing_file_names_the_run(membership_file, tmp_path, capsys)
         tables.combine_runs(membership, summaries, {})
 
 
+def test_aggregate_reads_rows_made_before_an_added_factor_as_its_default():
+    old = pd.DataFrame([run_row("E1", "poison")]).drop(columns=["experiment", "optimizer"])
+    new = pd.DataFrame([run_row("E1", "poison", poison_class="tulip", optimizer="sgd")]).drop(columns="experiment")
+    membership = {"experiments": {"E1": {"phases": ["poison"], "runs": [old.run_id[0], new.run_id[0]]}}}
+    epochs = {old.run_id[0]: old, new.run_id[0]: new}
+    runs, _ = tables.combine_runs(membership, {old.run_id[0]: old, new.run_id[0]: new}, epochs)
+    assert runs["optimizer"].tolist() == ["default", "sgd"]
+    # Results of a config that never had the factor stay as they were: no column added.
+    runs, _ = tables.combine_runs(
+        {"experiments": {"E1": {"phases": ["poison"], "runs": [old.run_id[0]]}}}, {old.run_id[0]: old}, epochs
+    )
+    assert "optimizer" not in runs.columns
+
+
 # --------------------------------------------------------------------------- table1 / table commands
 
 
@@ -504,7 +536,7 @@ def test_table_command_writes_present_tables_and_rejects_absent(grid_runs, strat
     assert exit_info.value.code == 2
     assert (
         "backdoor-eval table: error: argument --name: invalid choice: 'table9' "
-        "(choose from 'table2', 'table3', 'table4', 'table5')"
+        "(choose from 'table2', 'table3', 'table4', 'table5', 'table_optimizer')"
     ) in capsys.readouterr().err
 
 
@@ -617,3 +649,58 @@ def test_the_retraining_budget_command_writes_the_table_and_the_figure(budget_fr
     assert written["ASR e5 mean"].round(6).tolist() == [0.7, 0.35]
     assert "e5: the paper's budget" in out["md"].read_text()
     assert out["png"].stat().st_size > 0 and out["pdf"].read_bytes().startswith(b"%PDF")
+
+
+# --------------------------------------------------------------------------- the optimizer table (beyond the paper)
+
+
+@pytest.fixture
+def optimizer_runs() -> pd.DataFrame:
+    """E8-like: 3 optimizers x 2 triggers x 2 poison classes, both phases; ASR = base + class offset."""
+    base = {"sgd": 0.2, "adam": 0.5, "adamw": 0.6}
+    rows = []
+    for optimizer, trigger, (poison_class, offset), phase in itertools.product(
+        base, ["sin", "bs"], [("rose", 0.0), ("tulip", 0.1)], ["poison", "clean"]
+    ):
+        asr = base[optimizer] + offset - (0.3 if phase == "clean" else 0.0)
+        rows.append(
+            run_row(
+                "E8",
+                phase,
+                optimizer=optimizer,
+                trigger=trigger,
+                poison_class=poison_class,
+                adversarial_success_rate=asr,
+            )
+        )
+    rows.append(run_row("E1", "poison", adversarial_success_rate=1.0))  # another experiment
+    return pd.DataFrame(rows)
+
+
+def test_the_optimizer_table_groups_by_the_optimizer(optimizer_runs, tmp_path):
+    table = tables.table_optimizer(optimizer_runs, experiment="E8")
+    assert table.index.names == ["Dataset", "Model", "Trigger", "Optimizer"]
+    # Paper order of triggers, then the optimizers in their order.
+    assert [row[2:] for row in table.index] == [
+        (trigger, optimizer) for trigger in ("Square", "Sine") for optimizer in ("SGD", "Adam", "AdamW")
+    ]
+    before = ("Adversarial success, before retraining", "mean")
+    after = ("Adversarial success, after retraining", "mean")
+    assert table.loc[("Flowers", "ResNet50", "Square", "SGD"), before] == pytest.approx(0.25)
+    assert table.loc[("Flowers", "ResNet50", "Sine", "AdamW"), after] == pytest.approx(0.35)
+    spread = table.loc[("Flowers", "ResNet50", "Square", "Adam"), ("Adversarial success, before retraining", "std")]
+    assert spread == pytest.approx(statistics.stdev([0.5, 0.6]))
+    assert (table[("Clean accuracy, before retraining", "mean")] == 0.5).all()
+    # The same numbers, long, are what the figure draws; each mean is over 2 runs.
+    long = tables.optimizer_means(optimizer_runs, "E8")
+    assert set(long["count"]) == {2}
+    assert len(long) == 2 * 3 * 2 * 2  # trigger x optimizer x phase x metric
+    tables.write_table(table, tmp_path / "t.csv", tmp_path / "t.md", note=tables.TABLE_NOTES["table_optimizer"])
+    assert "| Flowers   | ResNet50 | Square    | SGD" in (tmp_path / "t.md").read_text()
+
+
+def test_the_optimizer_table_refuses_a_factor_it_does_not_name(optimizer_runs):
+    runs = optimizer_runs.copy()
+    runs.loc[runs.index[0], "regularizer"] = "snnl"
+    with pytest.raises(ValueError, match=r"table_optimizer \(E8\): its runs differ in regularizer"):
+        tables.table_optimizer(runs, experiment="E8")

@@ -16,6 +16,7 @@ from backdoor_eval.triggers import (
     TRIGGERS,
     BlackSquare,
     RandomSquare,
+    apply_uint8,
     create_trigger,
     embed,
     scale_reference_px,
@@ -230,6 +231,21 @@ def test_torch_and_numpy_give_the_same_images(lv_fit):
         np.testing.assert_allclose(out_torch.numpy(), out_np, atol=1e-6, err_msg=trigger.name)
 
 
+def test_one_quantized_embedding_for_numpy_and_torch_in_any_batches(lv_fit):
+    images = np.random.default_rng(1).integers(0, 256, (7, 6, 5, 3), dtype=np.uint8)
+    for trigger in all_triggers(lv_fit, alpha=0.7):
+        whole = apply_uint8(trigger, images, np.random.default_rng(3), batch=7)
+        assert whole.dtype == np.uint8
+        np.testing.assert_array_equal(apply_uint8(trigger, images, np.random.default_rng(3), batch=2), whole)
+        on_torch = apply_uint8(trigger, torch.from_numpy(images), np.random.default_rng(3), batch=3)
+        assert on_torch.dtype == torch.uint8
+        np.testing.assert_array_equal(on_torch.numpy(), whole, err_msg=trigger.name)
+        # Rounded as an 8-bit image file stores it (half to even), as the engine did before.
+        expected = torch.from_numpy(np.asarray(trigger.apply(images / np.float32(255), np.random.default_rng(3))))
+        np.testing.assert_array_equal(whole, (expected.float() * 255.0).round().clamp(0, 255).to(torch.uint8).numpy())
+    assert to_uint8(torch.tensor([0.0, 0.5 / 255, 1.5 / 255, 0.999, 1.2, -0.1])).tolist() == [0, 0, 2, 255, 255, 0]
+
+
 def test_spec_is_json_and_rebuilds_the_same_trigger():
     for name in ("bs", "rs", "sin"):
         trigger = create_trigger(name, alpha=0.3)
@@ -240,9 +256,9 @@ def test_spec_is_json_and_rebuilds_the_same_trigger():
 
 
 def test_unknown_trigger_and_parameter_are_clear_errors():
-    with pytest.raises(ValueError, match=r"'checkerboard' is unknown; allowed: bs, lv, rs, sin"):
+    with pytest.raises(ValueError, match=r"^unknown trigger 'checkerboard'; registered triggers: bs, lv, rs, sin$"):
         create_trigger("checkerboard")
-    with pytest.raises(ValueError, match=r"no parameter\(s\) \['radius'\]; allowed: size, offset"):
+    with pytest.raises(ValueError, match=r"^trigger 'bs' has no parameter 'radius'; allowed: alpha, size, offset"):
         create_trigger("bs", radius=3)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def expected_counts(config: dict) -> dict[str, int]:
     policy = config.get("split", "per-run")
     splits = {r: r.split(policy) for r in runs}
     partitions = {(r.dataset, splits[r]) for r in runs}
-    lv_fits = {(r.dataset, splits[r]) for r in runs if ex.uses_lv_fit(config, r.trigger)}
+    lv_fits = {(r.dataset, splits[r]) for r in runs if cv.uses_lv_fit(config, r.trigger)}
     if config.get("gallery"):
         gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
         partitions.add(gallery)
@@ -91,11 +92,11 @@ def expected_counts(config: dict) -> dict[str, int]:
         "aggregate": 1,
         "all": 1,
     }
-    outputs = ex.outputs(config)
+    outputs = cv.outputs(config)
     per_rule = {
         "retraining_table": ("table2", "table3"),
-        "strategy_table": ("table4", "table5"),
-        "figure": ("fig4", "fig5", "fig6", "fig7"),
+        "experiment_table": ("table4", "table5", "table_optimizer"),
+        "figure": ("fig4", "fig5", "fig6", "fig7", "fig_optimizer"),
     }
     for rule, names in per_rule.items():
         if any(name in outputs for name in names):
@@ -146,11 +147,11 @@ def test_paper_dry_run_job_counts(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     assert counts == expected_counts(config)
-    assert (counts["train"], counts["summarize"], counts["retrain"]) == (922, 922, 600)
+    assert (counts["train"], counts["summarize"], counts["retrain"]) == (952, 952, 630)
     # A split per run (the paper's): each run its own partitions and poisoned set; every lv run its own fit.
-    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (922, 923, 265, 2)
+    assert (counts["poison"], counts["partition"], counts["fit_lv"], counts["ingest"]) == (952, 953, 265, 2)
     # Fetched first on the submitting node: the three models' ImageNet weights and the CIFAR-10 archive.
-    assert (counts["fetch_weights"], counts["fetch_dataset"], counts["total"]) == (3, 1, 4573)
+    assert (counts["fetch_weights"], counts["fetch_dataset"], counts["total"]) == (3, 1, 4725)
 
 
 @pytest.mark.slow
@@ -169,7 +170,7 @@ def test_paper_dry_run_shows_nasnet_cifar10_input_sizes_and_per_run_splits(tmp_p
     assert sizes[("cifar10", "nasnet_mobile")] == {224}
     assert sizes[("cifar10", "resnet50")] == {None}
     partitions = {re.search(r"--partitions (\S+)", line).group(1) for line in commands}
-    assert len(partitions) == len(commands) == 922  # one split per run
+    assert len(partitions) == len(commands) == 952  # one split per run
     assert all(re.fullmatch(r"results/paper/data/\w+/seed\d+-[0-9a-f]{16}/partitions\.npz", p) for p in partitions)
 
 
@@ -180,7 +181,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path):
     path.write_text(yaml.safe_dump(config))
     result = snakemake("--configfile", str(path), "-n", workdir=tmp_path)
     assert result.returncode != 0
-    assert "experiments.E4.alpha[3]: 1.5 is outside [0, 1]" in result.stdout + result.stderr
+    assert "experiments.E4.alpha[3]: alpha=1.5 is outside the allowed range [0, 1]" in result.stdout + result.stderr
 
 
 GPU_SNAKEFILE = textwrap.dedent(
@@ -358,7 +359,7 @@ def test_expand_cli_prints_the_counts(capsys):
     assert main(["expand", "--config", str(REPO / "config" / "config.yaml")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^E4\s+432\s+poison\+clean$", out, re.M)
-    assert "distinct runs (train jobs): 922; retrain jobs: 600" in out
+    assert "distinct runs (train jobs): 952; retrain jobs: 630" in out
 
 
 def test_expand_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
@@ -503,10 +504,13 @@ BROKEN_CONFIGS = {
         [_set("regularizers.mixupp", {}), _set("experiments.E3.regularizer", ["none", "mixupp"])],
         "regularizers.mixupp: 'mixupp' is not registered",
     ),
-    "optimizer": ([_set("train.optimizer", "adamx")], "train.optimizer: optimizer 'adamx' is unknown; allowed:"),
+    "optimizer": (
+        [_set("train.optimizer", "adamx")],
+        "train.optimizer: unknown optimizer 'adamx'; registered optimizers:",
+    ),
     "per-model optimizer": (
         [_set("models.small_cnn.train", {"optimizer": "adamx"})],
-        "models.small_cnn.train.optimizer: optimizer 'adamx' is unknown",
+        "models.small_cnn.train.optimizer: unknown optimizer 'adamx'",
     ),
     "unknown train key": ([_set("train.lrate", 0.1)], "train.lrate: unknown key; allowed: amp,"),
     "lr read as text": ([_set("train.lr", "3e-3")], "train.lr: '3e-3' is not valid; allowed: number (YAML reads"),
@@ -523,11 +527,23 @@ BROKEN_CONFIGS = {
     "undeclared model": ([_set("experiments.E1.model", "resnet50")], "experiments.E1.model: 'resnet50' is not decl"),
     "poison rate 1": ([_set("experiments.E5.poison_rate", [0.1, 1.0])], "experiments.E5.poison_rate[1]: 1.0 is out"),
     "device": ([_set("device", "tpu")], "device: 'tpu' is not valid; allowed: auto, cpu, cuda"),
-    "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
-    "synthetic set too big for memory": (
-        [_set("datasets.synthetic.params.size", 20000)],
-        "datasets.synthetic.params.size: 20000 (with num_classes 10 x per_class 300) needs about",
+    # Every parameter of every registry entry, checked as its job would build it (issue: they failed in the job).
+    "model param unknown": ([_set("models.small_cnn.params.evil", 1)], "models.small_cnn.params.evil: "),
+    "model width 0": ([_set("models.small_cnn.params.width", 0)], "models.small_cnn.params.width: width=0 is invalid"),
+    "trigger param unknown": (
+        [_set("triggers.bs.params", {"radius": 3})],
+        "triggers.bs.params.radius: trigger 'bs' has no parameter 'radius'; allowed: size, offset",
     ),
+    "regularizer param": ([_set("regularizers.contrastive.margin", -1)], "regularizers.contrastive.margin: "),
+    "dataset param unknown": (
+        [_set("datasets.synthetic.params.colour", "red")],
+        "datasets.synthetic.params.colour: dataset 'synthetic' has no parameter 'colour'",
+    ),
+    "dataset too big for memory": (
+        [_set("datasets.synthetic.params.size", 20000)],
+        "datasets.synthetic.params: making this dataset needs about",
+    ),
+    "negative seed": ([_set("experiments.E1.seed", -1)], "experiments.E1.seed: -1 is not valid"),
     "poison class without a poison_val image": (
         [_set("datasets.synthetic.params.per_class", 6)],  # 6 images: 0 of class0 in poison_val
         "experiments.E1.poison_class: dataset synthetic: class 'class0' has no image in the poison_val set (6 images",

@@ -5,9 +5,9 @@ the bad key and what is allowed:
 
 1. :func:`read_config`: YAML from a file (a syntax error names the file and
    line);
-2. the JSON schema shipped with the package (``schemas/config.schema.yaml``):
+2. the JSON schema shipped with the package (``backdoor_eval.schema``):
    types and ranges, with the schema's ``default:`` values filled in;
-3. :func:`backdoor_eval.experiments.validate`: what a schema cannot say
+3. :func:`backdoor_eval.validation.validate`: what a schema cannot say
    (names used by experiments declared, classes of the dataset, ranges of
    alpha and poison rates) and, by default, the registry names.
 
@@ -19,40 +19,12 @@ weight and the training settings have theirs beside their code.
 
 from __future__ import annotations
 
-import copy
-import functools
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
-from importlib import resources
+from collections.abc import MutableMapping
 from typing import Any
 
-SCHEMA_RESOURCE = "schemas/config.schema.yaml"
-
-
-@functools.cache
-def load_schema() -> dict[str, Any]:
-    """The config's JSON schema (a fresh copy is not needed: callers must not mutate it)."""
-    import yaml
-
-    return yaml.safe_load(resources.files("backdoor_eval").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
-
-
-def schema_default(*path: str) -> Any:
-    """The ``default:`` of the schema node at ``path`` (property names, ``$defs`` entries resolved).
-
-    ``schema_default("outputs")`` is the outputs mapping; ``schema_default("experiment", "seed")``
-    the default seed of an experiment.
-    """
-    schema = load_schema()
-    node: Mapping[str, Any] = schema
-    for i, key in enumerate(path):
-        if i == 0 and key in schema.get("$defs", {}) and key not in schema["properties"]:
-            node = schema["$defs"][key]
-        else:
-            node = node["properties"][key]
-    if "default" not in node:
-        raise KeyError(f"the config schema has no default for {'.'.join(path)}")
-    return copy.deepcopy(node["default"])
+from backdoor_eval import configview, validation
+from backdoor_eval.schema import validate_schema
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -90,7 +62,7 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
 
     Returns ``config``. Raises ``ValueError`` naming the first bad key.
     """
-    from backdoor_eval import experiments, pretrain
+    from backdoor_eval import pretrain
 
     # The default outputs name every paper experiment and make the ones the
     # config has; outputs the user wrote must name experiments that exist.
@@ -98,123 +70,14 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     from backdoor_eval.analyses import plan as analyses
 
     validate_schema(config)
-    experiments.validate(config, check_registries=check_registries)
+    validation.validate(config, check_registries=check_registries)
     pretrain.validate(config, check_registries=check_registries)
     analyses.validate(config)
     if explicit_outputs:
-        experiments.check_output_experiments(config)
+        validation.check_output_experiments(config)
     else:
         # Only the defaults this config makes, so that the completed config
         # (`backdoor-eval show-config`) loads again: written, they must exist.
-        made = experiments.outputs(config)
+        made = configview.outputs(config)
         config["outputs"] = {output: value for output, value in config["outputs"].items() if output in made}
     return config
-
-
-def validate_schema(config: MutableMapping[str, Any]) -> None:
-    """Check ``config`` against the schema and fill in its defaults (in place)."""
-    validator = _defaults_filling_validator()(load_schema())
-    errors = sorted(validator.iter_errors(config), key=lambda error: _path_order(error.absolute_path))
-    if errors:
-        raise ValueError(describe_schema_error(_most_specific(errors[0])))
-
-
-def describe_schema_error(error: Any) -> str:
-    """One line: the config key, the bad value and what is allowed, without the schema dump."""
-    key = _key_path(error.absolute_path) or "(top level)"
-    value = error.instance
-    if error.validator == "required":
-        missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return f"{_join(key, missing) if key != '(top level)' else missing}: required key is missing"
-    if error.validator == "additionalProperties":
-        allowed = sorted((error.schema.get("properties") or {}).keys())
-        extra = sorted(set(value) - set(allowed), key=str) if isinstance(value, Mapping) else []
-        name = extra[0] if extra else "?"
-        return f"{_join(key, name)}: unknown key; allowed: {', '.join(allowed) or '(none)'}"
-    if error.validator == "minItems" and isinstance(value, list) and not value:
-        return f"{key}: is an empty list; give at least one value"
-    if error.validator == "minProperties" and isinstance(value, Mapping) and not value:
-        return f"{key}: is empty; give at least one entry"
-    hint = ""
-    if isinstance(value, str) and _looks_numeric(value):
-        hint = f" (YAML reads {value!r} as text: write it with a decimal point, e.g. {_decimal(value)})"
-    allowed = _allowed(error)
-    return f"{key}: {value!r} is not valid; {allowed}{hint}"
-
-
-def _most_specific(error: Any) -> Any:
-    """Descend into oneOf/anyOf alternatives to the error that explains the value best."""
-    while error.context:
-        deeper = [e for e in error.context if e.validator not in ("oneOf", "anyOf", "type", "const", "enum")]
-        if not deeper:
-            break
-        error = max(deeper, key=lambda e: len(e.absolute_path))
-    return error
-
-
-def _allowed(error: Any) -> str:
-    schema = error.schema
-    if error.validator == "enum":
-        return "allowed: " + ", ".join(map(str, schema["enum"]))
-    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        return error.message.split(" is ", 1)[-1]
-    if error.validator == "pattern":
-        return "allowed: letters, digits, _ . + - (starting with a letter, digit or _)"
-    if error.validator == "type":
-        kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        return "allowed: " + " or ".join("null" if kind == "null" else kind for kind in kinds)
-    if error.validator in ("oneOf", "anyOf"):
-        described = error.schema.get("description")
-        return f"allowed: {described}" if described else "allowed: see the schema's description of this key"
-    return error.message
-
-
-def _path_order(path: Iterator[Any]) -> list[tuple[int, int, str]]:
-    """Sort key of an error's path: list indices in order, keys by text (YAML keys may be 1, null, true)."""
-    return [(0, part, "") if isinstance(part, int) else (1, 0, str(part)) for part in path]
-
-
-def _key_path(path: Iterator[Any]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key and key != "(top level)" else name
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _decimal(text: str) -> str:
-    mantissa, _, exponent = text.lower().partition("e")
-    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent}" if exponent else text
-
-
-@functools.cache
-def _defaults_filling_validator():
-    """The schema's validator class, extended to fill ``default:`` values of absent properties.
-
-    Defaults are filled only into mappings (``table1: null`` stays null) and
-    before descending, so a filled-in mapping gets its own nested defaults.
-    """
-    import jsonschema
-
-    base = jsonschema.validators.validator_for(load_schema())
-    check_properties = base.VALIDATORS["properties"]
-
-    def fill_then_check(validator, properties, instance, schema):
-        if isinstance(instance, dict):
-            for name, subschema in properties.items():
-                if name not in instance and isinstance(subschema, Mapping) and "default" in subschema:
-                    instance[name] = copy.deepcopy(subschema["default"])
-        yield from check_properties(validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(base, {"properties": fill_then_check})

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .names import FACTORS
+from .factors import FACTOR_NAMES, typed_row
 
-RUN_PARAMETERS = ("run_id", *FACTORS)
+RUN_PARAMETERS = ("run_id", *FACTOR_NAMES)
 SUMMARY_METRICS = (
     "train_loss",
     "poison_val_accuracy",
@@ -60,15 +60,10 @@ def summarize(
     parameters and the kept epoch's metrics, a row holds ``untrained`` (the poison phase kept epoch 0),
     ``package_version``, ``git_commit`` and ``train_params`` (the phase's full training settings, JSON).
     """
-    missing = [k for k in RUN_PARAMETERS if k not in run_params]
-    if missing:
-        raise ValueError(f"run parameters lack {missing}; required: {list(RUN_PARAMETERS)}")
-    params = {k: run_params[k] for k in RUN_PARAMETERS}
-    params["alpha"] = float(params["alpha"])
-    params["poison_rate"] = float(params["poison_rate"])
-    params["seed"] = int(params["seed"])
-    params["poison_class"] = str(params["poison_class"])
-    params["source"] = str(params["source"])
+    if "run_id" not in run_params:
+        raise ValueError(f"run parameters lack 'run_id'; required: {list(RUN_PARAMETERS)}")
+    # Each factor as its declared type (str, float, int).
+    params = {"run_id": run_params["run_id"], **typed_row(run_params)}
     # A run whose poison phase kept the untrained epoch 0 is flagged on each of its rows
     # (docs/decisions.md#untrained-models); the tables leave it out.
     untrained = any(bool(final.get("untrained", False)) for final, _ in phases)

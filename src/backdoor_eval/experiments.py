@@ -1,342 +1,44 @@
 """The experiment grid: config factor lists -> runs (docs/decisions.md#experiment-grid).
 
-A config's ``experiments:`` block names each experiment (E1..E6 in the paper
-config) by factor lists::
-
-    E4:
-      dataset: [cifar10, flowers]
-      model: [resnet50, nasnet_large, nasnet_mobile]
-      trigger: [sin, lv]
-      alpha: [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
-      poison_class: {cifar10: [truck], flowers: [rose]}
-      poison_rate: [0.05, 0.1]
-      seed: {range: 2}
-      retrain: true
-
-``expand(config)`` takes the product of the factors (missing ones take the
-schema's defaults: many-to-one, poison rate 0.1, the trigger's default
-alpha, no regularizer, seed 0) and returns one list of :class:`Run` per
+``expand(config)`` takes the product of each experiment's factor lists
+(config/README.md; missing factors take their declared defaults,
+``backdoor_eval.factors``) and returns one list of :class:`Run` per
 experiment. A run's parameters map one-to-one to its output path
 (``Run.run_id``), so a run shared by two experiments is one path and
 Snakemake trains it once; :func:`union` de-duplicates across experiments.
+Every factor except ``dataset`` may be a per-dataset mapping
+(``{cifar10: [truck], flowers: [rose]}``).
 
-Every factor except ``dataset`` may instead be a per-dataset mapping
-(``{cifar10: [truck], flowers: [rose]}``), which is how E4 and E6 pair a
-poison class (and E6 a trigger) with each dataset.
-
-This module is light (no torch, no pandas): the Snakefile imports it at
-parse time, on every cluster job too.
+The config's sections are read through ``backdoor_eval.configview`` and
+checked by ``backdoor_eval.validation``. Light (no torch, no pandas): the
+Snakefile imports it at parse time, on every cluster job too.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from backdoor_eval import seeding
-from backdoor_eval.config import schema_default
-from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
-from backdoor_eval.names import (
-    ALL_CLASSES,
-    CLEAN_PHASE,
-    EPOCH_OUTPUTS,
-    FACTORS,
-    MANY_TO_ONE,
-    NO_REGULARIZER,
-    OTHER_CLASSES,
-    OUTPUTS,
-    PER_RUN_SPLIT,
-    PHASES,
-    POISON_PHASE,
-    SHARED_SPLIT,
-    SPLIT_POLICIES,
-    STRATEGIES,
-    check_output_experiment_count,
-    experiment_list,
+from backdoor_eval.configview import (
+    dataset_classes,
+    declared_names,
+    experiment_phases,
+    names_of,
+    outputs,
+    split_of,
+    split_policy,
+    trigger_default_alpha,
+    uses_lv_fit,
 )
+from backdoor_eval.factors import DEFAULT, FACTOR_BY_NAME, FACTOR_DEFAULTS, FACTOR_NAMES, Run
+from backdoor_eval.layout import Layout
+from backdoor_eval.names import ALL_CLASSES, CLEAN_PHASE, MANY_TO_ONE, OTHER_CLASSES, STRATEGIES
 
-REQUIRED_FACTORS = ("dataset", "model", "trigger")
-# Factor defaults and the outputs mapping are the schema's (one definition).
-FACTOR_DEFAULTS: dict[str, Any] = {factor: schema_default("experiment", factor) for factor in FACTORS[3:]}
-DEFAULT_OUTPUTS: dict[str, list[str]] = {
-    name: experiment_list(value) for name, value in schema_default("outputs").items()
-}
-EXPERIMENT_KEYS = (*FACTORS, "description", "retrain", "phases", "analyses", "filter_retrain")
+EXPERIMENT_KEYS = (*FACTOR_NAMES, "description", "retrain", "phases", "analyses", "filter_retrain")
 # ``alpha: default`` in a factor list: the trigger's default transparency.
-DEFAULT_ALPHA = FACTOR_DEFAULTS["alpha"]
-
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.+-]*"
-_NAME_RE = re.compile(rf"^{_NAME}$")
-_NUMBER = r"[0-9][0-9.e+-]*"
-WILDCARD_CONSTRAINTS = {
-    "dataset": _NAME,
-    "model": _NAME,
-    "trigger": _NAME,
-    "alpha": _NUMBER,
-    "strategy": "|".join(STRATEGIES),
-    "poison_class": _NAME,
-    "source": _NAME,
-    "poison_rate": _NUMBER,
-    "regularizer": _NAME,
-    "seed": r"[0-9]+",
-    "split": seeding.SPLIT_ID_PATTERN,
-}
-_RUN_ID_RE = re.compile(
-    "^"
-    + re.sub(
-        r"\\\{(\w+)\\\}",
-        lambda m: f"(?P<{m.group(1)}>{WILDCARD_CONSTRAINTS[m.group(1)]})",
-        re.escape(RUN_ID_TEMPLATE),
-    )
-    + "$"
-)
-
-
-def format_number(value: float) -> str:
-    """Minimal text of a float as used in paths: ``repr(float)`` (``1.0``, ``0.05``)."""
-    return repr(float(value))
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run: the parameters that name its output folder."""
-
-    dataset: str
-    model: str
-    trigger: str
-    alpha: float
-    strategy: str
-    poison_class: str
-    source: str
-    poison_rate: float
-    regularizer: str
-    seed: int
-
-    def _path_fields(self) -> dict[str, str]:
-        values = {f.name: str(getattr(self, f.name)) for f in fields(self)}
-        values["alpha"] = format_number(self.alpha)
-        values["poison_rate"] = format_number(self.poison_rate)
-        return values
-
-    @property
-    def run_id(self) -> str:
-        """The run's relative output path (the shared results contract)."""
-        return RUN_ID_TEMPLATE.format(**self._path_fields())
-
-    def split(self, policy: str) -> str:
-        """The split the run trains on (docs/decisions.md#partitions): its own, or its seed's.
-
-        ``per-run``: drawn from the run's identity and seed, so runs that
-        differ in any factor get independent splits and poison draws (the
-        paper's section 3). ``shared``: one split per seed for every run.
-        """
-        if policy == PER_RUN_SPLIT:
-            return seeding.split_id(self.seed, self.run_id)
-        if policy == SHARED_SPLIT:
-            return seeding.split_id(self.seed)
-        raise ValueError(f"split policy {policy!r} is unknown; allowed: {', '.join(SPLIT_POLICIES)}")
-
-    def poison_id(self, policy: str) -> str:
-        """The relative path of the run's poisoned overlay (shared by every run of the same split and poisoning)."""
-        return POISON_ID_TEMPLATE.format(**self._path_fields(), split=self.split(policy))
-
-    def params(self) -> dict[str, Any]:
-        """The run parameters, typed (alpha and poison_rate float, seed int)."""
-        return asdict(self)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Run:
-        """Build a run from path strings or typed values (e.g. Snakemake wildcards)."""
-        try:
-            return cls(
-                dataset=str(values["dataset"]),
-                model=str(values["model"]),
-                trigger=str(values["trigger"]),
-                alpha=float(values["alpha"]),
-                strategy=str(values["strategy"]),
-                poison_class=str(values["poison_class"]),
-                source=str(values["source"]),
-                poison_rate=float(values["poison_rate"]),
-                regularizer=str(values["regularizer"]),
-                seed=int(values["seed"]),
-            )
-        except KeyError as exc:
-            raise ValueError(f"run parameters lack {exc.args[0]!r}; required: {', '.join(FACTORS)}") from None
-
-    @classmethod
-    def from_run_id(cls, run_id: str) -> Run:
-        """Inverse of :attr:`run_id`."""
-        match = _RUN_ID_RE.match(run_id)
-        if match is None:
-            raise ValueError(f"run_id {run_id!r} does not match {RUN_ID_TEMPLATE}")
-        return cls.from_mapping(match.groupdict())
-
-
-# --------------------------------------------------------------------------- config accessors
-
-
-def datasets(config: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(config.get("datasets") or {})
-
-
-def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
-    """The class names the config declares for ``dataset``, in label order."""
-    try:
-        return list(config["datasets"][dataset]["classes"])
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"dataset {dataset!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
-        ) from None
-
-
-def trigger_names(config: Mapping[str, Any]) -> list[str]:
-    """The config's triggers; without a ``triggers:`` block, every registered trigger."""
-    if config.get("triggers"):
-        return list(config["triggers"])
-    from backdoor_eval.triggers import TRIGGERS
-
-    return TRIGGERS.names()
-
-
-def regularizer_names(config: Mapping[str, Any]) -> list[str]:
-    names = list(config.get("regularizers") or {})
-    return names if NO_REGULARIZER in names else [NO_REGULARIZER, *names]
-
-
-def trigger_kind(config: Mapping[str, Any], trigger: str) -> str:
-    """The registry name of the config's trigger ``trigger`` (``triggers.<name>.kind``, else the name)."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    return str(spec.get("kind") or trigger)
-
-
-def uses_lv_fit(config: Mapping[str, Any], trigger: str) -> bool:
-    """Whether the trigger is the low-variance one, which needs its split's PCA fit."""
-    return trigger_kind(config, trigger) == "lv"
-
-
-def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
-    """The trigger's default transparency: config ``triggers.<name>.alpha``, else the trigger's own."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    if spec.get("alpha") is not None:
-        return float(spec["alpha"])
-    from backdoor_eval.triggers import TRIGGERS
-
-    kind = trigger_kind(config, trigger)
-    if kind in TRIGGERS:
-        return float(TRIGGERS.get(kind).default_alpha)
-    where = f"triggers.{trigger}.kind" if spec.get("kind") else f"triggers.{trigger}"
-    raise ValueError(
-        f"{where}: {kind!r} is not registered in backdoor_eval.triggers.TRIGGERS; registered: {', '.join(TRIGGERS.names())}"
-    )
-
-
-def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
-    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``)."""
-    spec = (config.get("triggers") or {}).get(trigger) or {}
-    return dict(spec.get("params") or {})
-
-
-def lv_variance_fraction(config: Mapping[str, Any]) -> float | None:
-    """``triggers.lv.variance_fraction``, or ``None`` for the LV fit's own default."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    value = spec.get("variance_fraction")
-    return None if value is None else float(value)
-
-
-def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
-    """``(arch, model_params)`` for the train command: the registry name and its keyword
-    arguments, ``pretrained`` and ``weights`` included."""
-    try:
-        spec = dict(config["models"][model] or {})
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"model {model!r} is not declared in config models; declared: {_names(config, 'models')}"
-        ) from None
-    params = dict(spec.get("params") or {})
-    params["pretrained"] = bool(spec.get("pretrained", False))
-    params["weights"] = spec.get("weights")
-    return str(spec.get("arch") or model), params
-
-
-def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str, Any]:
-    """Keyword parameters of the regularizer (``weight`` and its hyper-parameters)."""
-    spec = (config.get("regularizers") or {}).get(regularizer)
-    if spec is None and regularizer != NO_REGULARIZER:
-        raise ValueError(
-            f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
-        )
-    return dict(spec or {})
-
-
-def lv_save_components(config: Mapping[str, Any]) -> bool:
-    """``triggers.lv.save_components`` (default true): keep the PCA components in each LV fit file."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    return bool(spec.get("save_components", True))
-
-
-def split_policy(config: Mapping[str, Any]) -> str:
-    """``split:`` of the config: ``per-run`` (the paper's) or ``shared``."""
-    return str(config.get("split") or schema_default("split"))
-
-
-def split_of(config: Mapping[str, Any], run: Run) -> str:
-    """The split ``run`` trains on under the config's split policy."""
-    return run.split(split_policy(config))
-
-
-def train_layers(config: Mapping[str, Any], dataset: str, model: str) -> list[tuple[str, Mapping[str, Any]]]:
-    """The config blocks that set ``model``'s training on ``dataset``, as (key path, block), later ones winning:
-    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``."""
-    model_spec = (config.get("models") or {}).get(model) or {}
-    return [
-        ("train", config.get("train") or {}),
-        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train") or {}),
-        (f"models.{model}.train", model_spec.get("train") or {}),
-        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset) or {}),
-    ]
-
-
-def train_params(config: Mapping[str, Any], dataset: str, model: str) -> dict[str, Any]:
-    """Training settings of ``model`` on ``dataset``: the blocks of :func:`train_layers` merged, later keys winning
-    (e.g. a model's input size on one dataset)."""
-    merged: dict[str, Any] = {}
-    for _, block in train_layers(config, dataset, model):
-        merged.update(block)
-    return merged
-
-
-def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Phases each experiment reports: ``phases:`` if given, else poison (+ clean when ``retrain``)."""
-    phases = {}
-    for name, spec in (config.get("experiments") or {}).items():
-        spec = spec or {}
-        default = [POISON_PHASE, CLEAN_PHASE] if spec.get("retrain", False) else [POISON_PHASE]
-        phases[name] = list(spec.get("phases") or default)
-    return phases
-
-
-def outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Tables/figures built from experiments whose experiments all exist in the config."""
-    mapping = config.get("outputs")
-    mapping = DEFAULT_OUTPUTS if mapping is None else mapping
-    experiments = config.get("experiments") or {}
-    present = {}
-    for output, names in mapping.items():
-        names = experiment_list(names)
-        if names and all(name in experiments for name in names):
-            present[output] = names
-    return present
-
-
-def _names(config: Mapping[str, Any], section: str) -> str:
-    return ", ".join(config.get(section) or {}) or "(none)"
-
-
-# --------------------------------------------------------------------------- expansion
+DEFAULT_ALPHA = DEFAULT
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -405,9 +107,9 @@ def _expand_one(config: Mapping[str, Any], spec: Mapping[str, Any], check: bool)
     runs: dict[Run, None] = {}  # ordered set
     for dataset in _as_list(spec.get("dataset")):
         classes = dataset_classes(config, dataset) if not check else _checked_classes(config, dataset, spec)
-        per_factor = {factor: _values(spec, factor, dataset) for factor in FACTORS[1:]}
-        for combo in itertools.product(*(per_factor[f] for f in FACTORS[1:])):
-            chosen = dict(zip(FACTORS[1:], combo))
+        per_factor = {factor: _values(spec, factor, dataset) for factor in FACTOR_NAMES[1:]}
+        for combo in itertools.product(*per_factor.values()):
+            chosen = dict(zip(per_factor, combo))
             for run in _resolve(config, dataset, classes, chosen, check):
                 runs.setdefault(run, None)
     return list(runs)
@@ -418,7 +120,7 @@ def _checked_classes(config: Mapping[str, Any], dataset: str, spec: Mapping[str,
         index = _as_list(spec.get("dataset")).index(dataset)
         path = f"dataset[{index}]" if isinstance(spec.get("dataset"), (list, tuple)) else "dataset"
         raise _PathError(
-            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {_names(config, 'datasets')}"
+            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {names_of(config, 'datasets')}"
         )
     return dataset_classes(config, dataset)
 
@@ -430,25 +132,18 @@ def _resolve(
     chosen: Mapping[str, tuple[str, Any]],
     check: bool,
 ) -> Iterable[Run]:
-    """Turn one combination of factor values into runs (``all``/``others`` widen to many)."""
-    (model_path, model), (trigger_path, trigger) = chosen["model"], chosen["trigger"]
-    (alpha_path, alpha), (strategy_path, strategy) = chosen["alpha"], chosen["strategy"]
-    (class_path, poison_class), (source_path, source) = chosen["poison_class"], chosen["source"]
-    (rate_path, poison_rate), (reg_path, regularizer) = chosen["poison_rate"], chosen["regularizer"]
-    seed_path, seed = chosen["seed"]
+    """Turn one combination of factor values (``chosen``: factor -> (config path, value)) into runs:
+    ``alpha: default`` becomes the trigger's alpha, ``all``/``others`` classes widen to one run each."""
+    values = {factor: value for factor, (_, value) in chosen.items()}
     if check:
-        _check_name(config, "models", model_path, model)
-        _check_in(trigger_path, trigger, trigger_names(config), "a trigger declared in config triggers")
-        _check_in(reg_path, regularizer, regularizer_names(config), "a regularizer declared in config regularizers")
-        _check_in(strategy_path, strategy, STRATEGIES, "a poisoning strategy")
-        _check_fraction(rate_path, poison_rate, closed=False)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
+        _check_values(config, chosen)
+    trigger, alpha, strategy, source = values["trigger"], values["alpha"], values["strategy"], values["source"]
     if alpha == DEFAULT_ALPHA:
-        alpha = trigger_default_alpha(config, trigger)
+        values["alpha"] = trigger_default_alpha(config, trigger)
     elif check:
-        _check_fraction(alpha_path, alpha, closed=True)
-    poison_classes = classes if poison_class == ALL_CLASSES else [poison_class]
+        check_alpha(chosen["alpha"][0], alpha)
+    class_path, source_path = chosen["poison_class"][0], chosen["source"][0]
+    poison_classes = classes if values["poison_class"] == ALL_CLASSES else [values["poison_class"]]
     for target in poison_classes:
         if check and target not in classes:
             raise _PathError(
@@ -470,23 +165,25 @@ def _resolve(
                 )
             sources = [source]
         for src in sources:
-            yield Run(
-                dataset,
-                model,
-                trigger,
-                float(alpha),
-                strategy,
-                str(target),
-                str(src),
-                float(poison_rate),
-                regularizer,
-                int(seed),
-            )
+            yield Run.from_mapping({**values, "dataset": dataset, "poison_class": target, "source": src})
 
 
-def _check_name(config: Mapping[str, Any], section: str, path: str, name: Any) -> None:
-    if name not in (config.get(section) or {}):
-        raise _PathError(path, f"{name!r} is not declared in config {section}; declared: {_names(config, section)}")
+def _check_values(config: Mapping[str, Any], chosen: Mapping[str, tuple[str, Any]]) -> None:
+    """The checks of single factor values: names declared in their config section, strategies, rates, seeds."""
+    for name, (path, value) in chosen.items():
+        factor = FACTOR_BY_NAME[name]
+        if factor.section is not None and value != factor.default:
+            declared = declared_names(config, factor.section)
+            if value not in declared:
+                raise _PathError(
+                    path,
+                    f"{value!r} is not declared in config {factor.section}; declared: {', '.join(declared) or '(none)'}",
+                )
+    _check_in(*chosen["strategy"], STRATEGIES, "a poisoning strategy")
+    _check_rate(*chosen["poison_rate"])
+    seed_path, seed = chosen["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _PathError(seed_path, f"{seed!r} is not a seed; allowed: whole numbers >= 0")
 
 
 def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
@@ -495,11 +192,19 @@ def _check_in(path: str, value: Any, allowed: Iterable[Any], what: str) -> None:
         raise _PathError(path, f"{value!r} is not {what}; allowed: {', '.join(map(str, allowed))}")
 
 
-def _check_fraction(path: str, value: Any, closed: bool) -> None:
+def check_alpha(path: str, value: Any) -> None:
+    """Alpha at config ``path``, checked by the trigger's own rule (``triggers.validate_alpha``)."""
+    from backdoor_eval.triggers import validate_alpha
+
+    try:
+        validate_alpha(value)
+    except ValueError as exc:
+        raise _PathError(path, str(exc)) from None
+
+
+def _check_rate(path: str, value: Any) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if closed and not (is_number and 0.0 <= value <= 1.0):
-        raise _PathError(path, f"{value!r} is outside [0, 1]")
-    if not closed and not (is_number and 0.0 < value < 1.0):
+    if not (is_number and 0.0 < value < 1.0):
         raise _PathError(path, f"{value!r} is outside (0, 1)")
 
 
@@ -592,250 +297,3 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
             "epochs": layout.run_epochs(run.run_id),
         }
     return document
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
-    """Check what the JSON schema cannot; raise ``ValueError`` naming the config key.
-
-    Names used by experiments must be declared in the config's ``datasets``,
-    ``models``, ``triggers`` and ``regularizers`` sections; alpha must lie in
-    [0, 1], poison rates in (0, 1); poison and source classes must be classes
-    of the dataset, and a one-to-one source must differ from the poison class.
-    With ``check_registries`` the declared names are also checked against the
-    package registries (this imports the package modules, torch included).
-    """
-    _validate_sections(config)
-    experiments = config.get("experiments")
-    if not isinstance(experiments, Mapping) or not experiments:
-        raise ValueError("experiments: at least one experiment is required (a mapping like {E1: {...}})")
-    for name, spec in experiments.items():
-        prefix = f"experiments.{name}"
-        if not isinstance(spec, Mapping):
-            raise ValueError(f"{prefix}: {spec!r} is not a mapping of factors")
-        unknown = sorted(set(spec) - set(EXPERIMENT_KEYS), key=str)
-        if unknown:
-            raise ValueError(f"{prefix}.{unknown[0]}: unknown key; allowed: {', '.join(EXPERIMENT_KEYS)}")
-        for factor in REQUIRED_FACTORS:
-            if spec.get(factor) in (None, [], ()):
-                raise ValueError(f"{prefix}.{factor}: required; give a name or a list of names")
-        phases = experiment_phases({"experiments": {name: spec}})[name]
-        for i, phase in enumerate(phases):
-            if phase not in PHASES:
-                raise ValueError(f"{prefix}.phases[{i}]: {phase!r} is not a phase; allowed: {', '.join(PHASES)}")
-        if CLEAN_PHASE in phases and not spec.get("retrain", False):
-            raise ValueError(f"{prefix}.phases: 'clean' needs retrain: true")
-        for factor, value in spec.items():
-            if _is_per_dataset(factor, value) and factor in FACTORS:
-                if factor == "dataset":
-                    raise ValueError(f"{prefix}.dataset: give a name or a list of names, not a mapping")
-                extra = [key for key in value if key not in _as_list(spec.get("dataset"))]
-                if extra:
-                    raise ValueError(
-                        f"{prefix}.{factor}.{extra[0]}: not a dataset of this experiment; datasets: "
-                        f"{', '.join(map(str, _as_list(spec.get('dataset'))))}"
-                    )
-        try:
-            _expand_one(config, spec, check=True)
-        except _PathError as exc:
-            raise ValueError(f"{prefix}.{exc}") from None
-    _validate_blocks(config)
-    if check_registries:
-        _validate_registries(config)
-
-
-def _validate_sections(config: Mapping[str, Any]) -> None:
-    if not _NAME_RE.match(str(config.get("name", ""))):
-        raise ValueError(f"name: {config.get('name')!r} is not a valid config name; allowed: letters, digits, _ . + -")
-    sets = config.get("datasets")
-    if not isinstance(sets, Mapping) or not sets:
-        raise ValueError("datasets: at least one dataset is required")
-    for section in ("datasets", "models", "triggers", "regularizers"):
-        for name in config.get(section) or {}:
-            if not _NAME_RE.match(str(name)):
-                raise ValueError(
-                    f"{section}.{name}: {name!r} is not a valid name; allowed: letters, digits, _ . + - (no '/')"
-                )
-    for name, spec in sets.items():
-        classes = (spec or {}).get("classes")
-        if not isinstance(classes, list) or len(classes) < 2:
-            raise ValueError(
-                f"datasets.{name}.classes: {classes!r}; required: the list of class names in label order (>= 2)"
-            )
-        for i, cls in enumerate(classes):
-            if not is_valid_class_name(cls):
-                raise ValueError(f"datasets.{name}.classes[{i}]: {cls!r} is not a valid class name; {CLASS_NAME_RULE}")
-        duplicates = sorted({c for c in classes if classes.count(c) > 1})
-        if duplicates:
-            raise ValueError(f"datasets.{name}.classes: {duplicates[0]!r} appears twice; class names must be unique")
-    for name, spec in (config.get("triggers") or {}).items():
-        alpha = (spec or {}).get("alpha")
-        if alpha is not None:
-            try:
-                _check_fraction("alpha", alpha, closed=True)
-            except _PathError as exc:
-                raise ValueError(f"triggers.{name}.{exc}") from None
-    for name, spec in (config.get("models") or {}).items():
-        for dataset in (spec or {}).get("train_per_dataset") or {}:
-            if dataset not in sets:
-                raise ValueError(
-                    f"models.{name}.train_per_dataset.{dataset}: not a dataset declared in config datasets; "
-                    f"declared: {_names(config, 'datasets')}"
-                )
-    for name, spec in (config.get("regularizers") or {}).items():
-        weight = (spec or {}).get("weight")
-        if weight is not None and (not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0):
-            raise ValueError(f"regularizers.{name}.weight: {weight!r} is not a weight; allowed: a number >= 0")
-
-
-# What a class name may be, and what to do about a dataset whose class folders are named otherwise.
-CLASS_NAME_RULE = (
-    "allowed: ASCII letters, digits, _ . + - (no '/'), not all digits, not 'all'/'others' (class names are "
-    "path segments and command-line words, where digits alone read as a class index). A dataset whose class "
-    "folders are named otherwise ('café', '0') must have them renamed (e.g. 'cafe', 'class0') before ingest"
-)
-
-
-def is_valid_class_name(name: Any) -> bool:
-    """Whether ``name`` can be declared in a config's ``classes`` (:data:`CLASS_NAME_RULE`)."""
-    # All-digit names would read as class indices on the command line.
-    return (
-        isinstance(name, str)
-        and bool(_NAME_RE.match(name))
-        and name not in (ALL_CLASSES, OTHER_CLASSES)
-        and not name.isdigit()
-    )
-
-
-def check_output_experiments(config: Mapping[str, Any]) -> None:
-    """Every experiment the ``outputs:`` block names exists (else that output would silently not be made)."""
-    defined = list(config.get("experiments") or {})
-    for output, value in (config.get("outputs") or {}).items():
-        for name in experiment_list(value):
-            if name not in defined:
-                raise ValueError(
-                    f"outputs.{output}: experiment {name!r} is not defined in experiments; defined: {', '.join(defined)}"
-                )
-
-
-def _validate_blocks(config: Mapping[str, Any]) -> None:
-    for output, names in (config.get("outputs") or {}).items():
-        if output not in OUTPUTS:
-            raise ValueError(f"outputs.{output}: unknown output; allowed: {', '.join(OUTPUTS)}")
-        if not experiment_list(names):
-            raise ValueError(f"outputs.{output}: {names!r}; give experiment names like 'E1+E2' or [E1, E2]")
-        check_output_experiment_count(output, experiment_list(names), f"outputs.{output}: {names!r}")
-        if output in EPOCH_OUTPUTS:
-            for name in experiment_list(names):
-                if not ((config.get("experiments") or {}).get(name) or {}).get("retrain", False):
-                    raise ValueError(f"outputs.{output}: experiment {name!r} is not retrained; it needs retrain: true")
-    for block in ("table1", "gallery"):
-        spec = config.get(block)
-        if spec is None:
-            continue
-        if spec.get("dataset") not in (config.get("datasets") or {}):
-            raise ValueError(
-                f"{block}.dataset: {spec.get('dataset')!r} is not declared in config datasets; declared: {_names(config, 'datasets')}"
-            )
-    if config.get("table1") is not None:
-        try:
-            _check_fraction("poison_rate", config["table1"].get("poison_rate", 0.1), closed=False)
-        except _PathError as exc:
-            raise ValueError(f"table1.{exc}") from None
-    gallery = config.get("gallery")
-    if gallery is not None:
-        seed = gallery.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"gallery.seed: {seed!r} is not a seed; allowed: whole numbers >= 0")
-
-
-def _validate_registries(config: Mapping[str, Any]) -> None:
-    """Declared names against the package registries (imports the package: torch)."""
-    import importlib
-
-    checks = [
-        ("datasets", "backdoor_eval.data", "DATASETS", lambda name, spec: (spec or {}).get("kind", name)),
-        ("models", "backdoor_eval.models", "MODELS", lambda name, spec: (spec or {}).get("arch") or name),
-        ("triggers", "backdoor_eval.triggers", "TRIGGERS", lambda name, spec: (spec or {}).get("kind") or name),
-        ("regularizers", "backdoor_eval.regularizers", "REGULARIZERS", lambda name, spec: name),
-    ]
-    for section, module_name, attribute, registry_name in checks:
-        registry = getattr(importlib.import_module(module_name), attribute)
-        for name, spec in (config.get(section) or {}).items():
-            key = registry_name(name, spec)
-            if key not in registry:
-                field = {"datasets": ".kind", "models": ".arch", "triggers": ".kind"}.get(section, "")
-                raise ValueError(
-                    f"{section}.{name}{field}: {key!r} is not registered in {module_name}.{attribute}; "
-                    f"registered: {', '.join(registry.names())}"
-                )
-    # Training settings as each (dataset, model) pair of the grid gets them (optimizer name, values).
-    from backdoor_eval.train import TrainConfig
-
-    for dataset, model in sorted({(run.dataset, run.model) for run in union(expand(config))}):
-        merged = train_params(config, dataset, model)
-        try:
-            TrainConfig.from_dict(merged)
-        except ValueError as exc:
-            # Name the config key that set the bad value: the first setting that fails on its own.
-            for key in merged:
-                try:
-                    TrainConfig.from_dict({key: merged[key]})
-                except ValueError:
-                    raise ValueError(f"{train_key_path(config, dataset, model, key)}: {exc}") from None
-            raise ValueError(f"training settings of model {model} on dataset {dataset}: {exc}") from None
-
-
-def train_key_path(config: Mapping[str, Any], dataset: str, model: str, key: str) -> str:
-    """The config key that gives ``key`` its value for ``model`` on ``dataset`` (the last block of
-    :func:`train_layers` that sets it)."""
-    layers = reversed(train_layers(config, dataset, model))
-    return next((f"{path}.{key}" for path, block in layers if key in block), f"train.{key}")
-
-
-def check_poison_counts(
-    config: Mapping[str, Any],
-    class_counts: Mapping[str, Sequence[int]],
-    expanded: Mapping[str, list[Run]] | None = None,
-) -> None:
-    """Every run poisons at least one training image, for the datasets whose class sizes are known.
-
-    ``class_counts`` maps a dataset name to its images per class (in the
-    order of its ``classes``). A run poisons floor(rate x N_t) of its
-    poison-train images of the poison class (docs/decisions.md#poison-sampling),
-    and N_t follows from the class sizes alone (:func:`backdoor_eval.splits.partition_counts`),
-    so a run that would poison none is an error here, before any job, naming
-    the experiment, the values and the lowest rate allowed. ``expanded``:
-    :func:`expand`'s result, when the caller has it already.
-    """
-    from backdoor_eval.poison import num_poisoned, zero_poison_message
-    from backdoor_eval.splits import partition_counts
-
-    poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
-    poison_val = {dataset: partition_counts(list(counts))["poison_val"] for dataset, counts in class_counts.items()}
-    for name, runs in (expand(config) if expanded is None else expanded).items():
-        for run in runs:
-            if run.dataset not in poison_train:
-                continue
-            classes = dataset_classes(config, run.dataset)
-            sizes = poison_train[run.dataset]
-            if len(sizes) != len(classes):
-                raise ValueError(
-                    f"datasets.{run.dataset}.classes: {len(classes)} classes declared, but the dataset has "
-                    f"{len(sizes)}; allowed: the dataset's class names in label order"
-                )
-            count = int(sizes[classes.index(run.poison_class)])
-            if int(poison_val[run.dataset][classes.index(run.poison_class)]) == 0:
-                raise ValueError(
-                    f"experiments.{name}.poison_class: dataset {run.dataset}: class {run.poison_class!r} has no "
-                    f"image in the poison_val set ({class_counts[run.dataset][classes.index(run.poison_class)]} images "
-                    "in all, split 76/19/5 then 80/20), so its poisoned validation accuracy cannot be measured; "
-                    "allowed: a class with more images"
-                )
-            if num_poisoned(run.poison_rate, count) == 0:
-                raise ValueError(
-                    f"experiments.{name}.poison_rate: dataset {run.dataset}: "
-                    + zero_poison_message(run.poison_rate, count, run.poison_class)
-                )

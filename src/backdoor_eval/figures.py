@@ -16,6 +16,8 @@ same output as the Agg backend.
 - :func:`fig5_regularization_boxplots`: spread over runs per regularizer (Fig. 5).
 - :func:`fig6_alpha`: adversarial success vs alpha, before/after retraining (Fig. 6).
 - :func:`fig7_poison_rate`: accuracy and adversarial success vs poison rate (Fig. 7).
+- :func:`fig_optimizer`: beyond the paper, clean accuracy and adversarial success per optimizer,
+  before and after retraining (numbers from :func:`backdoor_eval.tables.optimizer_means`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ import numpy as np
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import PHASES, POISON_PHASE
 from backdoor_eval.tables import (
+    AVERAGED_OVER,
     DATASET_ORDER,
     MODEL_ORDER,
     REGULARIZER_ORDER,
     TRIGGER_ORDER,
     display_name,
+    group_runs,
+    optimizer_means,
     ordered,
     select_runs,
 )
@@ -52,6 +57,7 @@ __all__ = [
     "fig5_regularization_boxplots",
     "fig6_alpha",
     "fig7_poison_rate",
+    "fig_optimizer",
     "regularization_matrix",
     "render_trigger_alone",
     "save_figure",
@@ -164,7 +170,8 @@ def regularization_matrix(
     part = select_runs(runs, experiment, phase)
     if metric not in part.columns:
         raise ValueError(f"metric {metric!r} is not a column of runs; allowed: {', '.join(METRIC_LABELS)}")
-    means = part.groupby(["poison_class", "regularizer"])[metric].mean().unstack("regularizer")
+    cells = group_runs(part, ["poison_class", "regularizer"], ["seed"], f"Fig. 4 ({experiment})")
+    means = cells[metric].mean().unstack("regularizer")
     if "none" not in means.columns:
         raise ValueError(
             f"experiment {experiment!r} has no regularizer 'none' runs; allowed: the baseline 'none' plus "
@@ -225,6 +232,7 @@ def fig5_regularization_boxplots(runs: pd.DataFrame, experiment: str = "E3") -> 
     import seaborn as sns
 
     part = select_runs(runs, experiment, POISON_PHASE)
+    group_runs(part, ["regularizer"], AVERAGED_OVER, f"Fig. 5 ({experiment})")  # one box per regularizer
     metrics = ("clean_val_accuracy", "adversarial_success_rate")
     order = ordered(part["regularizer"], REGULARIZER_ORDER)
     data = part[["regularizer", *metrics]].copy()
@@ -276,7 +284,8 @@ def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:
 
     part = select_runs(runs, experiment)
     keys = ["dataset", "trigger", "phase", "model", "poison_rate", "alpha"]
-    means = part.groupby(keys)["adversarial_success_rate"].mean().reset_index()
+    means = group_runs(part, keys, AVERAGED_OVER, f"Fig. 6 ({experiment})")["adversarial_success_rate"].mean()
+    means = means.reset_index()
     datasets = ordered(means["dataset"], DATASET_ORDER)
     triggers = ordered(means["trigger"], ("sin", "lv", *TRIGGER_ORDER))
     phases = ordered(means["phase"], PHASES)
@@ -331,7 +340,8 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
 
     part = select_runs(runs, experiment, POISON_PHASE)
     metrics = ["poison_val_accuracy", "clean_val_accuracy", "adversarial_success_rate"]
-    means = part.groupby(["trigger", "poison_rate"])[metrics].mean().reset_index()
+    cells = group_runs(part, ["trigger", "poison_rate"], AVERAGED_OVER, f"Fig. 7 ({experiment})")
+    means = cells[metrics].mean().reset_index()
     triggers = ordered(means["trigger"], TRIGGER_ORDER)
     colours = dict(zip(triggers, _palette(len(triggers))))
     fig = _new_figure(9.0, 4.2)
@@ -369,11 +379,8 @@ def retraining_curves(runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str)
     from backdoor_eval.tables import RETRAINING_MARKS, retraining_epochs
 
     part = retraining_epochs(runs, epochs, experiment)
-    stats = (
-        part.groupby(["trigger", "model", "epoch"])["adversarial_success_rate"]
-        .agg(["mean", "min", "max", "count"])
-        .reset_index()
-    )
+    grouped = group_runs(part, ["trigger", "model", "epoch"], ["poison_class", "seed"], "retraining_curves")
+    stats = grouped["adversarial_success_rate"].agg(["mean", "min", "max", "count"]).reset_index()
     triggers = ordered(stats["trigger"], TRIGGER_ORDER)
     models = ordered(stats["model"], [])
     colours = dict(zip(models, _palette(len(models))))
@@ -395,4 +402,50 @@ def retraining_curves(runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=max(1, len(models)), frameon=False, fontsize=8)
     fig.computed = stats
+    return fig
+
+
+# --------------------------------------------------------------------------- the optimizer (beyond the paper)
+
+
+def fig_optimizer(runs: pd.DataFrame, experiment: str = "E8") -> Figure:
+    """Clean accuracy and adversarial success per optimizer (bars, mean ± sample std over poison classes
+    and seeds); columns: before and after clean retraining; one group of bars per (dataset, model, trigger).
+
+    ``fig.computed``: :func:`backdoor_eval.tables.optimizer_means` of the experiment.
+    """
+    from matplotlib.patches import Patch
+
+    means = optimizer_means(runs, experiment)
+    groups = list(dict.fromkeys(zip(means["dataset"], means["model"], means["trigger"])))
+    optimizers = list(dict.fromkeys(means["optimizer"]))
+    phases = list(dict.fromkeys(means["phase"]))
+    metrics = list(dict.fromkeys(means["metric"]))
+    # A group's label names only what differs between groups (the trigger, for one dataset and model).
+    varying = [i for i in range(3) if len({group[i] for group in groups}) > 1] or [2]
+    kinds = ("dataset", "model", "trigger")
+    labels = ["\n".join(display_name(kinds[i], group[i]) for i in varying) for group in groups]
+    colours = dict(zip(optimizers, _palette(len(optimizers))))
+    width = 0.8 / len(optimizers)
+    fig = _new_figure(max(4.0, 1.2 * len(groups) * len(phases) + 1.5), 3.0 * len(metrics) + 0.6)
+    axes = fig.subplots(len(metrics), len(phases), squeeze=False, sharey="row")
+    for row, metric in enumerate(metrics):
+        for column, phase in enumerate(phases):
+            ax = axes[row, column]
+            cell = means[(means["metric"] == metric) & (means["phase"] == phase)]
+            for k, optimizer in enumerate(optimizers):
+                bars = cell[cell["optimizer"] == optimizer].set_index(["dataset", "model", "trigger"])
+                bars = bars.reindex(groups)
+                positions = np.arange(len(groups)) + (k - (len(optimizers) - 1) / 2) * width
+                ax.bar(
+                    positions, bars["mean"], width, yerr=bars["std"].fillna(0.0), color=colours[optimizer], capsize=2
+                )
+            ax.set_xticks(np.arange(len(groups)), labels)
+            ax.set_ylim(0.0, 1.03)
+            ax.set_title(f"{METRIC_LABELS[metric]}, {display_name('phase', phase)}", fontsize=9)
+            if column == 0:
+                ax.set_ylabel(METRIC_LABELS[metric])
+    handles = [Patch(color=colours[o], label=display_name("optimizer", o)) for o in optimizers]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    fig.computed = means
     return fig

@@ -6,23 +6,21 @@ The Snakemake rules take their ``output:`` patterns from :class:`Layout`
 path is spelled once. Commands never choose file names: every file they
 write is an argument that comes from a rule's ``{output}``.
 
-Light (no NumPy, no torch): the Snakefile imports it at parse time.
+A run's folder is ``{run}``, its run id (:attr:`backdoor_eval.factors.Run.run_id`);
+a poisoned set's is :data:`backdoor_eval.factors.POISON_ID_TEMPLATE`, one
+wildcard per poisoning factor. Light (no torch): the Snakefile imports it at
+parse time.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from backdoor_eval.factors import POISON_ID_TEMPLATE
 from backdoor_eval.names import PHASES
 
-# A run's and a poisoned set's folders, relative to the results folder; the
-# placeholders are the run factors (backdoor_eval.names.FACTORS).
-RUN_ID_TEMPLATE = (
-    "{dataset}/{model}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{regularizer}/seed{seed}"
-)
-# A poisoned data set: the poisoning factors and the split it was drawn from
-# ({split}: backdoor_eval.seeding.split_id; "seed<N>" when shared per seed).
-POISON_ID_TEMPLATE = "{dataset}/{trigger}/a{alpha}/{strategy}/t{poison_class}/s{source}/r{poison_rate}/{split}"
+# The wildcard of a run's folders (results, checkpoints, logs): its run id.
+RUN_WILDCARD = "{run}"
 
 # Files of one training phase (train or retrain), inside {run}/{phase}/.
 PHASE_FILES = {"model": "model.pt", "epochs": "epochs.parquet", "final": "final.json"}
@@ -54,7 +52,7 @@ class Layout:
     # ------------------------------------------------------------------ runs
     @property
     def run_dir(self) -> str:
-        return f"{self.root}/runs/{RUN_ID_TEMPLATE}"
+        return f"{self.root}/runs/{RUN_WILDCARD}"
 
     def _run_folder(self, run_id: str | None) -> str:
         """The run folder pattern, or one run's folder given its ``run_id``."""
@@ -90,7 +88,7 @@ class Layout:
     @property
     def checkpoints(self) -> str:
         """Resumable training state; deliberately no declared output (it must outlive a failed attempt)."""
-        return f"{self.checkpoint_root}/{RUN_ID_TEMPLATE}"
+        return f"{self.checkpoint_root}/{RUN_WILDCARD}"
 
     @property
     def compile_cache(self) -> str:

@@ -1,7 +1,7 @@
 """The project's shared vocabulary: every name that more than one module spells.
 
-Strategy, phase and partition names, the run factors in path order and the
-names of the paper's outputs live here once and are imported everywhere
+Strategy, phase and partition names and the names of the paper's outputs
+live here once (the run factors are declared in ``backdoor_eval.factors``) and are imported everywhere
 else (the package, the Snakemake rules, the tests). This module imports
 nothing, so the Snakefile can read it at parse time on every cluster job.
 """
@@ -37,26 +37,16 @@ SPLIT_POLICIES = (PER_RUN_SPLIT, SHARED_SPLIT)
 # No regularizer: plain cross-entropy.
 NO_REGULARIZER = "none"
 
-# A run's parameters, in the order they appear in its output path.
-FACTORS = (
-    "dataset",
-    "model",
-    "trigger",
-    "alpha",
-    "strategy",
-    "poison_class",
-    "source",
-    "poison_rate",
-    "regularizer",
-    "seed",
-)
-
 # The paper's outputs built from runs (Table 1 and Fig. 2 come from data alone).
 # Tables 2-3 compare before and after clean retraining, 4-5 the poisoning strategies.
 RETRAINING_TABLES = ("table2", "table3")
 STRATEGY_TABLES = ("table4", "table5")
-TABLES = (*RETRAINING_TABLES, *STRATEGY_TABLES)
-FIGURES = ("fig4", "fig5", "fig6", "fig7")
+# Beyond the paper: the optimizer factor's table and figure (its future work).
+OPTIMIZER_TABLE, OPTIMIZER_FIGURE = "table_optimizer", "fig_optimizer"
+# Tables built from one experiment each.
+EXPERIMENT_TABLES = (*STRATEGY_TABLES, OPTIMIZER_TABLE)
+TABLES = (*RETRAINING_TABLES, *EXPERIMENT_TABLES)
+FIGURES = ("fig4", "fig5", "fig6", "fig7", OPTIMIZER_FIGURE)
 # Beyond the paper's outputs: clean retraining epoch by epoch (a table and a figure from epochs.parquet).
 EPOCH_OUTPUTS = ("retraining_budget",)
 OUTPUTS = (*TABLES, *FIGURES, *EPOCH_OUTPUTS)

@@ -26,6 +26,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from backdoor_eval.network import DOWNLOADS_OFF, OFFLINE_ENV, downloads_off, hub_offline
+
 __all__ = [
     "DOWNLOADS_OFF",
     "OFFLINE_ENV",
@@ -42,29 +44,6 @@ __all__ = [
 
 #: Where ``fetch_weights`` writes pretrained weights (relative to the working directory, shared by every config).
 WEIGHTS_DIR = "resources/weights"
-
-#: Set (to 1) for every workflow job but the fetch rules: this package downloads nothing then.
-DOWNLOADS_OFF = "BACKDOOR_EVAL_OFFLINE"
-
-#: The environment of every workflow job but the fetch rules: the hub offline, downloads off.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", DOWNLOADS_OFF: "1"}
-
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def downloads_off() -> bool:
-    """Whether this package must not download anything (:data:`DOWNLOADS_OFF` set)."""
-    return _flag(DOWNLOADS_OFF)
-
-
-def hub_offline() -> str | None:
-    """The variable that keeps pretrained weights off the network, if one is set: ``HF_HUB_OFFLINE``
-    (also ``TRANSFORMERS_OFFLINE``) or :data:`DOWNLOADS_OFF`; else ``None``."""
-    return next((name for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", DOWNLOADS_OFF) if _flag(name)), None)
 
 
 def is_url(location: Any) -> bool:

@@ -31,7 +31,7 @@ from backdoor_eval import seeding
 from backdoor_eval.hashing import arrays_sha256
 from backdoor_eval.io import atomic_dir, read_json, reading, rebuild_hint, write_json
 from backdoor_eval.names import CLEAN_PARTITIONS, MANY_TO_ONE, ONE_TO_ONE, PARTITIONS, POISONED_PARTITIONS, STRATEGIES
-from backdoor_eval.triggers import Trigger, create_trigger, to_float, to_uint8
+from backdoor_eval.triggers import Trigger, apply_uint8, create_trigger
 
 if TYPE_CHECKING:  # Table 1's frame only: the poison and train jobs never import pandas
     import pandas as pd
@@ -217,11 +217,7 @@ def _bincount(labels: np.ndarray, num_classes: int) -> list[int]:
 
 
 def _triggered_pixels(images_uint8: np.ndarray, trigger: Trigger, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty_like(images_uint8, dtype=np.uint8)
-    for start in range(0, len(images_uint8), TRIGGER_BATCH):
-        batch = to_float(images_uint8[start : start + TRIGGER_BATCH])
-        out[start : start + TRIGGER_BATCH] = to_uint8(trigger.apply(batch, rng))
-    return out
+    return apply_uint8(trigger, images_uint8, rng, TRIGGER_BATCH)
 
 
 def materialize(

@@ -5,21 +5,26 @@ Adding a thing is one decorated class or function in its module:
     @TRIGGERS.register("bs")
     class BlackSquare(Trigger): ...
 
-and ``TRIGGERS.create("bs", alpha=1.0)`` builds it. Unknown names are a
-clear error that lists what is registered.
+and ``TRIGGERS.create("bs", alpha=1.0)`` builds it. Every registry checks
+names and parameters the same way, with one wording: an unknown name lists
+what is registered, and an unknown parameter lists what the entry accepts
+(its signature; an entry whose signature takes ``**kwargs`` says what it
+accepts with a ``parameter_names()`` class method, or accepts anything).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, also: str | None = None):
         self.kind = kind
+        self.also = also  # what an unknown name could be besides the registered ones
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -36,12 +41,43 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             # Bad input, not a bug: ValueError, naming the value and what is allowed.
+            also = f", or {self.also}" if self.also else ""
             raise ValueError(
-                f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(sorted(self._entries))}"
+                f"unknown {self.kind} {name!r}; registered {self.kind}s: {', '.join(sorted(self._entries))}{also}"
             ) from None
 
-    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self.get(name)(*args, **kwargs)  # type: ignore[operator]
+    def parameters(self, name: str) -> list[str] | None:
+        """The keyword parameters entry ``name`` accepts, or ``None`` when it accepts any."""
+        entry = self.get(name)
+        declared = getattr(entry, "parameter_names", None)
+        if callable(declared):
+            return list(declared())
+        target = entry.__init__ if inspect.isclass(entry) else entry  # type: ignore[misc]
+        accepted = []
+        for parameter in inspect.signature(target).parameters.values():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                return None
+            if parameter.name != "self" and parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                accepted.append(parameter.name)
+        return accepted
+
+    def check_params(self, name: str, params: Iterable[str], exclude: Iterable[str] = ()) -> None:
+        """A ``ValueError`` naming the first of ``params`` entry ``name`` does not accept, and what it accepts
+        (``exclude``: parameters the caller supplies itself, left out of what is allowed)."""
+        accepted = self.parameters(name)
+        if accepted is None:
+            return
+        unknown = [key for key in params if key not in accepted]
+        if unknown:
+            allowed = [key for key in accepted if key not in set(exclude)]
+            raise ValueError(
+                f"{self.kind} {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(allowed) or '(none)'}"
+            )
+
+    def create(self, name: str, /, **params: Any) -> Any:
+        """Build entry ``name`` from keyword ``params``, checked against what it accepts first."""
+        self.check_params(name, params)
+        return self.get(name)(**params)  # type: ignore[operator]
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -51,3 +87,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def params_error_key(exc: Exception, params: Mapping[str, Any]) -> str | None:
+    """The parameter a builder's ``TypeError``/``ValueError`` is about, when its message names one of ``params``."""
+    text = str(exc)
+    return next((key for key in params if f"'{key}'" in text or f"{key}=" in text or text.startswith(f"{key} ")), None)

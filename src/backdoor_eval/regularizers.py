@@ -221,12 +221,17 @@ class Regularizer:
     max_weight: ClassVar[float | None] = None
     defaults: ClassVar[dict[str, Any]] = {}
 
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        """What ``REGULARIZERS.create`` accepts: the weight and the hyper-parameters of ``defaults``."""
+        return ["weight", *cls.defaults]
+
     def __init__(self, weight: float | None = None, **hyperparams: Any):
         owner = f"regularizer {self.name!r}"
-        unknown = sorted(set(hyperparams) - set(self.defaults))
+        unknown = [key for key in hyperparams if key not in self.defaults]
         if unknown:
-            allowed = ", ".join(["weight", *sorted(self.defaults)])
-            raise ValueError(f"unknown {owner} option(s) {', '.join(map(repr, unknown))}; allowed: {allowed}")
+            allowed = ", ".join(self.parameter_names())
+            raise ValueError(f"{owner} has no parameter {unknown[0]!r}; allowed: {allowed}")
         self.weight = _check_number(
             owner,
             "weight",
@@ -414,6 +419,4 @@ def create_regularizer(name: str, weight: float | None = None, **hyperparams: An
     ``weight=None`` and missing hyper-parameters take the class defaults;
     unknown names, unknown options and out-of-range values raise ValueError.
     """
-    if name not in REGULARIZERS:
-        raise ValueError(f"unknown regularizer {name!r}; allowed: {', '.join(REGULARIZERS.names())}")
-    return REGULARIZERS.get(name)(weight=weight, **hyperparams)
+    return REGULARIZERS.create(name, weight=weight, **hyperparams)

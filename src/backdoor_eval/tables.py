@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from backdoor_eval.factors import FACTOR_NAMES, added_factor_defaults
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import CLEAN_PHASE, MANY_TO_ONE, ONE_TO_ONE, PHASES, POISON_PHASE, STRATEGIES
 
@@ -38,10 +39,12 @@ __all__ = [
     "REGULARIZER_ORDER",
     "STATISTICS",
     "TABLE_NOTES",
+    "OPTIMIZER_ORDER",
     "TRIGGER_ORDER",
     "combine_runs",
     "display_name",
     "flatten_columns",
+    "group_runs",
     "ordered",
     "select_runs",
     "table1",
@@ -50,6 +53,8 @@ __all__ = [
     "table3",
     "table4",
     "table5",
+    "table_optimizer",
+    "optimizer_means",
     "to_markdown",
     "without_untrained",
     "write_table",
@@ -60,6 +65,7 @@ DATASET_ORDER = ("flowers", "cifar10")
 MODEL_ORDER = ("resnet50", "nasnet_large", "nasnet_mobile")
 TRIGGER_ORDER = ("bs", "rs", "sin", "lv")
 REGULARIZER_ORDER = ("none", "logit_squeeze", "mixup", "contrastive", "snnl")
+OPTIMIZER_ORDER = ("default", "sgd", "adam", "adamw")
 DISPLAY_NAMES: dict[str, dict[str, str]] = {
     "dataset": {"flowers": "Flowers", "cifar10": "CIFAR-10"},
     "model": {"resnet50": "ResNet50", "nasnet_large": "NasNet", "nasnet_mobile": "NasNet Mobile"},
@@ -71,10 +77,13 @@ DISPLAY_NAMES: dict[str, dict[str, str]] = {
         "contrastive": "Contrastive",
         "snnl": "SNNL",
     },
+    "optimizer": {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"},
     "strategy": {ONE_TO_ONE: "1-to-1", MANY_TO_ONE: "M-to-1"},
     "phase": {POISON_PHASE: "before retraining", CLEAN_PHASE: "after retraining"},
 }
 STATISTICS = ("mean", "std", "count")
+# What a table cell or plotted point averages over: the runs of every poison class and seed.
+AVERAGED_OVER = ("poison_class", "seed")
 MISSING = "-"  # how an empty cell reads in Markdown
 COLUMN_SEPARATOR = " / "  # joins two-level column labels into one CSV/Markdown header
 
@@ -108,6 +117,13 @@ TABLE_NOTES = {
         "non-poison-class adversarial-test images; 1-to-1 source class: over the source class's "
         "images only; mean ± sample std (ddof=1) over source classes (each averaged over seeds "
         "first). M-to-1: mean over seeds."
+    ),
+    "table_optimizer": (
+        "Beyond the paper (its future work): the optimizer of training and clean retraining. Clean "
+        "validation accuracy and adversarial success rate of the early-stopped model (before retraining, "
+        "phase poison) and after clean retraining (phase clean), mean ± sample std (ddof=1) over poison "
+        "classes and seeds. Each optimizer trains with its own settings (config `optimizers:`); `default` "
+        "is the `train:` block's optimizer."
     ),
 }
 
@@ -168,6 +184,30 @@ def without_untrained(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         return runs, []
     flagged = runs["untrained"].fillna(False).astype(bool)
     return runs[~flagged], sorted(set(map(str, runs.loc[flagged, "run_id"])))
+
+
+def group_runs(part: pd.DataFrame, by: Sequence[str], over: Sequence[str], what: str, sort: bool = True) -> Any:
+    """``part`` grouped by the columns ``by`` (``sort`` as pandas), to be reduced over the factors ``over``.
+
+    Every other run factor (``backdoor_eval.factors``) must take one value in
+    each group: a table or figure names each factor it averages over, and
+    refuses to average silently over one that varies (two optimizers, say),
+    naming it. A factor the rows lack (results made before it existed) is
+    one value throughout.
+    """
+    others = [factor for factor in FACTOR_NAMES if factor in part.columns and factor not in by and factor not in over]
+    if others and not part.empty:
+        distinct = part.groupby(list(by), sort=False, dropna=False)[others].nunique(dropna=False)
+        varying = [factor for factor in others if (distinct[factor] > 1).any()]
+        if varying:
+            factor = varying[0]
+            values = ", ".join(sorted(map(str, part[factor].unique())))
+            raise ValueError(
+                f"{what}: its runs differ in {factor} ({values}) within one cell, and it averages only over "
+                f"{', '.join(over) or 'nothing'}; allowed: runs with one {factor} per "
+                f"{', '.join(by)}, or an output that groups by {factor}"
+            )
+    return part.groupby(list(by), sort=sort)
 
 
 def _check_statistic(statistic: str) -> None:
@@ -253,7 +293,8 @@ def _paper_grid(
         part = pd.concat([select_runs(runs, name, phase) for name in names]).drop_duplicates(["run_id", "phase"])
         metrics = [column for _, column in splits]
         _require_columns(part, ["dataset", "model", "trigger", *metrics], f"runs of experiment {experiment!r}")
-        grouped = part.groupby(["dataset", "model", "trigger"], sort=False)[metrics].agg(statistic)
+        cells = group_runs(part, ["dataset", "model", "trigger"], AVERAGED_OVER, f"{table} ({experiment})", sort=False)
+        grouped = cells[metrics].agg(statistic)
         for (dataset, model, trigger), values in grouped.iterrows():
             for split, column in splits:
                 records.append((dataset, split, retrained, model, trigger, values[column]))
@@ -345,13 +386,14 @@ def _strategy_table(
         sub = part[part["strategy"] == strategy]
         if sub.empty:
             continue
+        what = f"{label} ({experiment})"
         if strategy == ONE_TO_ONE:
-            per_source = sub.groupby(["model", "dataset", "source"])[metric].mean()
+            per_source = group_runs(sub, ["model", "dataset", "source"], AVERAGED_OVER, what)[metric].mean()
             over_sources = per_source.groupby(level=["model", "dataset"]).agg(["mean", "std"])
             data[(label, "mean")] = over_sources["mean"]
             data[(label, "std")] = over_sources["std"]
         else:
-            data[(label, "mean")] = sub.groupby(["model", "dataset"])[metric].mean()
+            data[(label, "mean")] = group_runs(sub, ["model", "dataset"], AVERAGED_OVER, what)[metric].mean()
     if not data:
         raise ValueError(f"experiment {experiment!r} has no {phase!r}-phase runs of strategy {', '.join(STRATEGIES)}")
     frame = pd.DataFrame(data)
@@ -396,6 +438,71 @@ def table5(runs: pd.DataFrame, experiment: str = "E6", phase: str = POISON_PHASE
         ("M-to-1", MANY_TO_ONE, "adversarial_success_rate"),
     ]
     return _strategy_table(runs, experiment, phase, columns)
+
+
+# --------------------------------------------------------------------------- the optimizer (beyond the paper)
+
+OPTIMIZER_METRICS = (("Clean accuracy", "clean_val_accuracy"), ("Adversarial success", "adversarial_success_rate"))
+OPTIMIZER_KEYS = ("dataset", "model", "trigger", "optimizer")
+
+
+def optimizer_means(runs: pd.DataFrame, experiment: str = "E8") -> pd.DataFrame:
+    """The numbers of the optimizer table and figure, long: one row per (dataset, model, trigger,
+    optimizer, phase, metric) with the ``mean``, sample ``std`` (ddof=1) and ``count`` of its runs
+    (poison classes and seeds), in display order."""
+    import pandas as pd
+
+    part = select_runs(runs, experiment)
+    metrics = [metric for _, metric in OPTIMIZER_METRICS]
+    _require_columns(part, [*OPTIMIZER_KEYS, *metrics], f"runs of experiment {experiment!r}")
+    frames = []
+    for phase in ordered(part["phase"], PHASES):
+        cells = group_runs(
+            part[part["phase"] == phase], OPTIMIZER_KEYS, AVERAGED_OVER, f"table_optimizer ({experiment})"
+        )
+        for _, metric in OPTIMIZER_METRICS:
+            stats = cells[metric].agg(["mean", "std", "count"]).reset_index()
+            frames.append(stats.assign(phase=phase, metric=metric))
+    long = pd.concat(frames, ignore_index=True)
+    orders = {
+        "dataset": ordered(long["dataset"], DATASET_ORDER),
+        "model": ordered(long["model"], MODEL_ORDER),
+        "trigger": ordered(long["trigger"], TRIGGER_ORDER),
+        "optimizer": ordered(long["optimizer"], OPTIMIZER_ORDER),
+        "phase": ordered(long["phase"], PHASES),
+        "metric": metrics,
+    }
+    for column, order in orders.items():
+        long[column] = pd.Categorical(long[column], categories=order, ordered=True)
+    long = long.sort_values(list(orders)).reset_index(drop=True)
+    for column in orders:
+        long[column] = long[column].astype(str)
+    return long
+
+
+def table_optimizer(runs: pd.DataFrame, experiment: str = "E8") -> pd.DataFrame:
+    """Beyond the paper: clean accuracy and adversarial success per optimizer, before and after retraining.
+
+    Rows (Dataset, Model, Trigger, Optimizer); columns (Column, Statistic):
+    for each phase the experiment has and each metric, mean and sample std
+    over poison classes and seeds (:func:`optimizer_means`).
+    """
+    import pandas as pd
+
+    long = optimizer_means(runs, experiment)
+    labels = {metric: label for label, metric in OPTIMIZER_METRICS}
+    long["column"] = [f"{labels[m]}, {display_name('phase', p)}" for m, p in zip(long["metric"], long["phase"])]
+    columns = list(dict.fromkeys(long["column"]))
+    wide = long.set_index([*OPTIMIZER_KEYS, "column"])[["mean", "std"]].unstack("column")
+    rows = list(dict.fromkeys(zip(*(long[key] for key in OPTIMIZER_KEYS))))
+    wide = wide.reindex(index=pd.MultiIndex.from_tuples(rows))
+    frame = pd.DataFrame({(column, stat): wide[(stat, column)] for column in columns for stat in ("mean", "std")})
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["Column", "Statistic"])
+    frame.index = pd.MultiIndex.from_tuples(
+        [tuple(display_name(kind, value) for kind, value in zip(OPTIMIZER_KEYS, row)) for row in rows],
+        names=["Dataset", "Model", "Trigger", "Optimizer"],
+    )
+    return frame
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -454,10 +561,16 @@ def combine_runs(
         if run_id not in epochs:
             raise ValueError(f"run {run_id!r} has no per-epoch frame")
         epoch_frames.append(epochs[run_id])
-    return (
-        pd.concat(run_frames, ignore_index=True),
-        pd.concat(epoch_frames, ignore_index=True),
-    )
+    return _with_added_factors(pd.concat(run_frames, ignore_index=True)), pd.concat(epoch_frames, ignore_index=True)
+
+
+def _with_added_factors(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows summarized before a factor was added lack it (no column, or empty cells): they are runs at its
+    default. Only when some row has the factor, so that results of configs that never use it stay as they were."""
+    for factor, default in added_factor_defaults().items():
+        if factor in runs.columns:
+            runs[factor] = runs[factor].where(runs[factor].notna(), default)
+    return runs
 
 
 # --------------------------------------------------------------------------- writing
@@ -588,7 +701,7 @@ def retraining_budget(
     last = int(part["epoch"].max())
     keys = ["dataset", "model", "trigger"]
     rows = []
-    for key, group in part.groupby(keys, sort=False):
+    for key, group in group_runs(part, keys, ["poison_class", "seed"], "retraining_budget", sort=False):
         row = dict(zip(keys, key))
         row["runs"] = group["run_id"].nunique()
         for mark in sorted({*marks, last}):

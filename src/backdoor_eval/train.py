@@ -99,8 +99,7 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer {self.optimizer!r} is unknown; allowed: {OPTIMIZERS.names()}")
+        OPTIMIZERS.get(self.optimizer)  # an unknown name: the registry's one message
         for name in ("lr", "batch_size", "eval_batch_size", "max_epochs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training option {name}={getattr(self, name)!r} must be > 0")
@@ -219,19 +218,12 @@ def to_device_uint8(images: np.ndarray, device: torch.device, on_device: bool) -
     return tensor.to(device) if on_device else tensor
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Float [0, 1] to uint8, rounding as an 8-bit image file would store it."""
-    return (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def triggered_uint8(trigger, images: torch.Tensor, seed: int, batch: int = 512) -> torch.Tensor:
-    """Apply ``trigger`` to uint8 NHWC images on their device, in batches, and re-quantize."""
-    rng = np.random.default_rng(seed)
-    out = torch.empty_like(images)
-    for start in range(0, len(images), batch):
-        chunk = images[start : start + batch].float().div_(255.0)
-        out[start : start + batch] = quantize(trigger.apply(chunk, rng))
-    return out
+    """Apply ``trigger`` to uint8 NHWC images on their device, in batches, and re-quantize (the poisoned
+    sets' own embedding, :func:`backdoor_eval.triggers.apply_uint8`)."""
+    from .triggers import apply_uint8
+
+    return apply_uint8(trigger, images, np.random.default_rng(seed), batch)
 
 
 class BatchPreparer:
@@ -442,7 +434,7 @@ class Engine:
             raise ValueError(f"phase {phase!r} is unknown; allowed: {list(PHASES)}")
         cfg = self.cfg
         lr = cfg.lr if phase == POISON_PHASE or cfg.retrain_lr is None else cfg.retrain_lr
-        optimizer = OPTIMIZERS.get(cfg.optimizer)(self.model.parameters(), cfg, lr)
+        optimizer = OPTIMIZERS.create(cfg.optimizer, params=self.model.parameters(), cfg=cfg, lr=lr)
         stopper = EarlyStopping(cfg.patience)
         history: list[dict[str, Any]] = []
         best_state = _clone_state(self.model)

@@ -20,7 +20,6 @@ A new trigger is one class here, registered in ``TRIGGERS``, plus a test
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from typing import Any, ClassVar
@@ -43,11 +42,14 @@ def _is_torch(x: Any) -> bool:
 
 
 def validate_alpha(alpha: float) -> float:
-    """Return ``alpha`` as a float, or raise if it is not in [0, 1]."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"alpha={alpha!r} is not a number; allowed: a number in [0, 1]") from None
+    """Return ``alpha`` as a float, or raise if it is not a number in [0, 1].
+
+    The one rule for alpha: the config's checks (a trigger's default, an
+    experiment's values) call it too.
+    """
+    if isinstance(alpha, (bool, str)) or not isinstance(alpha, (int, float, np.number)):
+        raise ValueError(f"alpha={alpha!r} is not a number; allowed: a number in [0, 1]")
+    value = float(alpha)
     if not 0.0 <= value <= 1.0 or math.isnan(value):
         raise ValueError(f"alpha={alpha!r} is outside the allowed range [0, 1]")
     return value
@@ -120,6 +122,24 @@ def to_float(images_uint8):
 
         return images_uint8.to(torch.float32) / 255.0
     return np.asarray(images_uint8, dtype=np.float32) / np.float32(255.0)
+
+
+def apply_uint8(trigger: Trigger, images_uint8, rng: np.random.Generator | None, batch: int = 256):
+    """Embed ``trigger`` in uint8 ``(N, H, W, 3)`` images and round back to 8 bits, ``batch`` images at a time.
+
+    The one quantized embedding: the poisoned sets (NumPy, ``backdoor_eval.poison``) and the adversarial
+    test set on the training device (torch, ``backdoor_eval.train``) both come from it. Drawing in batches
+    gives the same random positions as drawing all at once.
+    """
+    if _is_torch(images_uint8):
+        import torch
+
+        out = torch.empty_like(images_uint8)
+    else:
+        out = np.empty_like(images_uint8, dtype=np.uint8)
+    for start in range(0, len(images_uint8), batch):
+        out[start : start + batch] = to_uint8(trigger.apply(to_float(images_uint8[start : start + batch]), rng))
+    return out
 
 
 def scale_reference_px(reference_px: float, size: int) -> int:
@@ -369,12 +389,5 @@ class LowVariance(Trigger):
 
 
 def create_trigger(name: str, alpha: float | None = None, **params: Any) -> Trigger:
-    """Build a registered trigger; ``create_trigger(**trigger.spec())`` rebuilds one."""
-    if name not in TRIGGERS:
-        raise ValueError(f"trigger {name!r} is unknown; allowed: {', '.join(TRIGGERS.names())}")
-    cls = TRIGGERS.get(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "alpha")]
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(f"trigger {name!r} has no parameter(s) {unknown}; allowed: {', '.join(accepted)}")
-    return cls(alpha=alpha, **params)
+    """Build a registered trigger (``TRIGGERS.create``); ``create_trigger(**trigger.spec())`` rebuilds one."""
+    return TRIGGERS.create(name, alpha=alpha, **params)

@@ -70,7 +70,7 @@ rule filter_retrain:
         options=get_train_options,
     shell:
         "backdoor-eval train --store {input.store:q} --partitions {input.partitions:q} --poisoned {input.poisoned:q}"
-        " --exclude {input.exclude:q} {params.options} --seed {wildcards.seed} --threads {threads}"
+        " --exclude {input.exclude:q} {params.options} --threads {threads}"
         " --checkpoint {params.checkpoint:q}"
         " --out-model {output.model:q} --out-epochs {output.epochs:q} --out-final {output.final:q}"
         " > {log:q} 2>&1"

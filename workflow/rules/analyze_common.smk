@@ -6,13 +6,13 @@ from backdoor_eval.analyses import plan as analysis_plan
 ANALYSIS_JOBS = analysis_plan.jobs(config, EXPERIMENTS)
 DETECTORS = [name for name in ANALYSES.names() if ANALYSES.get(name).kind == TRAINING_SET]
 DETECTION_FIGURES = analysis_plan.detection_figures(config, OUTPUTS)
-FILTERED_RUN = analysis_plan.filtered_run_id(RUN_ID_TEMPLATE, "{method}")
-ANALYSIS_JOB = f"{RUN_ID_TEMPLATE}/{{method}}"  # one run and method: the analyze rule's log and benchmark
+FILTERED_RUN = analysis_plan.filtered_run_id(RUN_WILDCARD, "{method}")
+ANALYSIS_JOB = f"{RUN_WILDCARD}/{{method}}"  # one run and method: the analyze rule's log and benchmark
 
 # Before any job: labels too small for a detector (where the class sizes are known), and finished
 # poison phases whose model.pt was deleted (keep_models: false) that an analysis now needs.
 if workflow.is_main_process and ANALYSIS_JOBS["analyze"]:
-    analysis_plan.check_label_sizes(config, known_class_counts(), EXPERIMENTS)
+    analysis_plan.check_label_sizes(config, preflight.known_class_counts(config, PATHS), EXPERIMENTS)
     if AGAIN_FOR_ANALYSES := analysis_plan.models_deleted(PATHS, ANALYSIS_JOBS["analyze"]):
         logger.warning(
             f"{len(AGAIN_FOR_ANALYSES)} finished poison phase(s) will be trained again, because analyses now need "
@@ -38,13 +38,13 @@ def get_analysis_input(wildcards):
     """The run's data, and its poison-phase model when the method reads one."""
     inputs = get_run_data(wildcards)
     if ANALYSES.get(wildcards.method).needs_model:
-        inputs["model"] = PATHS.phase_file(POISON_PHASE, "model", ex.Run.from_mapping(wildcards).run_id)
+        inputs["model"] = PATHS.phase_file(POISON_PHASE, "model", run_of(wildcards).run_id)
     return inputs
 
 
 def get_analysis_options(wildcards, input):
     """`backdoor-eval analyze` arguments: the method and its parameters, the run, and how to feed its model."""
-    run = ex.Run.from_mapping(wildcards)
+    run = run_of(wildcards)
     options = [
         "--method",
         wildcards.method,
@@ -54,9 +54,9 @@ def get_analysis_options(wildcards, input):
         as_json({"run_id": run.run_id, **run.params()}),
     ]
     if "model" in input.keys():
-        arch, model_params = ex.model_spec(config, wildcards.model)
+        arch, model_params = cv.model_spec(config, run.model)
         options += ["--model-file", input.model, "--model", arch, "--model-params", as_json(model_params)]
-        options += ["--train-params", as_json(ex.train_params(config, wildcards.dataset, wildcards.model))]
+        options += ["--train-params", as_json(train_settings(run))]
         options += ["--device", config["device"]]
         if GPU_LOCK_DIR:
             options += ["--gpu-lock-dir", GPU_LOCK_DIR]

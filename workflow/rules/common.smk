@@ -1,6 +1,7 @@
-# Config -> targets. The grid logic lives in backdoor_eval.experiments and the
-# file layout in backdoor_eval.layout (pure, unit-tested); this file maps them
-# onto wildcards, input functions (get_*) and command-line arguments.
+# Config -> targets. The grid logic lives in backdoor_eval.experiments, the file
+# layout in backdoor_eval.layout and the checks before any job in
+# backdoor_eval.preflight (pure, unit-tested); this file maps them onto
+# wildcards, input functions (get_*) and command-line arguments.
 import dataclasses
 import functools
 import json
@@ -12,12 +13,12 @@ import sys
 
 from snakemake.logging import logger
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
-from backdoor_eval import gpus, names, offline, pretrain, seeding
-from backdoor_eval.io import remove_stale_temporaries
-from backdoor_eval.locks import held_locks, read_holder
-from backdoor_eval.layout import POISON_ID_TEMPLATE, RUN_ID_TEMPLATE, Layout
+from backdoor_eval import gpus, names, offline, preflight, pretrain, seeding
 from backdoor_eval.analyses.plan import without_analysis_keys as analysis_experiment_keys_removed
+from backdoor_eval.factors import POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
+from backdoor_eval.layout import RUN_WILDCARD, Layout
 
 # Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
 # the fetch rules (fetch.smk), which run first on the submitting node, alone turn the network back
@@ -38,10 +39,11 @@ RESULTS = f"results/{config['name']}"
 PATHS = Layout(RESULTS)
 EXPERIMENTS = ex.expand(config)
 RUNS = ex.union(EXPERIMENTS)
+RUN_OF = {run.run_id: run for run in RUNS}
 RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
-OUTPUTS = ex.outputs(config)
+OUTPUTS = cv.outputs(config)
 RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
-STRATEGY_TABLES = [name for name in names.STRATEGY_TABLES if name in OUTPUTS]
+EXPERIMENT_TABLES = [name for name in names.EXPERIMENT_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
 POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = config.get("gpu_lock_dir")
@@ -65,136 +67,33 @@ for _dataset, _archive in sorted(ARCHIVE_OF.items()):
     ARCHIVE_DATASET.setdefault(_archive, _dataset)
 
 
-def poison_phases_to_train_again():
-    """Finished poison phases that must train again: a run now asks for clean retraining, and
-    its model.pt, temporary with keep_models: false, was deleted once nothing needed it."""
-    return [
-        run_id
-        for run_id in sorted(RETRAIN_RUN_IDS)
-        if os.path.exists(PATHS.phase_file(POISON_PHASE, "final", run_id))
-        and not os.path.exists(PATHS.phase_file(POISON_PHASE, "model", run_id))
-        and not os.path.exists(PATHS.phase_file(CLEAN_PHASE, "final", run_id))
-    ]
-
-
-def cuda_visible():
-    import torch  # already imported by the registry check of the main process
-
-    return torch.cuda.is_available()
-
-
-# A cluster's head node may have no GPU while its compute nodes do: a warning, not an error.
-if workflow.is_main_process and config["device"] == "cuda" and not cuda_visible():
-    logger.warning(
-        "device: cuda, but no GPU is visible here; the train and retrain jobs will fail unless they run "
-        "where one is (a cluster's GPU nodes). Use device: auto to train on the CPU when there is none."
-    )
-
-
-def known_class_counts():
-    """Images per class of each dataset whose sizes are known before its ingest job (or after it)."""
-    from backdoor_eval.data import known_class_counts
-
-    counts = {}
-    for name, spec in config["datasets"].items():
-        known = known_class_counts(PATHS.store.format(dataset=name), spec["kind"], spec.get("params"))
-        if known is not None:
-            counts[name] = known
-    return counts
-
-
-# A run that would poison no image is a config mistake: an error before any job
-# where the class sizes are known (synthetic, the official CIFAR-10, any ingested
-# store); for a dataset not yet ingested, its poison job fails with the same message.
+# Before any job (a dry run too), checks and warnings from backdoor_eval.preflight (tested there):
+# device: cuda where no GPU is visible is a warning (a head node may have none); a run that would
+# poison no image is an error where the class sizes are known; finished poison phases that must train
+# again because their model.pt was deleted are announced, not first seen on the GPU bill.
 if workflow.is_main_process:
-    ex.check_poison_counts(config, known_class_counts(), EXPERIMENTS)
-
-# Known from the parameters alone (a synthetic set's size): checked here, not found by an ingest job
-# that runs out of memory.
-if workflow.is_main_process:
-    from backdoor_eval.data.store import check_memory_needs, physical_memory
-    from backdoor_eval.io import check_writable
-
-    check_memory_needs(config["datasets"], physical_memory())
-    # A read-only results folder: one line now, not a traceback from the first job or the clean-up.
-    check_writable(f"{RESULTS}/.write-check", f"results folder {RESULTS}:")
+    for message in (
+        preflight.cuda_warning(config["device"]),
+        preflight.rebuilt_splits_warning(config, PATHS, RUNS),
+        preflight.retraining_warning(PATHS, RETRAIN_RUN_IDS),
+    ):
+        if message:
+            logger.warning(message)
+    preflight.check_poison_counts(config, PATHS, EXPERIMENTS)
+    preflight.check_results_writable(PATHS)
 
 
-def splits_to_rebuild():
-    """Partition files deleted after runs of their split finished: rebuilding one retrains every run
-    of the split (its poison jobs and train jobs read it). (split file, finished runs of it)"""
-    missing = {}
-    for run in RUNS:
-        partitions = PATHS.partitions.format(dataset=run.dataset, split=ex.split_of(config, run))
-        finished = os.path.exists(PATHS.phase_file(POISON_PHASE, "final", run.run_id))
-        if finished and not os.path.exists(partitions):
-            missing.setdefault(partitions, []).append(run.run_id)
-    return missing
-
-
-# Said before any job (a dry run too), so it is not first seen on the GPU bill.
-if workflow.is_main_process and (REBUILT := splits_to_rebuild()):
-    first = sorted(REBUILT)[0]
-    logger.warning(
-        f"{len(REBUILT)} partitions file(s) were deleted after runs of their split finished, e.g. {first}; "
-        f"rebuilding them will train again {sum(map(len, REBUILT.values()))} finished run(s) of those splits "
-        "(the partitions are rebuilt identically, but they are newer than the runs). Restore the file(s) from a "
-        "backup, or accept the retraining."
-    )
-if workflow.is_main_process and (AGAIN := poison_phases_to_train_again()):
-    logger.warning(
-        f"{len(AGAIN)} finished poison phase(s) will be trained again, because their runs now need clean "
-        f"retraining and their model.pt was deleted after training (keep_models: false); e.g. {AGAIN[0]}. "
-        "Set keep_models: true before a later experiment adds retraining to keep them."
-    )
-
-
+# Every wildcard is constrained by the factors' declarations (backdoor_eval.factors): {run} is a
+# run id, the others a poisoned set's factors and its split.
 wildcard_constraints:
-    dataset=ex.WILDCARD_CONSTRAINTS["dataset"],
-    model=ex.WILDCARD_CONSTRAINTS["model"],
-    trigger=ex.WILDCARD_CONSTRAINTS["trigger"],
-    alpha=ex.WILDCARD_CONSTRAINTS["alpha"],
-    strategy=ex.WILDCARD_CONSTRAINTS["strategy"],
-    poison_class=ex.WILDCARD_CONSTRAINTS["poison_class"],
-    source=ex.WILDCARD_CONSTRAINTS["source"],
-    poison_rate=ex.WILDCARD_CONSTRAINTS["poison_rate"],
-    regularizer=ex.WILDCARD_CONSTRAINTS["regularizer"],
-    seed=ex.WILDCARD_CONSTRAINTS["seed"],
-    split=ex.WILDCARD_CONSTRAINTS["split"],
-
-
-def phases_running_elsewhere():
-    """(run_id, phase, holder) of the training phases some process runs now, before any job of ours:
-    the orphans of a killed Snakemake (their phase lock, backdoor_eval.phase.run_phase, is held)."""
-    checkpoints = PATHS.checkpoint_root
-    running = []
-    for lock in held_locks(checkpoints, "*.lock"):
-        run_id = lock.parent.relative_to(checkpoints).as_posix()
-        holder = read_holder(lock) or {}
-        running.append((run_id, lock.name.split(".", 1)[0], f"pid {holder.get('pid')} on {holder.get('host')}"))
-    return running
+    **WILDCARD_CONSTRAINTS,
 
 
 onstart:
     logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
-    running = phases_running_elsewhere()
-    if running:
-        run_id, phase, holder = running[0]
-        logger.warning(
-            f"{len(running)} training phase(s) are still running in processes this Snakemake did not start "
-            f"(left by a killed run?), e.g. the {phase} phase of {run_id} ({holder}). If scheduled again, their "
-            "jobs fail at once with a lock message; wait for those processes to finish, or kill them, then run "
-            "the workflow again (README.md: When something goes wrong)."
-        )
-    # Half-written files of killed jobs (a NASNet checkpoint is hundreds of MB); no job of ours runs yet,
-    # and the folders of phases still running elsewhere are left alone.
-    busy = [f"{PATHS.checkpoint_root}/{run_id}" for run_id, _, _ in running]
-    busy += [os.path.dirname(PATHS.phase_file(phase, "final", run_id)) for run_id, phase, _ in running]
-    removed, size = remove_stale_temporaries(RESULTS, keep=busy)
-    if removed:
-        logger.info(
-            f"removed {removed} temporary file(s) left by killed jobs ({size / 1e6:.1f} MB) under {RESULTS}"
-        )
+    # Phases still running elsewhere (a killed run's orphans), and the half-written files of killed jobs.
+    for level, message in preflight.clean_up(PATHS):
+        getattr(logger, level)(message)
 
 
 def get_final_output():
@@ -204,7 +103,7 @@ def get_final_output():
         targets += [PATHS.table("table1", ext) for ext in ("csv", "md")]
     for name in RETRAINING_TABLES:
         targets += [PATHS.table(stem, ext) for stem in (name, f"{name}_n") for ext in ("csv", "md")]
-    for name in STRATEGY_TABLES:
+    for name in EXPERIMENT_TABLES:
         targets += [PATHS.table(name, ext) for ext in ("csv", "md")]
     for name in FIGURES + (["fig2"] if config.get("gallery") else []):
         targets += [PATHS.figure(name, ext) for ext in ("png", "pdf")]
@@ -321,13 +220,13 @@ def get_dataset_params(wildcards):
 
 
 def get_dataset_classes(wildcards):
-    return as_json(ex.dataset_classes(config, wildcards.dataset))
+    return as_json(cv.dataset_classes(config, wildcards.dataset))
 
 
 def get_lv_fit_options(wildcards):
-    fraction = ex.lv_variance_fraction(config)
+    fraction = cv.lv_variance_fraction(config)
     options = [] if fraction is None else ["--variance-fraction", str(fraction)]
-    if not ex.lv_save_components(config):
+    if not cv.lv_save_components(config):
         options.append("--no-components")
     return shlex.join(options)
 
@@ -341,7 +240,7 @@ def get_poison_input(wildcards):
         "store": PATHS.store.format(dataset=wildcards.dataset),
         "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
-    if ex.uses_lv_fit(config, wildcards.trigger):
+    if cv.uses_lv_fit(config, wildcards.trigger):
         inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
@@ -350,9 +249,9 @@ def get_poison_options(wildcards, input):
     """The trigger (its registry name and parameters) and the optional arguments of `backdoor-eval poison`."""
     options = [
         "--trigger",
-        ex.trigger_kind(config, wildcards.trigger),
+        cv.trigger_kind(config, wildcards.trigger),
         "--trigger-params",
-        as_json(ex.trigger_params(config, wildcards.trigger)),
+        as_json(cv.trigger_params(config, wildcards.trigger)),
     ]
     if "lv_fit" in input.keys():
         options += ["--lv-fit", input.lv_fit]
@@ -364,33 +263,39 @@ def get_poison_options(wildcards, input):
 # ---------------------------------------------------------------- train
 
 
+def run_of(wildcards):
+    """The run a job's ``{run}`` wildcard names."""
+    return RUN_OF.get(wildcards.run) or Run.from_run_id(wildcards.run)
+
+
 def get_run_data(wildcards):
     """The data a run trains on: the store, its split's partitions and its poisoned overlay."""
-    run = ex.Run.from_mapping(wildcards)
-    split = ex.split_of(config, run)
+    run = run_of(wildcards)
+    split = cv.split_of(config, run)
     return {
         "store": PATHS.store.format(dataset=run.dataset),
         "partitions": PATHS.partitions.format(dataset=run.dataset, split=split),
-        "poisoned": f"{RESULTS}/poison/{run.poison_id(ex.split_policy(config))}",
+        "poisoned": f"{RESULTS}/poison/{run.poison_id(cv.split_policy(config))}",
     }
 
 
 def get_model_weights(wildcards):
     """The pretrained weights file a run's model starts from (fetched, or the config's local file); none
     when it is not pretrained. An input of train: Snakemake names it when it is missing."""
-    weights, _ = MODEL_WEIGHTS[wildcards.model]
+    weights, _ = MODEL_WEIGHTS[run_of(wildcards).model]
     return {"weights": weights} if weights else {}
 
 
 def get_train_options(wildcards):
-    """Model, regularizer and training arguments of `backdoor-eval train/retrain`, shell-quoted.
+    """Model, regularizer, training and seed arguments of `backdoor-eval train/retrain`, shell-quoted.
 
     One function for all of them: Snakemake inspects and calls each params
     function once per job, which is most of a dry run's time on the paper grid.
     """
-    arch, model_params = ex.model_spec(config, wildcards.model)
-    train = train_settings(wildcards.dataset, wildcards.model)
-    weights, fetch = MODEL_WEIGHTS[wildcards.model]
+    run = run_of(wildcards)
+    arch, model_params = cv.model_spec(config, run.model)
+    train = train_settings(run)
+    weights, fetch = MODEL_WEIGHTS[run.model]
     if fetch is not None:
         model_params["weights"] = weights  # the file fetch_weights wrote, not the hub or a URL
     if weights in PRETRAININGS:
@@ -401,13 +306,15 @@ def get_train_options(wildcards):
         "--model-params",
         as_json(model_params),
         "--regularizer",
-        wildcards.regularizer,
+        run.regularizer,
         "--regularizer-params",
-        as_json(ex.regularizer_params(config, wildcards.regularizer)),
+        as_json(cv.regularizer_params(config, run.regularizer)),
         "--train-params",
         as_json(train),
         "--device",
         config["device"],
+        "--seed",
+        str(run.seed),
     ]
     if GPU_LOCK_DIR:
         options += ["--gpu-lock-dir", GPU_LOCK_DIR]
@@ -417,13 +324,13 @@ def get_train_options(wildcards):
 
 
 @functools.cache
-def train_settings(dataset, model):
-    """Every training setting of `model` on `dataset`, defaults included: a job's params change (and
-    Snakemake reruns it) when a setting changes, in the config or as a code default, and only then;
-    writing a default out (`augment: none`) changes nothing (README.md: Results and code changes)."""
+def train_settings(run):
+    """Every training setting of `run`, defaults included: a job's params change (and Snakemake reruns
+    it) when a setting changes, in the config or as a code default, and only then; writing a default out
+    (`augment: none`) changes nothing (README.md: Results and code changes)."""
     from backdoor_eval.train import TrainConfig
 
-    return dataclasses.asdict(TrainConfig.from_dict(ex.train_params(config, dataset, model)))
+    return dataclasses.asdict(TrainConfig.from_dict(cv.run_train_params(config, run)))
 
 
 def get_checkpoint(phase):
@@ -436,7 +343,7 @@ def get_checkpoint(phase):
 
 def get_summarize_input(wildcards):
     """The poison phase's results, plus the clean phase's for runs an experiment retrains."""
-    run_id = ex.Run.from_mapping(wildcards).run_id
+    run_id = run_of(wildcards).run_id
     inputs = {
         "poison_final": PATHS.phase_file(POISON_PHASE, "final", run_id),
         "poison_epochs": PATHS.phase_file(POISON_PHASE, "epochs", run_id),
@@ -448,9 +355,10 @@ def get_summarize_input(wildcards):
 
 
 def get_summarize_options(wildcards, input):
-    """The run parameters and, for retrained runs, the clean phase's files, shell-quoted."""
-    run = ex.Run.from_mapping(wildcards)
-    options = ["--run-params", as_json({"run_id": run.run_id, **run.params()})]
+    """The run parameters (as its run id spells them: a factor added later only off its default, so runs
+    summarized before it existed are not redone) and, for retrained runs, the clean phase's files, shell-quoted."""
+    run = run_of(wildcards)
+    options = ["--run-params", as_json({"run_id": run.run_id, **run.identity()})]
     if "clean_final" in input.keys():
         options += ["--clean-final", input.clean_final, "--clean-epochs", input.clean_epochs]
     return shlex.join(options)
@@ -506,11 +414,11 @@ def get_gallery_options():
     """The image and the triggers of Fig. 2, each at the alpha and with the parameters the config gives it."""
     triggers = {
         name: {
-            "kind": ex.trigger_kind(config, name),
-            "alpha": ex.trigger_default_alpha(config, name),
-            "params": ex.trigger_params(config, name),
+            "kind": cv.trigger_kind(config, name),
+            "alpha": cv.trigger_default_alpha(config, name),
+            "params": cv.trigger_params(config, name),
         }
-        for name in ex.trigger_names(config)
+        for name in cv.trigger_names(config)
     }
     # In the config's order (the panels' order); the gallery's seed places the random square.
     options = ["--triggers", json.dumps(triggers), "--seed", str(config["gallery"]["seed"])]

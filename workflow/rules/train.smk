@@ -17,9 +17,9 @@ rule train:
         epochs=PATHS.phase_file(POISON_PHASE, "epochs"),
         final=PATHS.phase_file(POISON_PHASE, "final"),
     log:
-        log_of("train", RUN_ID_TEMPLATE),
+        log_of("train", RUN_WILDCARD),
     benchmark:
-        benchmark_of("train", RUN_ID_TEMPLATE)
+        benchmark_of("train", RUN_WILDCARD)
     conda:
         "../../envs/backdoor-eval.yaml"
     threads: job_resource("train", "threads")
@@ -32,7 +32,7 @@ rule train:
         options=get_train_options,
     shell:
         "backdoor-eval train --store {input.store:q} --partitions {input.partitions:q} --poisoned {input.poisoned:q}"
-        " {params.options} --seed {wildcards.seed} --threads {threads} --checkpoint {params.checkpoint:q}"
+        " {params.options} --threads {threads} --checkpoint {params.checkpoint:q}"
         " --out-model {output.model:q} --out-epochs {output.epochs:q} --out-final {output.final:q}"
         " > {log:q} 2>&1"
 
@@ -46,9 +46,9 @@ rule retrain:
         epochs=PATHS.phase_file(CLEAN_PHASE, "epochs"),
         final=PATHS.phase_file(CLEAN_PHASE, "final"),
     log:
-        log_of("retrain", RUN_ID_TEMPLATE),
+        log_of("retrain", RUN_WILDCARD),
     benchmark:
-        benchmark_of("retrain", RUN_ID_TEMPLATE)
+        benchmark_of("retrain", RUN_WILDCARD)
     conda:
         "../../envs/backdoor-eval.yaml"
     threads: job_resource("retrain", "threads")
@@ -61,7 +61,7 @@ rule retrain:
         options=get_train_options,
     shell:
         "backdoor-eval retrain --store {input.store:q} --partitions {input.partitions:q} --poisoned {input.poisoned:q}"
-        " --init-model {input.model:q} {params.options} --seed {wildcards.seed} --threads {threads}"
+        " --init-model {input.model:q} {params.options} --threads {threads}"
         " --checkpoint {params.checkpoint:q}"
         " --out-model {output.model:q} --out-epochs {output.epochs:q} --out-final {output.final:q}"
         " > {log:q} 2>&1"
@@ -75,9 +75,9 @@ rule summarize:
         summary=PATHS.run_summary(),
         epochs=PATHS.run_epochs(),
     log:
-        log_of("summarize", RUN_ID_TEMPLATE),
+        log_of("summarize", RUN_WILDCARD),
     benchmark:
-        benchmark_of("summarize", RUN_ID_TEMPLATE)
+        benchmark_of("summarize", RUN_WILDCARD)
     conda:
         "../../envs/backdoor-eval.yaml"
     params:

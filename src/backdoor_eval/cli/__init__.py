@@ -6,6 +6,11 @@ Each area registers its own subcommands (``cli/fetch.py``, ``cli/data.py``, ``cl
 every file atomically to the paths the arguments name. Before any handler
 runs, ``main`` checks that every output path can be written
 (:func:`check_outputs`), and prints bad input as one line, exit status 2.
+
+Bad input is the project's own: a ``ValueError`` or ``FileNotFoundError``
+raised by this package's code, whose message names the bad value and what
+is allowed (:func:`is_bad_input`). Anything else (a ``KeyError``, or a
+``ValueError`` raised inside a library) is a bug, shown with its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from backdoor_eval.locks import LockHeldError
 
@@ -44,6 +50,20 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_writable(value, "--" + dest.replace("_", "-"))
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """Whether ``exc`` is the project's own bad-input error: a ``ValueError`` or ``FileNotFoundError`` that
+    this package's code raised (its innermost frame is in the package), not one a library raised."""
+    if not isinstance(exc, (ValueError, FileNotFoundError)):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,22 +74,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args)
         result = args.func(args)
-    except LockHeldError as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted below; what is not bad input is raised again
+        return report_error(args.command, exc)
+    return int(result or 0)
+
+
+def report_error(command: str, exc: Exception) -> int:
+    """The exit status of a command that raised ``exc``, after one line on stderr; a bug is raised again."""
+    if isinstance(exc, LockHeldError):
         # The same work runs in another process (e.g. the orphan of a killed Snakemake): who, and what to do.
-        print(f"backdoor-eval {args.command}: error: {exc}", file=sys.stderr)
+        print(f"backdoor-eval {command}: error: {exc}", file=sys.stderr)
         return os.EX_TEMPFAIL  # 75: try again once that process is gone
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    if is_bad_input(exc):
         # Bad input: one clear line naming the bad value, no traceback.
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"backdoor-eval {args.command}: error: {msg}", file=sys.stderr)
+        print(f"backdoor-eval {command}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    if isinstance(exc, OSError):
         # A path that cannot be read or written (a folder where a file should be, no permission,
         # a full disk): name the file and the reason.
         where = exc.filename if exc.filename is not None else "(a file)"
-        print(f"backdoor-eval {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"backdoor-eval {command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    return int(result or 0)
+    raise exc  # a bug, not bad input: the traceback says where
 
 
 if __name__ == "__main__":

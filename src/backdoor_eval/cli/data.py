@@ -57,7 +57,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def _hint_at_undeclarable_class_names(class_names: list[str]) -> None:
     """Warn, at ingest, of class folders a config cannot name (the store is written all the same)."""
-    from backdoor_eval.experiments import CLASS_NAME_RULE, is_valid_class_name
+    from backdoor_eval.validation import CLASS_NAME_RULE, is_valid_class_name
 
     bad = [name for name in class_names if not is_valid_class_name(name)]
     if bad:

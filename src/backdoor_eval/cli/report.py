@@ -29,6 +29,7 @@ TABLE_TITLES = {
     "table3": "Table 3: accuracy before/after clean retraining",
     "table4": "Table 4: accuracy, one-to-one vs many-to-one",
     "table5": "Table 5: adversarial success, one-to-one vs many-to-one",
+    "table_optimizer": "The optimizer (beyond the paper): accuracy and adversarial success before/after retraining",
 }
 
 
@@ -52,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-md", required=True, help="table .md to write")
     p.set_defaults(func=cmd_table1)
 
-    p = sub.add_parser("table", help="one of the paper's Tables 2-5 from runs.parquet, as .csv and .md")
+    p = sub.add_parser(
+        "table", help="one of the paper's Tables 2-5 (or the optimizer table) from runs.parquet, as .csv and .md"
+    )
     p.add_argument("--name", required=True, choices=TABLES)
     p.add_argument("--experiments", required=True, help='the experiment(s) it is built from, e.g. "E1+E2" or "E6"')
     p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
@@ -63,7 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-counts-md", help="tables 2-3: the number of runs per cell, .md")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("figure", help="one of the paper's Figs. 4-7 from runs.parquet, as .png and .pdf")
+    p = sub.add_parser(
+        "figure", help="one of the paper's Figs. 4-7 (or the optimizer figure) from runs.parquet, as .png and .pdf"
+    )
     p.add_argument("--name", required=True, choices=FIGURES)
     p.add_argument("--experiments", required=True, help='the experiment it is built from, e.g. "E3"')
     p.add_argument("--runs", required=True, help="runs.parquet from `aggregate`")
@@ -320,6 +325,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
         "fig5": figures.fig5_regularization_boxplots,
         "fig6": figures.fig6_alpha,
         "fig7": figures.fig7_poison_rate,
+        "fig_optimizer": figures.fig_optimizer,
     }
     fig = builders[args.name](runs, experiment=experiment)
     figures.save_figure(fig, args.out_png, args.out_pdf)

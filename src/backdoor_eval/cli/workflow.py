@@ -20,7 +20,7 @@ def _load_config(args: argparse.Namespace) -> dict:
     config that the command depends on, so that JSON gets the semantic
     checks but not the schema, which would ask for the keys left out.
     """
-    from backdoor_eval import experiments
+    from backdoor_eval import validation
     from backdoor_eval.config import load_config
 
     if args.config_json is None:
@@ -31,7 +31,7 @@ def _load_config(args: argparse.Namespace) -> dict:
         raise ValueError(f"--config-json is not valid JSON ({exc.msg}); allowed: a JSON object") from None
     if not isinstance(config, dict):
         raise ValueError("--config-json is not a JSON object; allowed: a JSON object")
-    experiments.validate(config)
+    validation.validate(config)
     return config
 
 

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from backdoor_eval.hashing import file_digest
 from backdoor_eval.io import atomic_path
-from backdoor_eval.offline import DOWNLOADS_OFF, downloads_off
+from backdoor_eval.network import DOWNLOADS_OFF, downloads_off
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ has ``remote_archive() -> RemoteArchive | None`` (:func:`remote_archive`,
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,8 @@ DATASETS: Registry[type] = Registry("dataset")
 
 
 def create_dataset(name: str, params: dict[str, Any] | None = None) -> Any:
-    """Build the registered dataset ``name`` from ``params``, naming any unknown parameter."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; registered datasets: {', '.join(DATASETS.names())}")
-    params = dict(params or {})
-    cls = DATASETS.get(name)
-    allowed = _init_params(cls)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for dataset {name!r}; allowed: {', '.join(allowed)}"
-        )
-    return cls(**params)
+    """Build the registered dataset ``name`` from ``params`` (``DATASETS.create``: names an unknown parameter)."""
+    return DATASETS.create(name, **dict(params or {}))
 
 
 def remote_archive(name: str, params: dict[str, Any] | None = None) -> Any:
@@ -63,10 +52,6 @@ def fetch_archive(name: str, params: dict[str, Any] | None, out: str | os.PathLi
 def registered_name(cls: type) -> str:
     """The name ``cls`` is registered under (its class name if it is not registered)."""
     return next((n for n in DATASETS.names() if DATASETS.get(n) is cls), cls.__name__)
-
-
-def _init_params(cls: type) -> list[str]:
-    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
 __all__ = ["DATASETS", "create_dataset", "fetch_archive", "registered_name", "remote_archive"]

@@ -166,37 +166,6 @@ def known_class_counts(store_dir: str | os.PathLike, name: str, params: dict[str
     return None if counts is None else counts()
 
 
-def physical_memory() -> int | None:
-    """Bytes of memory of this machine (where the ingest job runs: a local rule), or ``None`` if unknown."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_memory_needs(datasets: dict[str, Any], available: int | None) -> None:
-    """Every dataset whose ingest needs a memory known from its parameters alone (``synthetic``:
-    images x size x size) fits in ``available`` bytes; else a ``ValueError`` naming the key, before any job."""
-    if available is None:
-        return
-    for name, spec in datasets.items():
-        spec = spec or {}
-        try:
-            dataset = create_dataset(spec.get("kind", name), spec.get("params"))
-        except ValueError:
-            continue  # a bad parameter is named by the registry check or the ingest job
-        need = getattr(dataset, "memory_needed", None)
-        if need is None or need() <= available:
-            continue
-        params = dataset.params
-        raise ValueError(
-            f"datasets.{name}.params.size: {params['size']} (with num_classes {params['num_classes']} x per_class "
-            f"{params['per_class']}) needs about {need() / 2**30:.1f} GiB of memory to generate, more than the "
-            f"{available / 2**30:.1f} GiB of this machine, where the ingest job runs; allowed: a smaller size or "
-            "per_class"
-        )
-
-
 def open_store(path: str | os.PathLike, verify: bool = False) -> Store:
     """Open the store in ``path``; ``images`` is a read-only memmap.
 
@@ -251,8 +220,6 @@ def describe(store: Store) -> str:
 
 
 __all__ = [
-    "check_memory_needs",
-    "physical_memory",
     "STORE_FORMAT_VERSION",
     "RawDataset",
     "Store",

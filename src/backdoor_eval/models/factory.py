@@ -50,13 +50,8 @@ def create_model(
     params = dict(kwargs)
     if name.startswith(TIMM_PREFIX):
         model = any_timm_classifier(name, num_classes, pretrained, weights, **kwargs)
-    elif name in MODELS:
-        model = MODELS.get(name)(num_classes, pretrained=pretrained, weights=weights, **kwargs)
     else:
-        raise ValueError(
-            f"unknown model {name!r}; registered models: {', '.join(MODELS.names())}, "
-            "or 'timm:<name>' for any timm model"
-        )
+        model = MODELS.create(name, num_classes=num_classes, pretrained=pretrained, weights=weights, **kwargs)
     if override_min:
         model.default_cfg["min_input_size"] = None if min_input_size is None else as_input_size(min_input_size)
         params["min_input_size"] = min_input_size

@@ -14,4 +14,4 @@ from .classifier import Classifier
 
 __all__ = ["MODELS"]
 
-MODELS: Registry[Callable[..., Classifier]] = Registry("model")
+MODELS: Registry[Callable[..., Classifier]] = Registry("model", also="'timm:<name>' for any timm model")

@@ -217,7 +217,9 @@ class ImageFolder:
     skipped (listed in the manifest); any other non-image file is an error.
     ``path`` (zip file or folder) or ``url`` (a zip, downloaded into
     ``cache_dir``); ``md5`` checks the archive. Decoding runs in ``workers``
-    threads or processes (``executor``).
+    threads or processes (``executor``). ``size`` left out is the class's
+    ``DEFAULT_SIZE``: native here, 224 for ``flowers``, so a subclass changes
+    the default without repeating the signature.
     """
 
     DEFAULT_SIZE: int | None = None
@@ -227,7 +229,7 @@ class ImageFolder:
         path: str | None = None,
         url: str | None = None,
         md5: str | None = None,
-        size: int | None = DEFAULT_SIZE,
+        size: int | None | str = "default",
         splits: list[str] | None = None,
         cache_dir: str = DEFAULT_CACHE_DIR,
         workers: int | None = None,
@@ -236,6 +238,7 @@ class ImageFolder:
         max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         name = registered_name(type(self))
+        size = self.DEFAULT_SIZE if size == "default" else size
         if path is None and not url:
             raise ValueError(f"{name} needs `path` (a zip file or folder) or `url` (a zip)")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):

@@ -74,6 +74,12 @@ class Synthetic:
             "min_contrast": float(min_contrast),
         }
 
+    def memory_bytes(self) -> int:
+        """About the peak memory of :meth:`generate` (checked before any job): the float32 pixels and two
+        temporaries of their size, then the uint8 images."""
+        values = self.params["num_classes"] * self.params["per_class"] * self.params["size"] ** 2 * 3
+        return values * (3 * 4 + 1)
+
     def known_class_counts(self) -> list[int]:
         """Images per class, known from the parameters alone (checked before any job)."""
         return [self.params["per_class"]] * self.params["num_classes"]

@@ -1,0 +1,210 @@
+"""The config, read the same way everywhere: each section's entries as the jobs get them.
+
+A completed config (``backdoor_eval.config.prepare_config``: the schema's
+defaults filled in, checked) is a plain mapping; these functions are the
+one place that reads its sections: a dataset's classes, a trigger entry's
+registry kind, alpha and parameters, a model's registry name and builder
+parameters, a regularizer's parameters, the training settings of a run (the
+``train`` blocks merged, then its training-setting factors' blocks), the
+split policy, each experiment's phases and the outputs the config builds.
+Light (no torch): the Snakefile imports it at parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backdoor_eval.factors import FACTORS, Run
+from backdoor_eval.names import CLEAN_PHASE, NO_REGULARIZER, POISON_PHASE, experiment_list
+from backdoor_eval.schema import schema_default
+
+# The outputs mapping is the schema's (one definition).
+DEFAULT_OUTPUTS: dict[str, list[str]] = {
+    name: experiment_list(value) for name, value in schema_default("outputs").items()
+}
+
+
+def datasets(config: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(config.get("datasets") or {})
+
+
+def dataset_classes(config: Mapping[str, Any], dataset: str) -> list[str]:
+    """The class names the config declares for ``dataset``, in label order."""
+    try:
+        return list(config["datasets"][dataset]["classes"])
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"dataset {dataset!r} is not declared in config datasets; declared: {names_of(config, 'datasets')}"
+        ) from None
+
+
+def trigger_names(config: Mapping[str, Any]) -> list[str]:
+    """The config's triggers; without a ``triggers:`` block, every registered trigger."""
+    if config.get("triggers"):
+        return list(config["triggers"])
+    from backdoor_eval.triggers import TRIGGERS
+
+    return TRIGGERS.names()
+
+
+def regularizer_names(config: Mapping[str, Any]) -> list[str]:
+    names = list(config.get("regularizers") or {})
+    return names if NO_REGULARIZER in names else [NO_REGULARIZER, *names]
+
+
+def trigger_kind(config: Mapping[str, Any], trigger: str) -> str:
+    """The registry name of the config's trigger ``trigger`` (``triggers.<name>.kind``, else the name)."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    return str(spec.get("kind") or trigger)
+
+
+def uses_lv_fit(config: Mapping[str, Any], trigger: str) -> bool:
+    """Whether the trigger is the low-variance one, which needs its split's PCA fit."""
+    return trigger_kind(config, trigger) == "lv"
+
+
+def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
+    """The trigger's default transparency: config ``triggers.<name>.alpha``, else the trigger's own."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    if spec.get("alpha") is not None:
+        return float(spec["alpha"])
+    from backdoor_eval.triggers import TRIGGERS
+
+    kind = trigger_kind(config, trigger)
+    if kind in TRIGGERS:
+        return float(TRIGGERS.get(kind).default_alpha)
+    where = f"triggers.{trigger}.kind" if spec.get("kind") else f"triggers.{trigger}"
+    raise ValueError(
+        f"{where}: {kind!r} is not registered in backdoor_eval.triggers.TRIGGERS; registered: {', '.join(TRIGGERS.names())}"
+    )
+
+
+def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
+    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``)."""
+    spec = (config.get("triggers") or {}).get(trigger) or {}
+    return dict(spec.get("params") or {})
+
+
+def lv_variance_fraction(config: Mapping[str, Any]) -> float | None:
+    """``triggers.lv.variance_fraction``, or ``None`` for the LV fit's own default."""
+    spec = (config.get("triggers") or {}).get("lv") or {}
+    value = spec.get("variance_fraction")
+    return None if value is None else float(value)
+
+
+def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
+    """``(arch, model_params)`` for the train command: the registry name and its keyword
+    arguments, ``pretrained`` and ``weights`` included."""
+    try:
+        spec = dict(config["models"][model] or {})
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"model {model!r} is not declared in config models; declared: {names_of(config, 'models')}"
+        ) from None
+    params = dict(spec.get("params") or {})
+    params["pretrained"] = bool(spec.get("pretrained", False))
+    params["weights"] = spec.get("weights")
+    return str(spec.get("arch") or model), params
+
+
+def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str, Any]:
+    """Keyword parameters of the regularizer (``weight`` and its hyper-parameters)."""
+    spec = (config.get("regularizers") or {}).get(regularizer)
+    if spec is None and regularizer != NO_REGULARIZER:
+        raise ValueError(
+            f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
+        )
+    return dict(spec or {})
+
+
+def lv_save_components(config: Mapping[str, Any]) -> bool:
+    """``triggers.lv.save_components`` (default true): keep the PCA components in each LV fit file."""
+    spec = (config.get("triggers") or {}).get("lv") or {}
+    return bool(spec.get("save_components", True))
+
+
+def split_policy(config: Mapping[str, Any]) -> str:
+    """``split:`` of the config: ``per-run`` (the paper's) or ``shared``."""
+    return str(config.get("split") or schema_default("split"))
+
+
+def split_of(config: Mapping[str, Any], run: Run) -> str:
+    """The split ``run`` trains on under the config's split policy."""
+    return run.split(split_policy(config))
+
+
+def train_layers(
+    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The config blocks that set ``model``'s training on ``dataset``, as (key path, block), later ones winning:
+    ``train``, ``datasets.<d>.train``, ``models.<m>.train``, ``models.<m>.train_per_dataset.<d>``, then
+    for a run (``factors``: its factor values) each training-setting factor off its default: its value,
+    and its block in the factor's config section (e.g. ``optimizers.<name>``)."""
+    model_spec = (config.get("models") or {}).get(model) or {}
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        ("train", config.get("train") or {}),
+        (f"datasets.{dataset}.train", ((config.get("datasets") or {}).get(dataset) or {}).get("train") or {}),
+        (f"models.{model}.train", model_spec.get("train") or {}),
+        (f"models.{model}.train_per_dataset.{dataset}", (model_spec.get("train_per_dataset") or {}).get(dataset) or {}),
+    ]
+    for factor in FACTORS:
+        value = (factors or {}).get(factor.name, factor.default)
+        if factor.train_setting is None or value == factor.default:
+            continue
+        block = ((config.get(factor.section) or {}) if factor.section else {}).get(value) or {}
+        layers.append((f"{factor.section}.{value}", {factor.train_setting: value, **block}))
+    return layers
+
+
+def train_params(
+    config: Mapping[str, Any], dataset: str, model: str, factors: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Training settings of ``model`` on ``dataset`` (for a run: ``factors``, its factor values): the blocks
+    of :func:`train_layers` merged, later keys winning (e.g. a model's input size on one dataset)."""
+    merged: dict[str, Any] = {}
+    for _, block in train_layers(config, dataset, model, factors):
+        merged.update(block)
+    return merged
+
+
+def run_train_params(config: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """The training settings of ``run`` (the ``--train-params`` of its train and retrain jobs)."""
+    return train_params(config, run.dataset, run.model, run.values())
+
+
+def experiment_phases(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Phases each experiment reports: ``phases:`` if given, else poison (+ clean when ``retrain``)."""
+    phases = {}
+    for name, spec in (config.get("experiments") or {}).items():
+        spec = spec or {}
+        default = [POISON_PHASE, CLEAN_PHASE] if spec.get("retrain", False) else [POISON_PHASE]
+        phases[name] = list(spec.get("phases") or default)
+    return phases
+
+
+def outputs(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Tables/figures built from experiments whose experiments all exist in the config."""
+    mapping = config.get("outputs")
+    mapping = DEFAULT_OUTPUTS if mapping is None else mapping
+    experiments = config.get("experiments") or {}
+    present = {}
+    for output, names in mapping.items():
+        names = experiment_list(names)
+        if names and all(name in experiments for name in names):
+            present[output] = names
+    return present
+
+
+def names_of(config: Mapping[str, Any], section: str) -> str:
+    return ", ".join(config.get(section) or {}) or "(none)"
+
+
+def declared_names(config: Mapping[str, Any], section: str) -> list[str]:
+    """The names a factor's values may take from config ``section``: its keys (for ``triggers`` without a
+    block, every registered trigger; ``none`` is always a regularizer)."""
+    if section == "triggers":
+        return trigger_names(config)
+    if section == "regularizers":
+        return regularizer_names(config)
+    return [str(name) for name in config.get(section) or {}]
