@@ -535,3 +535,31 @@ def test_registry_check_names_every_bad_entry_parameter(quickstart, path, value,
     node[last] = value
     with pytest.raises(ValueError, match=message):
         validation.validate(quickstart, check_registries=True)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", 0),
+        ("retrain_lr", 0),
+        ("weight_decay", -1),
+        ("momentum", -0.5),
+        ("batch_size", 0),
+        ("patience", -1),
+        ("input_size", 4),
+        ("augment", "rotate"),
+    ],
+)
+def test_the_train_blocks_values_are_checked_by_train_config_alone(quickstart, key, value):
+    pytest.importorskip("torch")
+    from backdoor_eval.schema import load_schema
+
+    # The schema gives the train keys' types only: the rule for each value is TrainConfig's.
+    train = load_schema()["$defs"]["train"]["properties"]
+    assert not [k for k, spec in train.items() if {"minimum", "exclusiveMinimum", "enum"} & set(spec)]
+    quickstart["train"][key] = value
+    from backdoor_eval.schema import validate_schema
+
+    validate_schema(copy.deepcopy(quickstart))  # the schema accepts the value: TrainConfig names it
+    with pytest.raises(ValueError, match=rf"^train\.{key}: "):
+        validation.validate(quickstart, check_registries=True)

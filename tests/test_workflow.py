@@ -532,7 +532,7 @@ BROKEN_CONFIGS = {
     "model width 0": ([_set("models.small_cnn.params.width", 0)], "models.small_cnn.params.width: width=0 is invalid"),
     "trigger param unknown": (
         [_set("triggers.bs.params", {"radius": 3})],
-        "triggers.bs.params.radius: trigger 'bs' has no parameter 'radius'; allowed: size, offset",
+        "triggers.bs.params.radius: trigger 'bs' has no parameter 'radius'; allowed: alpha, size, offset",
     ),
     "regularizer param": ([_set("regularizers.contrastive.margin", -1)], "regularizers.contrastive.margin: "),
     "dataset param unknown": (

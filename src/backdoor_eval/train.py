@@ -60,6 +60,9 @@ METRIC_COLUMNS = metrics.SUMMARY_METRICS
 # --------------------------------------------------------------------------- config
 
 
+MIN_INPUT_SIZE = 8  # pixels: smaller leaves a CNN's downsampling nothing to work on
+
+
 @dataclass
 class TrainConfig:
     """Training hyper-parameters; defaults are the paper's (section 4.3)."""
@@ -103,13 +106,18 @@ class TrainConfig:
         for name in ("lr", "batch_size", "eval_batch_size", "max_epochs"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"training option {name}={getattr(self, name)!r} must be > 0")
-        for name in ("patience", "retrain_epochs"):
+        if self.retrain_lr is not None and not self.retrain_lr > 0:
+            raise ValueError(f"training option retrain_lr={self.retrain_lr!r} must be > 0 or null (= lr)")
+        for name in ("patience", "retrain_epochs", "weight_decay", "momentum"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training option {name}={getattr(self, name)!r} must be >= 0")
         if self.augment not in ("none", "flip"):
             raise ValueError(f"augment {self.augment!r} is unknown; allowed: ['flip', 'none']")
-        if self.input_size is not None and self.input_size < 1:
-            raise ValueError(f"input_size {self.input_size!r} must be a positive integer or null")
+        # The one rule for input_size (the config schema gives only its type).
+        if self.input_size is not None and self.input_size < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input_size {self.input_size!r} is too small; allowed: a whole number >= {MIN_INPUT_SIZE}, or null"
+            )
         if not self.checkpoint_every_s >= 0:
             raise ValueError(f"training option checkpoint_every_s={self.checkpoint_every_s!r} must be >= 0")
 
