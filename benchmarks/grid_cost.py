@@ -52,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 from backdoor_eval.config import load_config
 from backdoor_eval.layout import Layout
@@ -155,9 +156,9 @@ def grid(
     for (dataset, model), cell_runs in by_cell.items():
         counts, _ = class_counts(config, dataset, counts_override or {})
         parts = {name: [int(v) for v in values] for name, values in partition_counts(counts).items()}
-        classes = ex.dataset_classes(config, dataset)
-        train = TrainConfig.from_dict(ex.train_params(config, dataset, model))
-        arch, _ = ex.model_spec(config, model)
+        classes = cv.dataset_classes(config, dataset)
+        train = TrainConfig.from_dict(cv.train_params(config, dataset, model))
+        arch, _ = cv.model_spec(config, model)
         epochs, source = expected_poison_epochs(arch, train, epochs_mode, poison_epochs)
         base_eval = sum(parts["poison_val"]) + sum(parts["clean_val"])
         adv_total = sum(parts["adv_test"])
@@ -201,11 +202,11 @@ def _engine(cell: Cell, config: dict, device):
     from backdoor_eval.models import create_model
     from backdoor_eval.regularizers import create_regularizer
 
-    cfg = engine.TrainConfig.from_dict(ex.train_params(config, cell.dataset, cell.model))
+    cfg = engine.TrainConfig.from_dict(cv.train_params(config, cell.dataset, cell.model))
     engine.set_determinism(cfg, device)
-    _, params = ex.model_spec(config, cell.model)
+    _, params = cv.model_spec(config, cell.model)
     params = {k: v for k, v in params.items() if k not in ("pretrained", "weights")}
-    num_classes = len(ex.dataset_classes(config, cell.dataset))
+    num_classes = len(cv.dataset_classes(config, cell.dataset))
     torch.manual_seed(0)
     model = create_model(cell.arch, num_classes=num_classes, pretrained=False, **params)
     runner = engine.Engine(model, create_regularizer("none"), cfg, num_classes, device, seed=0)
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         selected = args.models is None or cell.model in args.models
         key = (
             cell.arch,
-            json.dumps(ex.model_spec(config, cell.model)[1], sort_keys=True),
+            json.dumps(cv.model_spec(config, cell.model)[1], sort_keys=True),
             cell.image_size,
             cell.input_size,
         )

@@ -792,7 +792,7 @@ def test_a_symlinked_class_folder_is_followed_once(tmp_path):
 
 
 def test_class_folders_a_config_cannot_name_are_ingested_with_a_hint(tmp_path, caplog):
-    from backdoor_eval.experiments import validate
+    from backdoor_eval.validation import validate
 
     folder = write_folder(tmp_path / "f", {"café/a.png": png_bytes((1, 2, 3)), "0/b.png": png_bytes((3, 2, 1))})
     with caplog.at_level("WARNING", logger="backdoor_eval.cli.data"):

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from backdoor_eval.names import CLEAN_PHASE, FACTORS, POISON_PHASE
+from backdoor_eval.factors import FACTOR_NAMES as FACTORS
+from backdoor_eval.names import CLEAN_PHASE, POISON_PHASE
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -85,7 +85,7 @@ def any_timm_classifier(
     """``name`` = ``"timm:<timm model name>"`` (a tag picks weights: ``timm:resnet50.a1_in1k``) as a Classifier."""
     import timm
 
-    from . import nasnet_mobile  # noqa: F401  (registers ``nasnetamobile`` with timm)
+    from .nasnet_mobile import NASNetAMobile  # noqa: F401  (the import registers ``nasnetamobile`` with timm)
 
     timm_name = name[len(TIMM_PREFIX) :]
     if not timm.is_model(timm_name):
