@@ -127,11 +127,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     from backdoor_eval.splits import load_partitions
 
     tic = time.perf_counter()
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    cfg = engine.TrainConfig.from_dict(job.train_params)
-    device = engine.pick_device(job.device)
-    engine.set_determinism(cfg, device)
+    cfg, device = engine.setup_job(job.train_params, job.device, job.threads)
     if cfg.compile and job.compile_cache_dir is not None:
         # The jobs of a config share one cache: a model's kernels are compiled by its first job only.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(job.compile_cache_dir).resolve()))

@@ -267,11 +267,7 @@ def _run_locked(job: PretrainJob) -> dict[str, Any]:
     from backdoor_eval.regularizers import create_regularizer
 
     tic = time.perf_counter()
-    if job.threads:
-        torch.set_num_threads(job.threads)
-    cfg = engine.TrainConfig.from_dict(job.train_params)
-    device = engine.pick_device(job.device)
-    engine.set_determinism(cfg, device)
+    cfg, device = engine.setup_job(job.train_params, job.device, job.threads)
     store = open_store(job.store, verify=True)
     train_idx, holdout_idx = holdout_split(store.labels, job.holdout, job.seed)
     num_classes = store.num_classes

@@ -630,6 +630,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def setup_job(
+    train_params: dict[str, Any] | None, device: str, threads: int | None
+) -> tuple[TrainConfig, torch.device]:
+    """What every training job does first: its CPU threads, its checked settings, its device and the
+    determinism they ask for. Returns ``(settings, device)``."""
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig.from_dict(train_params)
+    picked = pick_device(device)
+    set_determinism(cfg, picked)
+    return cfg, picked
+
+
 def set_determinism(cfg: TrainConfig, device: torch.device) -> None:
     if cfg.deterministic:
         if device.type == "cuda":
