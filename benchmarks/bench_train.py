@@ -71,10 +71,10 @@ def paper_sizes() -> dict[str, int]:
     """Each model's CIFAR-10 input size in config/config.yaml (None there: the native 32 px)."""
     import yaml
 
-    from backdoor_eval import experiments as ex
+    from backdoor_eval import configview as cv
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return {model: ex.train_params(config, "cifar10", model).get("input_size") or 32 for model in config["models"]}
+    return {model: cv.train_params(config, "cifar10", model).get("input_size") or 32 for model in config["models"]}
 
 
 def bench(

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 from backdoor_eval import pretrain
 from backdoor_eval.config import load_config
@@ -50,7 +51,7 @@ def measurement(config: dict, runs: list[ex.Run], layout: Layout) -> pd.DataFram
             {
                 "model": run.model,
                 "init": pretrain.model_init(config, run.model) or "scratch",
-                "lr": float(ex.train_params(config, run.dataset, run.model)["lr"]),
+                "lr": float(cv.train_params(config, run.dataset, run.model)["lr"]),
                 "best_epoch": int(poison["best_epoch"]),
                 "poison_val_accuracy": poison["poison_val_accuracy"],
                 "clean_val_accuracy": poison["clean_val_accuracy"],

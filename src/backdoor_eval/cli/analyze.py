@@ -96,12 +96,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_analysis_membership(args: argparse.Namespace) -> int:
-    from backdoor_eval import experiments
+    from backdoor_eval import validation
     from backdoor_eval.analyses import plan
     from backdoor_eval.io import write_json
 
     config = json_object(args.config_json, "--config-json")
-    experiments.validate(config)
+    validation.validate(config)
     plan.validate(config)
     write_json(args.out, plan.membership(config, args.results_dir))
     return 0
