@@ -88,4 +88,8 @@ def get_filtered_results(wildcards):
 
 def get_analysis_membership_config():
     """What the analysis membership depends on: the membership's parts and the analyses' names."""
-    return {**get_membership_config(), "analyses": {name: {} for name in config.get("analyses") or {}}}
+    return {
+        **get_membership_config(),
+        "experiments": config["experiments"],  # with the analyses' keys, which membership.json leaves out
+        "analyses": {name: {} for name in config.get("analyses") or {}},
+    }
