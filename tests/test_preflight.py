@@ -88,3 +88,15 @@ def test_start_removes_killed_writes_but_not_those_of_a_phase_running_elsewhere(
     assert preflight.clean_up(layout) == [
         ("info", f"removed 1 temporary file(s) left by killed jobs (0.0 MB) under {tmp_path}")
     ]
+
+
+def test_a_stopped_workflow_says_no_job_failed_and_a_failed_one_keeps_snakemakes_report():
+    stopped = (
+        "Will exit after finishing currently running jobs (scheduler).\nShutting down, this might take some time.\n"
+    )
+    message = preflight.interrupted_message(stopped)
+    assert message.startswith("No job failed: the workflow was stopped (SIGTERM or Ctrl-C)")
+    assert "run the same command again" in message
+    failed = stopped + "Error in rule train:\n    jobid: 3\n"
+    assert preflight.interrupted_message(failed) is None
+    assert preflight.interrupted_message("Error in group prep:\n") is None

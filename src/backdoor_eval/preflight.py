@@ -163,3 +163,18 @@ def check_results_writable(layout: Layout) -> None:
     from backdoor_eval.io import check_writable
 
     check_writable(f"{layout.root}/.write-check", f"results folder {layout.root}:")
+
+
+def interrupted_message(log_text: str) -> str | None:
+    """At the end of a workflow that stopped: when its log shows no failed job, it was stopped (SIGTERM,
+    a second Ctrl-C, ``scancel`` of the submitting job), and Snakemake's own closing line, "At least one
+    job did not complete successfully", would read as a failure. The message that says what happened, or
+    ``None`` when a job did fail (Snakemake's error report then stands)."""
+    if "Error in rule" in log_text or "Error in group" in log_text:
+        return None
+    return (
+        "No job failed: the workflow was stopped (SIGTERM or Ctrl-C) and finished or cancelled the jobs that "
+        "were running, so Snakemake's 'At least one job did not complete successfully' means only that some "
+        "were left to run. Nothing finished is lost, and a stopped train or retrain job resumes from its last "
+        "checkpoint: run the same command again."
+    )

@@ -89,6 +89,14 @@ wildcard_constraints:
     **WILDCARD_CONSTRAINTS,
 
 
+onerror:
+    # A stopped workflow is not a failed one (backdoor_eval.preflight.interrupted_message).
+    _logs = log if isinstance(log, (list, tuple)) else [log]  # Snakemake gives the log file(s)
+    _text = "".join(open(path).read() for path in _logs if path and os.path.exists(str(path)))
+    if _message := preflight.interrupted_message(_text):
+        logger.warning(_message)
+
+
 onstart:
     logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
     # Phases still running elsewhere (a killed run's orphans), and the half-written files of killed jobs.
