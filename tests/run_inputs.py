@@ -21,3 +21,20 @@ def poisoned_synthetic_run(root: Path, synthetic: dict, poison_rate: float = 0.3
     poison += ["--poison-rate", str(poison_rate), "--strategy", "many-to-one", "--seed", "0", "--out", str(poisoned)]
     assert cli(poison) == 0
     return root, store, parts, poisoned
+
+
+# The run parameters of :func:`poisoned_synthetic_run` (BS, class 0, rate 0.3, seed 0), as `summarize` and
+# `analyze` take them.
+POISONED_SYNTHETIC_RUN_PARAMS = {
+    "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0",
+    "dataset": "synthetic",
+    "model": "small_cnn",
+    "trigger": "bs",
+    "alpha": 1.0,
+    "strategy": "many-to-one",
+    "poison_class": "class0",
+    "source": "all",
+    "poison_rate": 0.3,
+    "regularizer": "none",
+    "seed": 0,
+}

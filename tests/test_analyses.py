@@ -336,7 +336,7 @@ def test_detection_figures_follow_the_experiments_of_the_paper_figures():
 @pytest.mark.slow
 def test_analyze_and_filter_then_retrain_on_a_trained_synthetic_run(tmp_path):
     from backdoor_eval.cli import main as cli
-    from run_inputs import poisoned_synthetic_run
+    from run_inputs import POISONED_SYNTHETIC_RUN_PARAMS, poisoned_synthetic_run
 
     synthetic = {"num_classes": 4, "per_class": 120, "size": 16, "seed": 0}
     root, store, parts, poisoned = poisoned_synthetic_run(tmp_path, synthetic)
@@ -357,21 +357,7 @@ def test_analyze_and_filter_then_retrain_on_a_trained_synthetic_run(tmp_path):
         ]
 
     assert cli([*train, *outputs(root / "poison")]) == 0
-    run_params = json.dumps(
-        {
-            "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0",
-            "dataset": "synthetic",
-            "model": "small_cnn",
-            "trigger": "bs",
-            "alpha": 1.0,
-            "strategy": "many-to-one",
-            "poison_class": "class0",
-            "source": "all",
-            "poison_rate": 0.3,
-            "regularizer": "none",
-            "seed": 0,
-        }
-    )
+    run_params = json.dumps(POISONED_SYNTHETIC_RUN_PARAMS)
     rows = {}
     for method in ("spectral", "strip", "perfect_filter"):
         analyze = [

@@ -21,7 +21,7 @@ from backdoor_eval import evaluate
 from backdoor_eval import train as engine
 from backdoor_eval.cli import main as cli
 from engine_epochs import LOGITS_ATOL, LOSS_RTOL, initial_state, synthetic, train_epochs
-from run_inputs import poisoned_synthetic_run
+from run_inputs import POISONED_SYNTHETIC_RUN_PARAMS, poisoned_synthetic_run
 
 # --------------------------------------------------------------------------- unit
 
@@ -227,19 +227,7 @@ def test_paper_in_miniature_backdoor_learned_then_removed_by_clean_retraining(tr
 @pytest.mark.slow
 def test_summarize_builds_the_tidy_summary(trained, tmp_path):
     poison_out, clean_out = trained
-    params = {
-        "run_id": "synthetic/small_cnn/bs/a1.0/many-to-one/tclass0/sall/r0.3/none/seed0",
-        "dataset": "synthetic",
-        "model": "small_cnn",
-        "trigger": "bs",
-        "alpha": 1.0,
-        "strategy": "many-to-one",
-        "poison_class": "class0",
-        "source": "all",
-        "poison_rate": 0.3,
-        "regularizer": "none",
-        "seed": 0,
-    }
+    params = dict(POISONED_SYNTHETIC_RUN_PARAMS)
     out, out_epochs = tmp_path / "summary.parquet", tmp_path / "epochs.parquet"
     poison_files = [
         "--poison-final",
