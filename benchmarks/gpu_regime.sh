@@ -5,11 +5,8 @@
 #
 #   bash benchmarks/gpu_regime.sh OUT_DIR [PROBE_SECONDS] [GRID_SECONDS]
 #
-# It is the README's command (snakemake --configfile ... --cores N) plus what a bare machine lacks:
-# - Python wheels of the workflow's dependencies in .whl/ (installed with --no-index into /tmp/site);
-# - the package from src/ (PYTHONPATH) and a `backdoor-eval` command for the jobs;
-# - the CIFAR-10 image-folder zip, rebuilt from .devdata/cifar10-jpeg.tar.xz (the same JPEG files,
-#   a third of the zip's size) when resources/datasets/cifar10-jpeg.zip is absent.
+# It is the README's command (snakemake --configfile ... --cores N) plus what a bare machine lacks
+# (benchmarks/gpu_env.sh: offline wheels, the package from src/, the CIFAR-10 zip).
 # Each stage has a time limit; whatever finished is packed into OUT_DIR/results.tgz (runs.parquet,
 # epochs.parquet, the per-run tables, tables, figures, logs, the pretraining manifests) and an
 # interrupted grid resumes with the same command.
@@ -21,28 +18,8 @@ config=config/real-cifar10-pretrained.yaml
 name=real-cifar10-pretrained
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD/src
-else
-  export PYTHONPATH=$PWD/src
-fi
-mkdir -p /tmp/bin
-printf '#!/bin/sh\nexec python3 -m backdoor_eval.cli "$@"\n' >/tmp/bin/backdoor-eval
-printf '#!/bin/sh\nexec python3 -m snakemake "$@"\n' >/tmp/bin/snakemake
-chmod +x /tmp/bin/backdoor-eval /tmp/bin/snakemake
-export PATH=/tmp/bin:$PATH
-if [ ! -e resources/datasets/cifar10-jpeg.zip ] && [ -f .devdata/cifar10-jpeg.tar.xz ]; then
-  mkdir -p resources/datasets
-  python3 - <<'EOF'
-import tarfile, zipfile
-with tarfile.open(".devdata/cifar10-jpeg.tar.xz") as tar, zipfile.ZipFile("resources/datasets/cifar10-jpeg.zip", "w") as out:
-    for member in tar:
-        if member.isfile():
-            out.writestr(member.name, tar.extractfile(member).read())
-EOF
-fi
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"; } | tee "$out/device.txt"
 snakemake --configfile "$config" --unlock >/dev/null 2>&1
 run() { timeout "$1" snakemake --configfile "$config" --cores "$(nproc)" --scheduler greedy --rerun-incomplete "${@:2}"; }
