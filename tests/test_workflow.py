@@ -762,3 +762,25 @@ def test_the_workflow_removes_what_killed_writes_left_before_its_first_job(tmp_p
     assert not (run / ".model.pt.k2x9a_qz.tmp").exists() and not overlay.exists()
     assert (results / "notes.tmp").read_text() == "the user's own file"
     assert (results / "data" / "synthetic" / "store" / "manifest.json").is_file()
+
+
+def test_the_membership_job_of_a_grid_over_a_declared_factor(tmp_path):
+    """The membership job's config (a part of the whole) carries every factor's section: an optimizer
+    grid, the one config/real-cifar10-optimizer.yaml runs, writes its membership through the workflow."""
+    import json
+
+    config_file = REPO / "config" / "real-cifar10-optimizer.yaml"
+    done = snakemake(
+        "--configfile",
+        str(config_file),
+        "--cores",
+        "1",
+        "results/real-cifar10-optimizer/membership.json",
+        workdir=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads((tmp_path / "results/real-cifar10-optimizer/membership.json").read_text())
+    config = yaml.safe_load(config_file.read_text())
+    assert document == json.loads(json.dumps(ex.membership(config, "results/real-cifar10-optimizer")))
+    assert len(document["runs"]) == 18
+    assert sorted({run.rsplit("/opt-", 1)[1] for run in document["runs"]}) == ["adam", "adamw", "sgd"]

@@ -17,7 +17,7 @@ from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 from backdoor_eval import gpus, names, offline, preflight, pretrain, seeding
 from backdoor_eval.analyses.plan import without_analysis_keys as analysis_experiment_keys_removed
-from backdoor_eval.factors import POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
+from backdoor_eval.factors import FACTORS, POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
 from backdoor_eval.layout import RUN_WILDCARD, Layout
 
 # Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
@@ -374,12 +374,18 @@ def get_summarize_options(wildcards, input):
 
 def get_membership_config():
     """The parts of the config membership depends on (so training settings do not re-run it)."""
+    # The names each factor's section declares (models, regularizers, optimizers, any factor added
+    # to backdoor_eval.factors), with the classes of each dataset and the triggers' alpha defaults.
+    declared = {
+        factor.section: {name: {} for name in config[factor.section] or {}}
+        for factor in FACTORS
+        if factor.section and factor.section in config
+    }
     return {
         "name": config["name"],
+        **declared,
         "datasets": {name: {"classes": spec["classes"]} for name, spec in config["datasets"].items()},
-        "models": {name: {} for name in config["models"]},
         "triggers": config.get("triggers"),
-        "regularizers": {name: {} for name in config.get("regularizers") or {}},
         # Without the analyses' keys: adding an analysis does not rebuild runs.parquet.
         "experiments": analysis_experiment_keys_removed(config["experiments"]),
         "outputs": config.get("outputs"),
