@@ -64,3 +64,13 @@ def lv_fit():
     """An LV fit of 40 small low-rank images, with a 41st as the reference."""
     images = make_low_rank_images(n=41)
     return fit_low_variance(images[:40], images[40])
+
+
+@pytest.fixture
+def fitted_toy(monkeypatch):
+    """The toy fitted trigger of tests/fitted_trigger.py, registered in TRIGGERS for one test."""
+    import fitted_trigger
+    from backdoor_eval.triggers import TRIGGERS
+
+    monkeypatch.setitem(TRIGGERS._entries, fitted_trigger.NAME, fitted_trigger.MeanImage)
+    return fitted_trigger

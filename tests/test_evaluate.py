@@ -44,3 +44,33 @@ def test_summary_names_a_missing_factor():
         evaluate.summarize({k: v for k, v in PARAMS.items() if k != "seed"}, [])
     with pytest.raises(ValueError, match=r"run parameters lack 'run_id'"):
         evaluate.summarize({k: v for k, v in PARAMS.items() if k != "run_id"}, [])
+
+
+def test_the_final_document_reads_and_writes_the_same_json_keys():
+    metrics = dict(zip(evaluate.SUMMARY_METRICS, (0.5, 0.9, 0.8, 0.7, None, 0.1)))
+    document = {
+        **FINAL,
+        "untrained": False,
+        "resumed_from_epoch": None,
+        **metrics,
+        "num_train_images": 100,
+        "device": "cpu",
+        "cuda_visible_devices": None,
+        "gpu_slot": None,
+        "seconds_total": 1.5,
+        "train_params": {"lr": 0.001},
+        "model": "small_cnn",
+        "regularizer": "none",
+        "regularizer_config": None,
+        "seed": 0,
+        "package_version": "1.0",
+        "git_commit": "abc",
+    }
+    final = evaluate.FinalDocument.from_dict(document)
+    assert final.metrics == metrics and final.epoch == 2 and final.git_commit == "abc"
+    assert final.to_dict() == document
+    # A file of an earlier version lacks the later keys: null, and untrained false.
+    old = evaluate.FinalDocument.from_dict(FINAL)
+    assert old.untrained is False and old.package_version is None and old.metrics["train_loss"] is None
+    with pytest.raises(ValueError, match=r"^final document lacks 'epochs_run'; required: phase, epoch, best_epoch"):
+        evaluate.FinalDocument.from_dict({k: v for k, v in FINAL.items() if k != "epochs_run"})

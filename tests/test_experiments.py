@@ -12,6 +12,7 @@ import yaml
 from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
 from backdoor_eval import validation
+from backdoor_eval.config import prepare_config
 from backdoor_eval.experiments import Run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +84,10 @@ def test_paper_config_distinct_runs_and_retrain_jobs(paper):
     # The paper's split per run: one partition and one poisoned set per run, one LV fit per lv run.
     lv_runs = sum(run.trigger == "lv" for run in distinct)
     assert (summary["split"], summary["partitions"], summary["poisoned_sets"]) == ("per-run", 952, 952)
-    assert summary["lv_fits"] == lv_runs == 264
+    assert summary["trigger_fits"] == lv_runs == 264
     # Shared per seed: cifar10 seeds 0-1, flowers seeds 0-9; overlays shared by models, regularizers, optimizers.
     shared = ex.counts({**paper, "split": "shared"})
-    assert (shared["distinct_runs"], shared["partitions"], shared["poisoned_sets"], shared["lv_fits"]) == (
+    assert (shared["distinct_runs"], shared["partitions"], shared["poisoned_sets"], shared["trigger_fits"]) == (
         952,
         12,
         296,
@@ -422,7 +423,7 @@ def test_a_trigger_entry_may_run_a_registered_trigger_under_other_settings(quick
     quickstart["experiments"]["E4"]["trigger"] = ["sin", "lv", "lv_scaled"]
     validation.validate(quickstart, check_registries=pytest.importorskip("torch") is not None)
     assert cv.trigger_kind(quickstart, "lv_scaled") == "lv" and cv.trigger_kind(quickstart, "sin") == "sin"
-    assert cv.uses_lv_fit(quickstart, "lv_scaled") and not cv.uses_lv_fit(quickstart, "sin")
+    assert cv.needs_fit(quickstart, "lv_scaled") and not cv.needs_fit(quickstart, "sin")
     assert cv.trigger_default_alpha(quickstart, "lv_scaled") == 0.5  # the lv class's own default
     assert cv.trigger_params(quickstart, "lv_scaled") == {"reading": "scaled"}
     quickstart["triggers"]["lv_scaled"]["kind"] = "lvx"
@@ -562,4 +563,56 @@ def test_the_train_blocks_values_are_checked_by_train_config_alone(quickstart, k
 
     validate_schema(copy.deepcopy(quickstart))  # the schema accepts the value: TrainConfig names it
     with pytest.raises(ValueError, match=rf"^train\.{key}: "):
+        validation.validate(quickstart, check_registries=True)
+
+
+# --------------------------------------------------------------------------- fitted triggers
+
+
+def test_a_fitted_triggers_fit_parameters_sit_under_its_params(quickstart):
+    assert quickstart["triggers"]["lv"]["params"] == {"reading": "literal", "variance_fraction": 0.005}
+    assert cv.trigger_params(quickstart, "lv") == {"reading": "literal"}  # what the trigger is built with
+    assert cv.fit_params(quickstart, "lv") == {"variance_fraction": 0.005}
+    assert cv.fit_options(quickstart, "lv") == ["--variance-fraction", "0.005"]
+    # Every entry of the kind shares the split's one fit: a second entry may repeat a value, not change it.
+    quickstart["triggers"]["lv_scaled"] = {"kind": "lv", "params": {"reading": "scaled", "save_components": False}}
+    assert cv.fit_params(quickstart, "lv") == {"variance_fraction": 0.005, "save_components": False}
+    quickstart["triggers"]["lv_scaled"]["params"]["variance_fraction"] = 0.01
+    with pytest.raises(ValueError, match=r"^triggers\.lv_scaled\.params\.variance_fraction: 0\.01 differs from "
+                       r"triggers\.lv\.params\.variance_fraction: 0\.005; entries of kind lv share one fit"):  # fmt: skip
+        cv.fit_params(quickstart, "lv")
+
+
+def test_a_fit_parameter_at_its_old_place_names_the_new_one(quickstart):
+    quickstart["triggers"]["lv"]["save_components"] = False
+    with pytest.raises(ValueError, match=r"^triggers\.lv\.save_components: a parameter of trigger 'lv' goes under "
+                       r"params; write triggers\.lv\.params\.save_components$"):  # fmt: skip
+        prepare_config(quickstart, check_registries=False)
+
+
+def test_a_bad_fit_parameter_fails_the_check_naming_the_key(quickstart):
+    pytest.importorskip("torch")
+    quickstart["triggers"]["lv"]["params"]["variance_fraction"] = 1.5
+    with pytest.raises(ValueError, match=r"^triggers\.lv\.params\.variance_fraction: variance_fraction=1\.5; "):
+        validation.validate(quickstart, check_registries=True)
+    quickstart["triggers"]["lv"]["params"] = {"radius": 3}
+    with pytest.raises(ValueError, match=r"^triggers\.lv\.params\.radius: trigger 'lv' has no parameter 'radius'; "
+                       r"allowed: reading, fit_sha256, variance_fraction, save_components$"):  # fmt: skip
+        validation.validate(quickstart, check_registries=True)
+
+
+def test_a_new_fitted_trigger_needs_a_fit_in_the_config_with_no_other_edit(quickstart, fitted_toy):
+    quickstart["triggers"]["toy"] = {"kind": fitted_toy.NAME, "params": {"shade": 0.5}}
+    quickstart["experiments"]["E1"]["trigger"] = ["bs", "toy"]
+    validation.validate(quickstart, check_registries=True)
+    assert cv.needs_fit(quickstart, "toy") and not cv.needs_fit(quickstart, "bs")
+    assert cv.trigger_params(quickstart, "toy") == {} and cv.fit_options(quickstart, fitted_toy.NAME) == [
+        "--shade",
+        "0.5",
+    ]
+    toy_runs = {run for run in ex.union(ex.expand(quickstart)) if run.trigger == "toy"}
+    lv_splits = {cv.split_of(quickstart, run) for run in ex.union(ex.expand(quickstart)) if run.trigger == "lv"}
+    assert ex.counts(quickstart)["trigger_fits"] == len({cv.split_of(quickstart, r) for r in toy_runs}) + len(lv_splits)
+    quickstart["triggers"]["toy"]["params"]["shade"] = 2
+    with pytest.raises(ValueError, match=r"^triggers\.toy\.params\.shade: shade=2; allowed: a number in \[0, 1\]$"):
         validation.validate(quickstart, check_registries=True)

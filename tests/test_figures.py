@@ -372,6 +372,12 @@ def test_gallery_command_picks_the_clean_val_image(monkeypatch, tmp_path, capsys
         f"backdoor-eval gallery: error: figure file {tmp_path / 'fig2.jpg'} ends in '.jpg'; allowed: .png, .pdf"
     ) in capsys.readouterr().err
     assert not (tmp_path / "fig2.jpg").exists()
+    # A fitted trigger shown without its fit file: named before any image is read; the others need none.
+    without_fit = args[:5] + args[7:]
+    assert main(without_fit) == 2
+    assert "error: trigger 'lv' needs its fit: give --lv-fit FILE (from `fit-lv`)" in capsys.readouterr().err
+    made.clear()
+    assert main([*without_fit, "--triggers", json.dumps({"sin": {}})]) == 0 and made == [("sin", None, {})]
 
 
 def test_log_axes_tick_the_grid_values_in_plain_numbers(tmp_path):

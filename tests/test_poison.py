@@ -423,6 +423,17 @@ def test_fit_lv_cli_fits_on_poison_train_with_a_clean_val_reference(fake_data_mo
     np.testing.assert_array_equal(saved["pattern"], expected.pattern)
 
 
+def test_a_new_fitted_trigger_gets_its_fit_command_and_poison_option(fitted_toy, fake_data_modules, store, tmp_path):
+    fit = tmp_path / "toyfit_fit.npz"
+    common = ["--store", "s", "--partitions", "p.npz", "--seed", "2"]
+    assert main(["fit-toyfit", *common, "--shade", "0.5", "--out", str(fit)]) == 0
+    argv = ["poison", *common, "--trigger", "toyfit", "--toyfit-fit", str(fit), "--poison-class", "class2",
+            "--poison-rate", "0.1", "--strategy", "many-to-one", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["trigger"]["name"] == "toyfit" and manifest["trigger"]["fit"] == str(fit)
+
+
 def test_poison_cli_rejects_lv_fit_for_other_triggers(fake_data_modules, capsys):
     argv = ["poison", "--store", "s", "--partitions", "p", "--trigger", "bs", "--lv-fit", "x.npz", "--poison-class", "1",
             "--poison-rate", "0.1", "--strategy", "many-to-one", "--seed", "0", "--out", "o"]  # fmt: skip

@@ -347,10 +347,16 @@ def test_table1_markdown_has_4_decimal_p_and_the_misprint_note(tmp_path):
 # --------------------------------------------------------------------------- helpers
 
 
+def test_a_new_trigger_is_named_and_ordered_by_its_class(fitted_toy):
+    assert tables.display_name("trigger", fitted_toy.NAME) == "Mean image"
+    assert tables.trigger_order() == ["bs", "rs", "sin", "lv", fitted_toy.NAME]
+    assert tables.ordered(["zz", fitted_toy.NAME, "sin"], tables.trigger_order()) == ["sin", fitted_toy.NAME, "zz"]
+
+
 def test_display_names_and_order():
     assert tables.display_name("trigger", "sin") == "Sine"
     assert tables.display_name("model", "new_net") == "new_net"
-    assert tables.ordered(["zz", "lv", "bs", "aa", "lv"], tables.TRIGGER_ORDER) == ["bs", "lv", "aa", "zz"]
+    assert tables.ordered(["zz", "lv", "bs", "aa", "lv"], tables.trigger_order()) == ["bs", "lv", "aa", "zz"]
     with pytest.raises(ValueError, match="kind 'colour'"):
         tables.display_name("colour", "x")
 

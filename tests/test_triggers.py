@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from backdoor_eval import triggers
 from backdoor_eval.lv_fit import LowVarianceFit, fit_low_variance, save_lv_fit
 from backdoor_eval.triggers import (
     TRIGGERS,
@@ -274,3 +275,34 @@ def test_to_uint8_rounds_and_clips_in_numpy_and_torch():
     np.testing.assert_array_equal(to_uint8(torch.from_numpy(values)).numpy(), expected)
     every = np.arange(256, dtype=np.uint8)
     np.testing.assert_array_equal(to_uint8(to_float(every)), every)  # uint8 -> float -> uint8 is lossless
+
+
+# --------------------------------------------------------------------------- fitted triggers
+
+
+def test_a_trigger_that_needs_a_fit_says_so_in_its_class():
+    assert triggers.fitted_triggers() == ["lv"]
+    assert triggers.needs_fit("lv") and not any(triggers.needs_fit(kind) for kind in ("bs", "rs", "sin"))
+    assert triggers.fit_parameters("lv") == ["variance_fraction", "save_components"]
+    assert triggers.fit_parameters("sin") == []
+    assert triggers.fitter_of("lv").options(variance_fraction=0.005, save_components=False) == [
+        "--variance-fraction",
+        "0.005",
+        "--no-components",
+    ]
+    with pytest.raises(ValueError, match=r"^trigger 'bs' needs no fit; fitted triggers: lv$"):
+        triggers.fitter_of("bs")
+    with pytest.raises(ValueError, match=r"^variance_fraction=1\.0; allowed: a number in \(0, 1\)$"):
+        triggers.fitter_of("lv").options(variance_fraction=1.0)
+
+
+def test_a_new_fitted_trigger_is_one_class_and_its_fit(fitted_toy):
+    assert triggers.fitted_triggers() == ["lv", fitted_toy.NAME]
+    assert triggers.fit_parameters(fitted_toy.NAME) == ["shade"]
+    assert triggers.trigger_title(fitted_toy.NAME) == "Mean image"
+    assert triggers.TRIGGERS.in_order() == ["bs", "rs", "sin", "lv", fitted_toy.NAME]
+
+
+def test_titles_name_the_paper_triggers():
+    assert [triggers.trigger_title(kind) for kind in triggers.TRIGGERS.in_order()] == ["Square", "RS", "Sine", "LV"]
+    assert triggers.trigger_title("lv_scaled") == "lv_scaled"  # a config entry's own name: as-is

@@ -20,6 +20,7 @@ import yaml
 
 from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval.triggers import fitted_triggers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -59,11 +60,13 @@ def expected_counts(config: dict) -> dict[str, int]:
     policy = config.get("split", "per-run")
     splits = {r: r.split(policy) for r in runs}
     partitions = {(r.dataset, splits[r]) for r in runs}
-    lv_fits = {(r.dataset, splits[r]) for r in runs if cv.uses_lv_fit(config, r.trigger)}
+    # One fit per fitted trigger kind (lv) and split its runs use, and Fig. 2's of the triggers it shows.
+    fits = {(cv.trigger_kind(config, r.trigger), r.dataset, splits[r]) for r in runs if cv.needs_fit(config, r.trigger)}
     if config.get("gallery"):
         gallery = (config["gallery"]["dataset"], f"seed{config['gallery'].get('seed', 0)}")  # a seed's shared split
         partitions.add(gallery)
-        lv_fits.add(gallery)
+        shown = [name for name in cv.trigger_names(config) if cv.needs_fit(config, name)]
+        fits |= {(cv.trigger_kind(config, name), *gallery) for name in shown}
     ingested = {r.dataset for r in runs} | {config[b]["dataset"] for b in ("table1", "gallery") if config.get(b)}
     # fetched first (local rules): each pretrained architecture's hub weights or weights URL (not a local
     # file), and each dataset archive that a reader would download (cifar10 by its url, others with a url)
@@ -83,7 +86,7 @@ def expected_counts(config: dict) -> dict[str, int]:
         "fetch_dataset": len(archives),
         "ingest": len({r.dataset for r in runs} | ({config["table1"]["dataset"]} if config.get("table1") else set())),
         "partition": len(partitions),
-        "fit_lv": len(lv_fits),
+        **{f"fit_{kind}": sum(fit[0] == kind for fit in fits) for kind in fitted_triggers()},
         "poison": len({r.poison_id(policy) for r in runs}),
         "train": len(runs),
         "retrain": len(ex.retrain_runs(config)),
@@ -140,6 +143,34 @@ def test_quickstart_dry_run_job_counts(tmp_path):
     counts = dry_run(REPO / "config" / "quickstart.yaml", tmp_path)
     assert counts == expected_counts(config)
     assert counts["train"] == 44 and counts["retrain"] == 18 and counts["poison"] == 28
+
+
+def test_a_new_fitted_trigger_gets_its_fit_jobs_with_no_other_edit(tmp_path, fitted_toy):
+    """The toy fitted trigger (tests/fitted_trigger.py), registered in the Snakemake process only: its
+    fit rule, its fit per split, and its poison and gallery jobs given the fit come from its class."""
+    config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
+    config["triggers"]["toy"] = {"kind": fitted_toy.NAME, "params": {"shade": 0.5}}
+    config["experiments"]["E1"]["trigger"] = ["bs", "toy"]
+    config["experiments"]["E2"]["trigger"] = ["bs", "toy"]
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    register = (
+        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import fitted_trigger; fitted_trigger.register()"
+    )
+    argv = ["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--configfile", str(path), "-n", "-p"]
+    command = f"{register}; from snakemake.cli import main; sys.argv = {argv!r}; main()"
+    result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, env=env(), timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    counts = job_counts(output)
+    assert counts == expected_counts(config) and counts["fit_toyfit"] == 1  # the quickstart's split is shared
+    fit = "results/quickstart/data/synthetic/seed0/toyfit_fit.npz"
+    assert (
+        "backdoor-eval fit-toyfit --store results/quickstart/data/synthetic/store --partitions "
+        f"results/quickstart/data/synthetic/seed0/partitions.npz --split seed0 --shade 0.5 --out {fit} >"
+    ) in output
+    assert f"--trigger toyfit --trigger-params '{{}}' --toyfit-fit {fit} --out " in output
+    assert re.search(rf"backdoor-eval gallery .*--lv-fit \S+/lv_fit.npz --toyfit-fit {fit} --triggers", output)
 
 
 @pytest.mark.slow

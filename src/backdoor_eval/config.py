@@ -69,6 +69,7 @@ def prepare_config(config: MutableMapping[str, Any], check_registries: bool = Tr
     explicit_outputs = config.get("outputs") is not None
     from backdoor_eval.analyses import plan as analyses
 
+    validation.check_trigger_entry_keys(config)  # a moved key's new place, before the schema's "unknown key"
     validate_schema(config)
     validation.validate(config, check_registries=check_registries)
     pretrain.validate(config, check_registries=check_registries)

@@ -3,7 +3,7 @@
 A completed config (``backdoor_eval.config.prepare_config``: the schema's
 defaults filled in, checked) is a plain mapping; these functions are the
 one place that reads its sections: a dataset's classes, a trigger entry's
-registry kind, alpha and parameters, a model's registry name and builder
+registry kind, alpha and parameters (and a fitted trigger's fit parameters), a model's registry name and builder
 parameters, a regularizer's parameters, the training settings of a run (the
 ``train`` blocks merged, then its training-setting factors' blocks), the
 split policy, each experiment's phases and the outputs the config builds.
@@ -59,9 +59,13 @@ def trigger_kind(config: Mapping[str, Any], trigger: str) -> str:
     return str(spec.get("kind") or trigger)
 
 
-def uses_lv_fit(config: Mapping[str, Any], trigger: str) -> bool:
-    """Whether the trigger is the low-variance one, which needs its split's PCA fit."""
-    return trigger_kind(config, trigger) == "lv"
+def needs_fit(config: Mapping[str, Any], trigger: str) -> bool:
+    """Whether the config's trigger ``trigger`` needs its split's fit (its kind declares a ``fitter``,
+    ``backdoor_eval.triggers.needs_fit``); an unregistered kind needs none (the checks name it)."""
+    from backdoor_eval.triggers import TRIGGERS, needs_fit
+
+    kind = trigger_kind(config, trigger)
+    return kind in TRIGGERS and needs_fit(kind)
 
 
 def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
@@ -80,17 +84,52 @@ def trigger_default_alpha(config: Mapping[str, Any], trigger: str) -> float:
     )
 
 
-def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
-    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``)."""
+def _entry_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
     spec = (config.get("triggers") or {}).get(trigger) or {}
     return dict(spec.get("params") or {})
 
 
-def lv_variance_fraction(config: Mapping[str, Any]) -> float | None:
-    """``triggers.lv.variance_fraction``, or ``None`` for the LV fit's own default."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    value = spec.get("variance_fraction")
-    return None if value is None else float(value)
+def _fit_parameters(config: Mapping[str, Any], trigger: str) -> list[str]:
+    from backdoor_eval.triggers import TRIGGERS, fit_parameters
+
+    kind = trigger_kind(config, trigger)
+    return fit_parameters(kind) if kind in TRIGGERS else []
+
+
+def trigger_params(config: Mapping[str, Any], trigger: str) -> dict[str, Any]:
+    """Extra keyword parameters of the trigger (``triggers.<name>.params``, e.g. lv ``reading``), less its
+    fit's parameters (:func:`fit_params`)."""
+    fit_keys = set(_fit_parameters(config, trigger))
+    return {key: value for key, value in _entry_params(config, trigger).items() if key not in fit_keys}
+
+
+def fit_params(config: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The parameters of fitted trigger ``kind``'s fit (e.g. lv ``variance_fraction``), from the ``params``
+    of the config's entries of that kind: every entry of a kind shares its split's one fit, so two entries
+    that set one differently are an error naming both."""
+    found: dict[str, tuple[str, Any]] = {}
+    for name in config.get("triggers") or {}:
+        if trigger_kind(config, name) != kind:
+            continue
+        params = _entry_params(config, name)
+        for key in _fit_parameters(config, name):
+            if key not in params:
+                continue
+            if key in found and found[key][1] != params[key]:
+                first, value = found[key]
+                raise ValueError(
+                    f"triggers.{name}.params.{key}: {params[key]!r} differs from triggers.{first}.params.{key}: "
+                    f"{value!r}; entries of kind {kind} share one fit per split, so give it once"
+                )
+            found.setdefault(key, (name, params[key]))
+    return {key: value for key, (_, value) in found.items()}
+
+
+def fit_options(config: Mapping[str, Any], kind: str) -> list[str]:
+    """The fit command's options (``backdoor-eval fit-<kind>``) for the config's :func:`fit_params`."""
+    from backdoor_eval.triggers import fitter_of
+
+    return fitter_of(kind).options(**fit_params(config, kind))
 
 
 def model_spec(config: Mapping[str, Any], model: str) -> tuple[str, dict[str, Any]]:
@@ -116,12 +155,6 @@ def regularizer_params(config: Mapping[str, Any], regularizer: str) -> dict[str,
             f"regularizer {regularizer!r} is not declared in config regularizers; declared: {', '.join(regularizer_names(config))}"
         )
     return dict(spec or {})
-
-
-def lv_save_components(config: Mapping[str, Any]) -> bool:
-    """``triggers.lv.save_components`` (default true): keep the PCA components in each LV fit file."""
-    spec = (config.get("triggers") or {}).get("lv") or {}
-    return bool(spec.get("save_components", True))
 
 
 def split_policy(config: Mapping[str, Any]) -> str:

@@ -10,8 +10,10 @@ anyway, which a backdoor has to beat to mean anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,55 @@ SUMMARY_METRICS = (
     "adversarial_success_rate_source",
     "poison_class_rate_clean",
 )
+
+
+@dataclass(frozen=True)
+class FinalDocument:
+    """A phase's ``final.json``: the kept epoch's metrics and how the phase ran.
+
+    Written by the train and retrain jobs (``backdoor_eval.phase``), read by ``summarize``. Its JSON keys
+    are its fields, with ``metrics`` (the kept epoch's :data:`SUMMARY_METRICS`) spread beside them.
+    ``untrained``: the poison phase kept epoch 0, the model before any update
+    (docs/decisions.md#untrained-models). A file written by an earlier version may lack the keys after
+    ``stopped_early``: they read as ``None`` (``untrained`` as false).
+    """
+
+    phase: str
+    epoch: int
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    untrained: bool = False
+    resumed_from_epoch: int | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    num_train_images: int | None = None
+    device: str | None = None
+    cuda_visible_devices: str | None = None
+    gpu_slot: int | None = None
+    seconds_total: float | None = None
+    train_params: Mapping[str, Any] | None = None
+    model: str | None = None
+    regularizer: str | None = None
+    regularizer_config: Any = None
+    seed: int | None = None
+    package_version: str | None = None
+    git_commit: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (``backdoor_eval.io.write_json`` writes it with sorted keys)."""
+        document = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metrics"}
+        return {**document, **{metric: self.metrics.get(metric) for metric in SUMMARY_METRICS}}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> FinalDocument:
+        """Read a ``final.json`` document; a missing required key is a ``ValueError`` naming it."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "metrics"]
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name != "metrics"]
+        missing = [key for key in required if key not in document]
+        if missing:
+            raise ValueError(f"final document lacks {missing[0]!r}; required: {', '.join(required)}")
+        metrics = {metric: document.get(metric) for metric in SUMMARY_METRICS}
+        return cls(**{key: document[key] for key in names if key in document}, metrics=metrics)
 
 
 def _mean(values) -> float:
@@ -56,7 +107,7 @@ def summarize(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-run tidy tables: one summary row per phase, and every epoch with the run parameters.
 
-    ``phases`` holds, per phase, its ``final.json`` content and its per-epoch frame. Besides the run
+    ``phases`` holds, per phase, its ``final.json`` content (a :class:`FinalDocument`'s) and its per-epoch frame. Besides the run
     parameters and the kept epoch's metrics, a row holds ``untrained`` (the poison phase kept epoch 0),
     ``package_version``, ``git_commit`` and ``train_params`` (the phase's full training settings, JSON).
     """
@@ -66,23 +117,24 @@ def summarize(
     params = {"run_id": run_params["run_id"], **typed_row(run_params)}
     # A run whose poison phase kept the untrained epoch 0 is flagged on each of its rows
     # (docs/decisions.md#untrained-models); the tables leave it out.
-    untrained = any(bool(final.get("untrained", False)) for final, _ in phases)
+    documents = [(FinalDocument.from_dict(final), history) for final, history in phases]
+    untrained = any(bool(final.untrained) for final, _ in documents)
     rows, epochs = [], []
-    for final, history in phases:
+    for final, history in documents:
         row = dict(params)
-        row["phase"] = final["phase"]
-        row["epoch"] = int(final["epoch"])
-        row["best_epoch"] = int(final["best_epoch"])
-        row["epochs_run"] = int(final["epochs_run"])
-        row["stopped_early"] = bool(final["stopped_early"])
+        row["phase"] = final.phase
+        row["epoch"] = int(final.epoch)
+        row["best_epoch"] = int(final.best_epoch)
+        row["epochs_run"] = int(final.epochs_run)
+        row["stopped_early"] = bool(final.stopped_early)
         for metric in SUMMARY_METRICS:
-            value = final.get(metric)  # null in final.json: NaN (standard JSON has no NaN)
+            value = final.metrics[metric]  # null in final.json: NaN (standard JSON has no NaN)
             row[metric] = float("nan") if value is None else float(value)
         row["untrained"] = untrained
         # Which code and which training settings made the row (final.json of files from before: null).
-        row["package_version"] = final.get("package_version")
-        row["git_commit"] = final.get("git_commit")
-        settings = final.get("train_params")
+        row["package_version"] = final.package_version
+        row["git_commit"] = final.git_commit
+        settings = final.train_params
         row["train_params"] = None if settings is None else json.dumps(settings, sort_keys=True)
         rows.append(row)
         frame = history.copy()

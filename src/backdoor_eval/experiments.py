@@ -26,11 +26,12 @@ from backdoor_eval.configview import (
     declared_names,
     experiment_phases,
     names_of,
+    needs_fit,
     outputs,
     split_of,
     split_policy,
     trigger_default_alpha,
-    uses_lv_fit,
+    trigger_kind,
 )
 from backdoor_eval.factors import DEFAULT, FACTOR_BY_NAME, FACTOR_DEFAULTS, FACTOR_NAMES, Run
 from backdoor_eval.layout import Layout
@@ -249,7 +250,14 @@ def counts(config: Mapping[str, Any]) -> dict[str, Any]:
         "split": split_policy(config),
         "poisoned_sets": len({run.poison_id(split_policy(config)) for run in distinct}),
         "partitions": len({(run.dataset, split_of(config, run)) for run in distinct}),
-        "lv_fits": len({(run.dataset, split_of(config, run)) for run in distinct if uses_lv_fit(config, run.trigger)}),
+        # One per fitted trigger kind (lv) and split its runs use.
+        "trigger_fits": len(
+            {
+                (trigger_kind(config, run.trigger), run.dataset, split_of(config, run))
+                for run in distinct
+                if needs_fit(config, run.trigger)
+            }
+        ),
     }
 
 
@@ -262,7 +270,7 @@ def format_counts(config: Mapping[str, Any]) -> str:
     lines.append(
         f"distinct runs (train jobs): {summary['distinct_runs']}; retrain jobs: {summary['retrain_jobs']}; "
         f"poisoned sets: {summary['poisoned_sets']}; partitions ({summary['split']} split): "
-        f"{summary['partitions']}; LV fits: {summary['lv_fits']}"
+        f"{summary['partitions']}; trigger fits: {summary['trigger_fits']}"
     )
     return "\n".join(lines)
 

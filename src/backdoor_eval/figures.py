@@ -37,12 +37,12 @@ from backdoor_eval.tables import (
     DATASET_ORDER,
     MODEL_ORDER,
     REGULARIZER_ORDER,
-    TRIGGER_ORDER,
     display_name,
     group_runs,
     optimizer_means,
     ordered,
     select_runs,
+    trigger_order,
 )
 
 if TYPE_CHECKING:  # heavy imports stay lazy so the CLI's --help is fast
@@ -287,7 +287,7 @@ def fig6_alpha(runs: pd.DataFrame, experiment: str = "E4") -> Figure:
     means = group_runs(part, keys, AVERAGED_OVER, f"Fig. 6 ({experiment})")["adversarial_success_rate"].mean()
     means = means.reset_index()
     datasets = ordered(means["dataset"], DATASET_ORDER)
-    triggers = ordered(means["trigger"], ("sin", "lv", *TRIGGER_ORDER))
+    triggers = ordered(means["trigger"], trigger_order())
     phases = ordered(means["phase"], PHASES)
     models = ordered(means["model"], MODEL_ORDER)
     rates = sorted(means["poison_rate"].unique())
@@ -342,7 +342,7 @@ def fig7_poison_rate(runs: pd.DataFrame, experiment: str = "E5") -> Figure:
     metrics = ["poison_val_accuracy", "clean_val_accuracy", "adversarial_success_rate"]
     cells = group_runs(part, ["trigger", "poison_rate"], AVERAGED_OVER, f"Fig. 7 ({experiment})")
     means = cells[metrics].mean().reset_index()
-    triggers = ordered(means["trigger"], TRIGGER_ORDER)
+    triggers = ordered(means["trigger"], trigger_order())
     colours = dict(zip(triggers, _palette(len(triggers))))
     fig = _new_figure(9.0, 4.2)
     ax_accuracy, ax_success = fig.subplots(1, 2, squeeze=False)[0]
@@ -381,7 +381,7 @@ def retraining_curves(runs: pd.DataFrame, epochs: pd.DataFrame, experiment: str)
     part = retraining_epochs(runs, epochs, experiment)
     grouped = group_runs(part, ["trigger", "model", "epoch"], ["poison_class", "seed"], "retraining_curves")
     stats = grouped["adversarial_success_rate"].agg(["mean", "min", "max", "count"]).reset_index()
-    triggers = ordered(stats["trigger"], TRIGGER_ORDER)
+    triggers = ordered(stats["trigger"], trigger_order())
     models = ordered(stats["model"], [])
     colours = dict(zip(models, _palette(len(models))))
     fig = _new_figure(3.4 * len(triggers) + 0.6, 3.6)

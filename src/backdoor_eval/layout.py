@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backdoor_eval.factors import POISON_ID_TEMPLATE
-from backdoor_eval.names import PHASES
+from backdoor_eval.names import PHASES, fit_name
 
 # The wildcard of a run's folders (results, checkpoints, logs): its run id.
 RUN_WILDCARD = "{run}"
@@ -41,9 +41,9 @@ class Layout:
     def partitions(self) -> str:
         return f"{self.root}/data/{{dataset}}/{{split}}/partitions.npz"
 
-    @property
-    def lv_fit(self) -> str:
-        return f"{self.root}/data/{{dataset}}/{{split}}/lv_fit.npz"
+    def trigger_fit(self, kind: str) -> str:
+        """A fitted trigger's fit of a split (``lv_fit.npz``; ``backdoor_eval.names.fit_name``)."""
+        return f"{self.root}/data/{{dataset}}/{{split}}/{fit_name(kind)}.npz"
 
     @property
     def poisoned(self) -> str:

@@ -5,19 +5,27 @@ the trailing (lowest-variance) principal components of the training images
 (docs/decisions.md#low-variance-trigger). :func:`fit_low_variance` computes
 it, :func:`save_lv_fit` / :func:`load_lv_fit` write and read the fit as an
 npz, and :func:`backdoor_eval.hashing.file_digest` identifies a fit file. The trigger that embeds
-the fitted pattern with eq. 7 is ``backdoor_eval.triggers.LowVariance``.
+the fitted pattern with eq. 7 is ``backdoor_eval.triggers.LowVariance``, whose ``fitter``
+(:data:`LOW_VARIANCE_FIT`) is how the workflow makes one fit per dataset and split
+(``backdoor-eval fit-lv``, its parameters under the config's ``triggers.lv.params``).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from backdoor_eval.io import atomic_path, reading, rebuild_hint
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -257,3 +265,79 @@ def load_lv_fit(path: str | os.PathLike, with_components: bool = True) -> LowVar
             variance_fraction=float(npz["variance_fraction"]),
             source_path=str(path),
         )
+
+
+class LowVarianceFitter:
+    """The LV trigger's fit as the workflow makes it (a ``backdoor_eval.triggers.TriggerFit``): PCA of
+    the split's poison-train images (before poisoning), the reference image a seeded draw from its
+    clean-validation images, so it is never in the training data."""
+
+    help = "fit the low-variance trigger on a split's poison-train images"
+
+    @staticmethod
+    def options(variance_fraction: float | None = None, save_components: bool = True) -> list[str]:
+        """``fit-lv`` options for the config's ``variance_fraction`` (omitted: the fit's default, 0.5%) and
+        ``save_components`` (omitted: true; false leaves the PCA components out of the file)."""
+        options = []
+        if variance_fraction is not None:
+            if isinstance(variance_fraction, bool) or not isinstance(variance_fraction, (int, float)):
+                raise ValueError(f"variance_fraction={variance_fraction!r}; allowed: a number in (0, 1)")
+            if not 0.0 < float(variance_fraction) < 1.0:
+                raise ValueError(f"variance_fraction={variance_fraction!r}; allowed: a number in (0, 1)")
+            options += ["--variance-fraction", str(float(variance_fraction))]
+        if not isinstance(save_components, bool):
+            raise ValueError(f"save_components={save_components!r}; allowed: true or false")
+        if not save_components:
+            options.append("--no-components")
+        return options
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--no-components", action="store_true", help="leave the PCA components out of the file")
+        parser.add_argument(
+            "--variance-fraction",
+            type=float,
+            default=None,
+            help="explained-variance share of the trailing components (default: the fit's, 0.5%%)",
+        )
+
+    def fit(
+        self,
+        images: Any,
+        partitions: Mapping[str, Any],
+        *,
+        split: str,
+        seed: int,
+        split_keys: Sequence[int],
+        args: argparse.Namespace,
+        out: str,
+    ) -> None:
+        from backdoor_eval import seeding
+
+        train_indices = np.asarray(partitions["poison_train"])
+        # The reference image must not be in the training data: a seeded draw from clean-validation.
+        reference_index = int(
+            seeding.rng(seed, "lv/reference", *split_keys).choice(np.asarray(partitions["clean_val"]))
+        )
+        log.info("fitting LV on %d poison-train images, reference store index %d", train_indices.size, reference_index)
+        fit = fit_low_variance(
+            np.asarray(images[train_indices]),
+            np.asarray(images[reference_index]),
+            **({} if args.variance_fraction is None else {"variance_fraction": args.variance_fraction}),
+        )
+        save_lv_fit(
+            out,
+            fit,
+            with_components=not args.no_components,
+            reference_index=np.int64(reference_index),
+            seed=np.int64(seed),
+            split=np.str_(split),
+        )
+        log.info(
+            "kept %d of %d components (explained-variance ratio %.5f)",
+            fit.components.shape[0],
+            fit.total_components,
+            float(fit.explained_variance_ratio.sum()),
+        )
+
+
+LOW_VARIANCE_FIT = LowVarianceFitter()

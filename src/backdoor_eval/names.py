@@ -22,6 +22,24 @@ POISON_PHASE = "poison"
 CLEAN_PHASE = "clean"
 PHASES = (POISON_PHASE, CLEAN_PHASE)
 
+
+# A fitted trigger's fit (backdoor_eval.triggers.TriggerFit), named after the trigger's registry name.
+def fit_name(kind: str) -> str:
+    """What fitted trigger ``kind``'s fit is called: ``<kind>_fit`` is its file's stem (``lv_fit.npz``),
+    the fit rule's output and the poison and gallery rules' input."""
+    return f"{kind}_fit"
+
+
+def fit_command(kind: str) -> str:
+    """The command making trigger ``kind``'s fit (``backdoor-eval fit-lv``, run by the rule ``fit_lv``)."""
+    return f"fit-{kind}"
+
+
+def fit_option(kind: str) -> str:
+    """The poison and gallery commands' option giving trigger ``kind``'s fit file (``--lv-fit``)."""
+    return "--" + fit_name(kind).replace("_", "-")
+
+
 # The five partitions of a split (docs/decisions.md#partitions), in file order.
 PARTITIONS = ("poison_train", "poison_val", "clean_train", "clean_val", "adv_test")
 POISONED_PARTITIONS = ("poison_train", "poison_val")

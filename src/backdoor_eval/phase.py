@@ -31,9 +31,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backdoor_eval.names import CLEAN_PHASE, PHASES, POISON_PHASE
+
+if TYPE_CHECKING:  # pandas with it: imported by the job, not by whoever only builds a PhaseJob
+    from backdoor_eval.evaluate import FinalDocument
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,18 @@ class PhaseJob:
         return str(self.out_final.parent.parent)
 
 
+@dataclass(frozen=True)
+class PhaseFacts:
+    """How a phase ran, besides its job and its result: what ``final.json`` records of the run itself."""
+
+    num_train_images: int
+    device: str
+    gpu_slot: int | None
+    seconds_total: float
+    train_params: dict[str, Any]
+    regularizer_config: Any
+
+
 def run_phase(job: PhaseJob) -> dict[str, Any]:
     """Run ``job`` and write its three outputs; return the ``final.json`` document.
 
@@ -120,8 +135,8 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     from backdoor_eval import train as engine
     from backdoor_eval.data import open_store
     from backdoor_eval.hashing import arrays_sha256, json_sha256
-    from backdoor_eval.io import atomic_path, write_json, write_parquet
-    from backdoor_eval.models import create_model
+    from backdoor_eval.io import write_json, write_parquet
+    from backdoor_eval.models import create_model, load_model, save_model
     from backdoor_eval.poison import load_poisoned
     from backdoor_eval.regularizers import create_regularizer
     from backdoor_eval.splits import load_partitions
@@ -142,7 +157,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
     pretrained = model_params.pop("pretrained", False)
     weights = model_params.pop("weights", None)
     if job.phase == CLEAN_PHASE:
-        model = _load_model_file(job.init_model, job.model, num_classes, model_params)
+        model = load_model(job.init_model, job.model, num_classes, model_params)
     else:
         # Head initialisation is part of the run: seed it.
         torch.manual_seed(seeding.derived_seed(job.seed, "model/init"))
@@ -199,10 +214,7 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
         raise engine.DivergedError(f"run {job.run_label}: {exc}") from None
 
     history = pd.DataFrame(result.history)
-    final = final_document(
-        job,
-        result,
-        history,
+    facts = PhaseFacts(
         num_train_images=int(len(train_set[1])),
         device=str(device),
         gpu_slot=gpu_slot,
@@ -210,16 +222,8 @@ def _run_locked(job: PhaseJob, gpu_slot: int | None) -> dict[str, Any]:
         train_params=dataclasses.asdict(cfg),
         regularizer_config=getattr(regularizer, "config", None),
     )
-    with atomic_path(job.out_model) as tmp:
-        torch.save(
-            {
-                "model": job.model,
-                "model_params": model_params,
-                "num_classes": num_classes,
-                "state_dict": result.best_state,
-            },
-            tmp,
-        )
+    final = final_document(job, result, history, facts).to_dict()
+    save_model(job.out_model, job.model, model_params, num_classes, result.best_state)
     write_parquet(job.out_epochs, history)
     write_json(job.out_final, final)
     if job.checkpoint is not None and job.checkpoint.exists():
@@ -238,62 +242,32 @@ UNTRAINED_REASON = (
 )
 
 
-def final_document(job: PhaseJob, result: Any, history: Any, **facts: Any) -> dict[str, Any]:
+def final_document(job: PhaseJob, result: Any, history: Any, facts: PhaseFacts) -> FinalDocument:
     """The phase's ``final.json``: the kept epoch's metrics and how the phase ran, whether its model is the
     untrained epoch 0 (poison phase only: the clean phase's epoch 0 is the trained poisoned model), and
     which code ran it."""
+    from backdoor_eval.evaluate import SUMMARY_METRICS, FinalDocument
     from backdoor_eval.provenance import provenance
-    from backdoor_eval.train import METRIC_COLUMNS
 
     kept = history[history["epoch"] == result.kept_epoch].iloc[0].to_dict()
-    return {
-        "phase": job.phase,
-        "epoch": result.kept_epoch,
-        "best_epoch": result.kept_epoch,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
-        "untrained": job.phase == POISON_PHASE and result.kept_epoch == 0,
-        "resumed_from_epoch": result.resumed_from,
-        **{metric: kept[metric] for metric in METRIC_COLUMNS},
-        "num_train_images": facts["num_train_images"],
-        "device": facts["device"],
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "gpu_slot": facts["gpu_slot"],
-        "seconds_total": facts["seconds_total"],
-        "train_params": facts["train_params"],
-        "model": job.model,
-        "regularizer": job.regularizer,
-        "regularizer_config": facts["regularizer_config"],
-        "seed": job.seed,
+    return FinalDocument(
+        phase=job.phase,
+        epoch=result.kept_epoch,
+        best_epoch=result.kept_epoch,
+        epochs_run=result.epochs_run,
+        stopped_early=result.stopped_early,
+        untrained=job.phase == POISON_PHASE and result.kept_epoch == 0,
+        resumed_from_epoch=result.resumed_from,
+        metrics={metric: kept[metric] for metric in SUMMARY_METRICS},
+        num_train_images=facts.num_train_images,
+        device=facts.device,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        gpu_slot=facts.gpu_slot,
+        seconds_total=facts.seconds_total,
+        train_params=facts.train_params,
+        model=job.model,
+        regularizer=job.regularizer,
+        regularizer_config=facts.regularizer_config,
+        seed=job.seed,
         **provenance(),
-    }
-
-
-def _load_model_file(path: Path, model_name: str, num_classes: int, model_params: dict[str, Any]):
-    """The poison phase's kept model, rebuilt from its ``model.pt``."""
-    import torch
-
-    from backdoor_eval.models import create_model
-
-    try:
-        # Tensors and plain data only: a model file never runs code (no arbitrary pickles).
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unpickling refusal, a truncated or foreign file
-        raise ValueError(
-            f"--init-model {path} is not a model file this workflow wrote ({exc}); rebuild it by rerunning its train job"
-        ) from None
-    rebuild = "rebuild it by rerunning its train job"
-    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
-        what = type(saved).__name__ if not isinstance(saved, dict) else "a mapping without a state_dict"
-        raise ValueError(f"--init-model {path} holds {what}, not a model file this workflow wrote; {rebuild}")
-    if saved.get("model") != model_name:
-        raise ValueError(f"--init-model {path} holds a {saved.get('model')!r} model, not {model_name!r}")
-    model = create_model(model_name, num_classes=num_classes, pretrained=False, **model_params)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as exc:  # missing, unexpected or misshapen tensors
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(
-            f"--init-model {path} holds weights that do not fit model {model_name!r} ({first}); {rebuild}"
-        ) from None
-    return model
+    )

@@ -61,15 +61,18 @@ class Registry(Generic[T]):
                 accepted.append(parameter.name)
         return accepted
 
-    def check_params(self, name: str, params: Iterable[str], exclude: Iterable[str] = ()) -> None:
+    def check_params(
+        self, name: str, params: Iterable[str], exclude: Iterable[str] = (), extra: Iterable[str] = ()
+    ) -> None:
         """A ``ValueError`` naming the first of ``params`` entry ``name`` does not accept, and what it accepts
-        (``exclude``: parameters the caller supplies itself, left out of what is allowed)."""
+        (``exclude``: parameters the caller supplies itself, left out of what is allowed; ``extra``: ones
+        the caller takes besides the entry's, added to it, e.g. a fitted trigger's fit parameters)."""
         accepted = self.parameters(name)
         if accepted is None:
             return
         unknown = [key for key in params if key not in accepted]
         if unknown:
-            allowed = [key for key in accepted if key not in set(exclude)]
+            allowed = [key for key in accepted if key not in set(exclude)] + list(extra)
             raise ValueError(
                 f"{self.kind} {name!r} has no parameter {unknown[0]!r}; allowed: {', '.join(allowed) or '(none)'}"
             )
@@ -81,6 +84,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def in_order(self) -> list[str]:
+        """The registered names in the order they were registered (a module's order: the paper's, for triggers)."""
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -17,6 +17,9 @@ exception: it is a function of class counts only (eqs. 8-9, via
 
 Display names (``bs`` -> ``Square``, ...) only touch the layout; a trigger,
 model or dataset without one is shown under its own name, after the paper's.
+Triggers are named and ordered by their registry (``backdoor_eval.triggers``:
+each class's ``title``, in registration order), so a new trigger needs no
+edit here.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from backdoor_eval.factors import FACTOR_NAMES, added_factor_defaults
 from backdoor_eval.io import atomic_path
 from backdoor_eval.names import CLEAN_PHASE, MANY_TO_ONE, ONE_TO_ONE, PHASES, POISON_PHASE, STRATEGIES
+from backdoor_eval.triggers import TRIGGERS, trigger_title
 
 if TYPE_CHECKING:  # pandas is imported lazily so the CLI's --help stays fast
     import pandas as pd
@@ -40,7 +44,6 @@ __all__ = [
     "STATISTICS",
     "TABLE_NOTES",
     "OPTIMIZER_ORDER",
-    "TRIGGER_ORDER",
     "combine_runs",
     "display_name",
     "flatten_columns",
@@ -53,6 +56,7 @@ __all__ = [
     "table3",
     "table4",
     "table5",
+    "trigger_order",
     "table_optimizer",
     "optimizer_means",
     "to_markdown",
@@ -63,13 +67,11 @@ __all__ = [
 # The paper's orders (Tables 2-5, Figs. 4-7); anything else follows, sorted.
 DATASET_ORDER = ("flowers", "cifar10")
 MODEL_ORDER = ("resnet50", "nasnet_large", "nasnet_mobile")
-TRIGGER_ORDER = ("bs", "rs", "sin", "lv")
 REGULARIZER_ORDER = ("none", "logit_squeeze", "mixup", "contrastive", "snnl")
 OPTIMIZER_ORDER = ("default", "sgd", "adam", "adamw")
 DISPLAY_NAMES: dict[str, dict[str, str]] = {
     "dataset": {"flowers": "Flowers", "cifar10": "CIFAR-10"},
     "model": {"resnet50": "ResNet50", "nasnet_large": "NasNet", "nasnet_mobile": "NasNet Mobile"},
-    "trigger": {"bs": "Square", "rs": "RS", "sin": "Sine", "lv": "LV"},
     "regularizer": {
         "none": "None",
         "logit_squeeze": "Logit Squeezing",
@@ -131,10 +133,19 @@ TABLE_NOTES = {
 # --------------------------------------------------------------------------- helpers
 
 
+def trigger_order() -> list[str]:
+    """The paper's trigger order (bs, rs, sin, lv): the registered triggers, in registration order."""
+    return TRIGGERS.in_order()
+
+
 def display_name(kind: str, name: Any) -> str:
-    """The paper's name for a dataset/model/trigger/regularizer/strategy/phase; unknown names as-is."""
+    """The paper's name for a dataset/model/trigger/regularizer/strategy/phase; unknown names as-is.
+
+    A trigger's is its class's ``title`` (``backdoor_eval.triggers.trigger_title``)."""
+    if kind == "trigger":
+        return trigger_title(str(name))
     if kind not in DISPLAY_NAMES:
-        raise ValueError(f"display-name kind {kind!r} is unknown; allowed: {', '.join(DISPLAY_NAMES)}")
+        raise ValueError(f"display-name kind {kind!r} is unknown; allowed: trigger, {', '.join(DISPLAY_NAMES)}")
     return DISPLAY_NAMES[kind].get(str(name), str(name))
 
 
@@ -302,7 +313,7 @@ def _paper_grid(
 
     datasets = ordered(long["dataset"], DATASET_ORDER)
     models = ordered(long["model"], MODEL_ORDER)
-    triggers = ordered(long["trigger"], TRIGGER_ORDER)
+    triggers = ordered(long["trigger"], trigger_order())
     # Paper row order: dataset, then No before Yes, then the splits.
     row_order = [
         (dataset, split, retrained)
@@ -467,7 +478,7 @@ def optimizer_means(runs: pd.DataFrame, experiment: str = "E8") -> pd.DataFrame:
     orders = {
         "dataset": ordered(long["dataset"], DATASET_ORDER),
         "model": ordered(long["model"], MODEL_ORDER),
-        "trigger": ordered(long["trigger"], TRIGGER_ORDER),
+        "trigger": ordered(long["trigger"], trigger_order()),
         "optimizer": ordered(long["optimizer"], OPTIMIZER_ORDER),
         "phase": ordered(long["phase"], PHASES),
         "metric": metrics,
@@ -716,7 +727,7 @@ def retraining_budget(
         rows.append(row)
     frame = pd.DataFrame(rows)
     frame["model"] = pd.Categorical(frame["model"], ordered(frame["model"], list(DISPLAY_NAMES["model"])))
-    frame["trigger"] = pd.Categorical(frame["trigger"], ordered(frame["trigger"], TRIGGER_ORDER))
+    frame["trigger"] = pd.Categorical(frame["trigger"], ordered(frame["trigger"], trigger_order()))
     frame = frame.sort_values(["dataset", "trigger", "model"]).reset_index(drop=True)
     frame["model"], frame["trigger"] = frame["model"].astype(str), frame["trigger"].astype(str)
     return frame

@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -437,22 +437,43 @@ class Engine:
         fingerprint: str,
         on_epoch: Callable[[int], None] | None = None,
     ) -> PhaseResult:
-        """Run one phase; resume from ``checkpoint`` when it matches ``fingerprint``."""
+        """Run one phase; resume from ``checkpoint`` when it matches ``fingerprint``.
+
+        Four steps: :meth:`_resume` (a fresh phase, or the checkpoint's), :meth:`_epoch` for each epoch
+        left, :meth:`_checkpoint` after each (by elapsed time, and after the last), :meth:`_finish` (the
+        kept weights and the result).
+        """
         if phase not in PHASES:
             raise ValueError(f"phase {phase!r} is unknown; allowed: {list(PHASES)}")
+        run = self._resume(phase, checkpoint, fingerprint)
+        images, labels = train_set
+        for epoch in range(run.start_epoch, run.last_epoch + 1):
+            if run.stopped_early:
+                break
+            self._epoch(run, epoch, images, labels, sets)
+            if checkpoint is not None:
+                self._checkpoint(run, epoch, checkpoint, fingerprint)
+            if on_epoch is not None:
+                on_epoch(epoch)
+        return self._finish(run)
+
+    def _resume(self, phase: str, checkpoint: Path | None, fingerprint: str) -> _PhaseRun:
+        """The phase's state before its first epoch left: fresh, or the checkpoint's when it was written
+        under ``fingerprint`` and fits (model, optimizer, kept weights, early stopping, history)."""
         cfg = self.cfg
         lr = cfg.lr if phase == POISON_PHASE or cfg.retrain_lr is None else cfg.retrain_lr
-        optimizer = OPTIMIZERS.create(cfg.optimizer, params=self.model.parameters(), cfg=cfg, lr=lr)
-        stopper = EarlyStopping(cfg.patience)
-        history: list[dict[str, Any]] = []
-        best_state = _clone_state(self.model)
-        last_epoch = cfg.max_epochs if phase == POISON_PHASE else cfg.retrain_epochs
-        start_epoch, resumed_from = 0, None
-
+        run = _PhaseRun(
+            phase=phase,
+            lr=lr,
+            optimizer=OPTIMIZERS.create(cfg.optimizer, params=self.model.parameters(), cfg=cfg, lr=lr),
+            stopper=EarlyStopping(cfg.patience),
+            best_state=_clone_state(self.model),
+            last_epoch=cfg.max_epochs if phase == POISON_PHASE else cfg.retrain_epochs,
+        )
         state = _load_checkpoint(checkpoint, fingerprint, self.model.state_dict())
         if state is not None:
             try:  # the optimizer checks its state before it changes anything
-                optimizer.load_state_dict(state["optimizer"])
+                run.optimizer.load_state_dict(state["optimizer"])
             except (ValueError, KeyError, TypeError, RuntimeError) as exc:
                 log.warning(
                     "ignoring unusable checkpoint %s (optimizer state: %s); starting the phase afresh", checkpoint, exc
@@ -460,82 +481,105 @@ class Engine:
                 state = None
         if state is not None:
             self.model.load_state_dict(state["model"])
-            best_state = state["best_state"]
-            stopper = EarlyStopping(**state["stopper"])
-            history = state["history"]
-            start_epoch = resumed_from = state["epoch"] + 1
+            run.best_state = state["best_state"]
+            run.stopper = EarlyStopping(**state["stopper"])
+            run.history = state["history"]
+            run.start_epoch = run.resumed_from = state["epoch"] + 1
+            run.stopped_early = bool(state.get("stopped_early"))
             log.info("resuming phase %s from checkpoint after epoch %d", phase, state["epoch"])
+        run.saved_at = time.monotonic()
+        return run
 
-        images, labels = train_set
-        stopped_early = bool(state and state.get("stopped_early"))
-        saved_at = time.monotonic()
-        for epoch in range(start_epoch, last_epoch + 1):
-            if stopped_early:
-                break
-            tic = time.perf_counter()
-            streams = (self.seed, PHASES.index(phase), epoch)
-            torch.manual_seed(seeding.derived_seed(streams[0], "train/torch", *streams[1:]))  # dropout etc.
-            generator = torch.Generator().manual_seed(seeding.derived_seed(streams[0], "train/data", *streams[1:]))
-            train_loss = float("nan") if epoch == 0 else self.train_epoch(optimizer, images, labels, generator)
-            if epoch > 0:
-                # Before anything is recorded or saved: the last checkpoint stays the last good epoch.
-                _check_finite(self.model, train_loss, phase, epoch, lr)
-            scores = self.evaluate(sets)
-            row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, **scores}
-            if phase == POISON_PHASE:
-                improved = stopper.update(epoch, scores["poison_val_accuracy"])
-                if improved:
-                    best_state = _clone_state(self.model)
-                stopped_early = stopper.should_stop and epoch < last_epoch
-            row["seconds"] = time.perf_counter() - tic
-            history.append(row)
-            log.info(
-                "%s epoch %d: loss %.4f poison-val %.4f clean-val %.4f ASR %.4f (%.1fs)",
-                phase,
-                epoch,
-                train_loss,
-                scores["poison_val_accuracy"],
-                scores["clean_val_accuracy"],
-                scores["adversarial_success_rate"],
-                row["seconds"],
-            )
-            # By elapsed time, and after the phase's last epoch: a killed job loses at most
-            # checkpoint_every_s of training, without a checkpoint's writes every epoch.
-            last = stopped_early or epoch == last_epoch
-            if checkpoint is not None and (last or time.monotonic() - saved_at >= cfg.checkpoint_every_s):
-                saved_at = time.monotonic()
-                _save_checkpoint(
-                    checkpoint,
-                    {
-                        "fingerprint": fingerprint,
-                        "epoch": epoch,
-                        "model": self.model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "best_state": best_state,
-                        "stopper": dataclasses.asdict(stopper),
-                        "history": history,
-                        "stopped_early": stopped_early,
-                    },
-                )
-            if on_epoch is not None:
-                on_epoch(epoch)
-
+    def _epoch(self, run: _PhaseRun, epoch: int, images: torch.Tensor, labels: torch.Tensor, sets: EvalSets) -> None:
+        """One epoch (epoch 0: the model before any update, evaluated only), recorded in ``run``."""
+        phase = run.phase
+        tic = time.perf_counter()
+        streams = (self.seed, PHASES.index(phase), epoch)
+        torch.manual_seed(seeding.derived_seed(streams[0], "train/torch", *streams[1:]))  # dropout etc.
+        generator = torch.Generator().manual_seed(seeding.derived_seed(streams[0], "train/data", *streams[1:]))
+        train_loss = float("nan") if epoch == 0 else self.train_epoch(run.optimizer, images, labels, generator)
+        if epoch > 0:
+            # Before anything is recorded or saved: the last checkpoint stays the last good epoch.
+            _check_finite(self.model, train_loss, phase, epoch, run.lr)
+        scores = self.evaluate(sets)
+        row = {"phase": phase, "epoch": epoch, "train_loss": train_loss, **scores}
         if phase == POISON_PHASE:
-            kept = stopper.best_epoch
-            self.model.load_state_dict(best_state)
+            improved = run.stopper.update(epoch, scores["poison_val_accuracy"])
+            if improved:
+                run.best_state = _clone_state(self.model)
+            run.stopped_early = run.stopper.should_stop and epoch < run.last_epoch
+        row["seconds"] = time.perf_counter() - tic
+        run.history.append(row)
+        log.info(
+            "%s epoch %d: loss %.4f poison-val %.4f clean-val %.4f ASR %.4f (%.1fs)",
+            phase,
+            epoch,
+            train_loss,
+            scores["poison_val_accuracy"],
+            scores["clean_val_accuracy"],
+            scores["adversarial_success_rate"],
+            row["seconds"],
+        )
+
+    def _checkpoint(self, run: _PhaseRun, epoch: int, checkpoint: Path, fingerprint: str) -> None:
+        """Save the phase's state after ``epoch`` when ``checkpoint_every_s`` has passed since the last save,
+        and after the phase's last epoch: a killed job loses at most that much training, without a
+        checkpoint's writes every epoch."""
+        last = run.stopped_early or epoch == run.last_epoch
+        if not last and time.monotonic() - run.saved_at < self.cfg.checkpoint_every_s:
+            return
+        run.saved_at = time.monotonic()
+        _save_checkpoint(
+            checkpoint,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": self.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "best_state": run.best_state,
+                "stopper": dataclasses.asdict(run.stopper),
+                "history": run.history,
+                "stopped_early": run.stopped_early,
+            },
+        )
+
+    def _finish(self, run: _PhaseRun) -> PhaseResult:
+        """The kept weights (poison: the best epoch's, loaded into the model; clean: the last epoch's) and
+        the phase's result, each history row marked ``is_best`` for the kept epoch."""
+        if run.phase == POISON_PHASE:
+            kept = run.stopper.best_epoch
+            self.model.load_state_dict(run.best_state)
+            best_state = run.best_state
         else:
-            kept = history[-1]["epoch"]
+            kept = run.history[-1]["epoch"]
             best_state = _clone_state(self.model)
-        for row in history:
+        for row in run.history:
             row["is_best"] = row["epoch"] == kept
         return PhaseResult(
-            history=history,
+            history=run.history,
             best_state=best_state,
             kept_epoch=kept,
-            epochs_run=history[-1]["epoch"],
-            stopped_early=stopped_early,
-            resumed_from=resumed_from,
+            epochs_run=run.history[-1]["epoch"],
+            stopped_early=run.stopped_early,
+            resumed_from=run.resumed_from,
         )
+
+
+@dataclass
+class _PhaseRun:
+    """A phase under way: what :meth:`Engine.run_phase`'s steps share, and what a checkpoint saves."""
+
+    phase: str
+    lr: float
+    optimizer: torch.optim.Optimizer
+    stopper: EarlyStopping
+    best_state: dict[str, torch.Tensor]
+    last_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    resumed_from: int | None = None
+    stopped_early: bool = False
+    saved_at: float = 0.0  # time.monotonic() of the last save (or of the start)
 
 
 class DivergedError(ValueError):

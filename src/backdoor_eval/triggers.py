@@ -11,23 +11,31 @@ Geometry is given on a 224 x 224 reference canvas and scaled by the image
 size (rounded, at least 1 px), so one config draws the same picture at every
 resolution; absolute pixels may be given instead (``size_px``, ``offset_px``).
 
-The LV trigger's pattern is fitted in ``backdoor_eval.lv_fit``; the
-``LowVariance`` trigger here loads and embeds it.
+A trigger whose pattern is fitted on the training data says so: its class's
+``fitter`` (a :class:`TriggerFit`) makes one fit file per dataset and split,
+and everything else (the workflow's ``fit_<name>`` rule, the poison and
+gallery commands' ``--<name>-fit`` option, the config's checks) asks
+:func:`needs_fit` rather than testing a name. The LV trigger's pattern is
+fitted in ``backdoor_eval.lv_fit``; the ``LowVariance`` trigger here loads
+and embeds it.
 
 A new trigger is one class here, registered in ``TRIGGERS``, plus a test
-(see docs/attack.md).
+(see docs/attack.md; README.md: Add a trigger, Add a fitted trigger).
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import math
 import os
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from backdoor_eval.hashing import file_digest
-from backdoor_eval.lv_fit import LowVarianceFit, load_lv_fit
+from backdoor_eval.lv_fit import LOW_VARIANCE_FIT, LowVarianceFit, load_lv_fit
 from backdoor_eval.registry import Registry
 
 REFERENCE_SIZE = 224
@@ -150,16 +158,55 @@ def scale_reference_px(reference_px: float, size: int) -> int:
     return max(1, int(math.floor(reference_px * size / REFERENCE_SIZE + 0.5)))
 
 
+class TriggerFit(Protocol):
+    """How a fitted trigger's fit is made: one file per dataset and split, before that split's poisoned sets.
+
+    The workflow's ``fit_<name>`` rule runs ``backdoor-eval fit-<name>`` (``backdoor_eval.names.fit_name``), whose
+    options are :meth:`options` of the config's fit parameters; the command reads the store and the
+    split's partitions and calls :meth:`fit`. The trigger is then built with ``fit=<that file>``.
+    """
+
+    help: str  # the fit command's one-line help
+
+    def options(self, **params: Any) -> list[str]:
+        """The fit command's options for the fit parameters under ``triggers.<entry>.params`` (the keyword
+        parameters this method takes), each checked: a ``ValueError`` naming a bad one."""
+        ...
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the options :meth:`options` writes to the fit command."""
+        ...
+
+    def fit(
+        self,
+        images: Any,
+        partitions: Mapping[str, Any],
+        *,
+        split: str,
+        seed: int,
+        split_keys: Sequence[int],
+        args: argparse.Namespace,
+        out: str,
+    ) -> None:
+        """Fit on the store's uint8 ``images`` (N, H, W, 3) and the split's ``partitions``, and write ``out``
+        atomically; ``seed`` and ``split_keys`` seed any draw (``backdoor_eval.seeding``)."""
+        ...
+
+
 class Trigger:
     """A trigger: a pattern and mask embedded with eq. 7 at transparency ``alpha``.
 
-    Subclasses set ``name`` and ``default_alpha``, implement
-    :meth:`pattern_and_mask` and :meth:`params` (the JSON-able constructor
-    arguments other than ``alpha``), and are registered in ``TRIGGERS``.
+    Subclasses set ``name``, ``title`` (its name in tables and figures) and
+    ``default_alpha``, implement :meth:`pattern_and_mask` and :meth:`params`
+    (the JSON-able constructor arguments other than ``alpha``), and are
+    registered in ``TRIGGERS``. A trigger fitted on the training data sets
+    ``fitter`` and takes its fit file as the constructor parameter ``fit``.
     """
 
     name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
     default_alpha: ClassVar[float] = 1.0
+    fitter: ClassVar[TriggerFit | None] = None
 
     def __init__(self, alpha: float | None = None):
         self.alpha = self.default_alpha if alpha is None else validate_alpha(alpha)
@@ -212,6 +259,7 @@ class BlackSquare(Trigger):
     """
 
     name = "bs"
+    title = "Square"
     default_alpha = 1.0
 
     def __init__(
@@ -266,6 +314,7 @@ class RandomSquare(Trigger):
     """
 
     name = "rs"
+    title = "RS"
     default_alpha = 1.0
 
     def __init__(self, alpha: float | None = None, size: float = 22.0, size_px: int | None = None):
@@ -309,6 +358,7 @@ class Sine(Trigger):
     """
 
     name = "sin"
+    title = "Sine"
     default_alpha = 0.1
 
     def __init__(self, alpha: float | None = None, amplitude: float = 0.4, frequency: float = 0.05):
@@ -342,7 +392,9 @@ class LowVariance(Trigger):
     """
 
     name = "lv"
+    title = "LV"
     default_alpha = 0.5
+    fitter = LOW_VARIANCE_FIT
 
     def __init__(
         self,
@@ -386,6 +438,37 @@ class LowVariance(Trigger):
                 "allowed: the size the fit was made on"
             )
         return self.pattern[None], np.zeros((1, 1, 1, 1), dtype=np.float32)
+
+
+def needs_fit(kind: str) -> bool:
+    """Whether registered trigger ``kind`` is fitted on each split's training data (its class has a ``fitter``)."""
+    return TRIGGERS.get(kind).fitter is not None
+
+
+def fitted_triggers() -> list[str]:
+    """The registered triggers that need a fit, in registration order."""
+    return [kind for kind in TRIGGERS.in_order() if needs_fit(kind)]
+
+
+def fitter_of(kind: str) -> TriggerFit:
+    """The fit of registered trigger ``kind``; a ``ValueError`` when it needs none."""
+    fitter = TRIGGERS.get(kind).fitter
+    if fitter is None:
+        raise ValueError(f"trigger {kind!r} needs no fit; fitted triggers: {', '.join(fitted_triggers()) or '(none)'}")
+    return fitter
+
+
+def fit_parameters(kind: str) -> list[str]:
+    """The config parameters (under ``triggers.<entry>.params``) that set trigger ``kind``'s fit, not the
+    trigger itself: the keyword parameters of its fitter's ``options``; none for a trigger without a fit."""
+    if not needs_fit(kind):
+        return []
+    return list(inspect.signature(fitter_of(kind).options).parameters)
+
+
+def trigger_title(name: str) -> str:
+    """How tables and figures name trigger ``name``: its class's ``title``, else the name itself."""
+    return (TRIGGERS.get(name).title or name) if name in TRIGGERS else name
 
 
 def create_trigger(name: str, alpha: float | None = None, **params: Any) -> Trigger:

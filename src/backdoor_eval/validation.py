@@ -18,6 +18,7 @@ from typing import Any
 from backdoor_eval.configview import (
     dataset_classes,
     experiment_phases,
+    fit_params,
     model_spec,
     names_of,
     train_layers,
@@ -98,6 +99,28 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
     _validate_blocks(config)
     if check_registries:
         _validate_registries(config)
+
+
+def check_trigger_entry_keys(config: Mapping[str, Any]) -> None:
+    """A trigger's parameter written beside an entry's ``kind``, ``alpha`` and ``params`` (where LV's fit
+    parameters once were) is named with the place it belongs, before the schema, which would only call
+    the key unknown: ``triggers.lv.variance_fraction`` goes under ``triggers.lv.params``."""
+    from backdoor_eval.schema import load_schema
+    from backdoor_eval.triggers import TRIGGERS, fit_parameters
+
+    entry_keys = load_schema()["properties"]["triggers"]["additionalProperties"]["properties"]
+    triggers = config.get("triggers")
+    for name, spec in triggers.items() if isinstance(triggers, Mapping) else ():
+        kind = spec.get("kind") or name if isinstance(spec, Mapping) else None
+        if not isinstance(kind, str) or kind not in TRIGGERS:
+            continue  # the schema and the registry check name what is wrong
+        accepted = [*(TRIGGERS.parameters(kind) or []), *fit_parameters(kind)]
+        for key in spec:
+            if key not in entry_keys and key in accepted:
+                raise ValueError(
+                    f"triggers.{name}.{key}: a parameter of trigger {kind!r} goes under params; "
+                    f"write triggers.{name}.params.{key}"
+                )
 
 
 def _validate_sections(config: Mapping[str, Any]) -> None:
@@ -256,7 +279,7 @@ def _validate_entry_params(config: Mapping[str, Any]) -> None:
     from backdoor_eval.data import DATASETS
     from backdoor_eval.models import create_model
     from backdoor_eval.regularizers import create_regularizer
-    from backdoor_eval.triggers import TRIGGERS
+    from backdoor_eval.triggers import TRIGGERS, fit_parameters, fitter_of, needs_fit
 
     for name, spec in (config.get("datasets") or {}).items():
         where = f"datasets.{name}.params"
@@ -272,8 +295,11 @@ def _validate_entry_params(config: Mapping[str, Any]) -> None:
     for name in config.get("triggers") or {}:
         kind, where = trigger_kind(config, name), f"triggers.{name}.params"
         params = _keyword_params(where, trigger_params(config, name))
-        if "fit" in (TRIGGERS.parameters(kind) or []):  # fitted: built in its job, with its split's fit
-            _built(where, params, partial(TRIGGERS.check_params, kind, params, exclude=("alpha",)))
+        if needs_fit(kind):  # built in its job, with its split's fit; the fit's parameters are checked here
+            fit = _keyword_params(where, fit_params(config, kind))
+            _built(where, fit, partial(fitter_of(kind).options, **fit))
+            check = partial(TRIGGERS.check_params, kind, params, exclude=("alpha", "fit"), extra=fit_parameters(kind))
+            _built(where, params, check)
         else:
             alpha = trigger_default_alpha(config, name)
             _built(where, params, partial(TRIGGERS.create, kind, alpha=alpha, **params))

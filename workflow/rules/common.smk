@@ -15,7 +15,7 @@ from snakemake.logging import logger
 
 from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
-from backdoor_eval import gpus, names, offline, preflight, pretrain, seeding
+from backdoor_eval import gpus, names, offline, preflight, pretrain, seeding, triggers
 from backdoor_eval.analyses.plan import without_analysis_keys as analysis_experiment_keys_removed
 from backdoor_eval.factors import FACTORS, POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
 from backdoor_eval.layout import RUN_WILDCARD, Layout
@@ -231,38 +231,32 @@ def get_dataset_classes(wildcards):
     return as_json(cv.dataset_classes(config, wildcards.dataset))
 
 
-def get_lv_fit_options(wildcards):
-    fraction = cv.lv_variance_fraction(config)
-    options = [] if fraction is None else ["--variance-fraction", str(fraction)]
-    if not cv.lv_save_components(config):
-        options.append("--no-components")
-    return shlex.join(options)
+def get_fit_options(kind):
+    """`backdoor-eval fit-<kind>` options of a fitted trigger: its fit parameters in the config."""
+    return shlex.join(cv.fit_options(config, kind))
 
 
 # ---------------------------------------------------------------- poison
 
 
 def get_poison_input(wildcards):
-    """Store and partitions of the split; the lv trigger also needs the split's PCA fit."""
+    """Store and partitions of the split; a fitted trigger (lv) also needs the split's fit (lv_fit)."""
     inputs = {
         "store": PATHS.store.format(dataset=wildcards.dataset),
         "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
-    if cv.uses_lv_fit(config, wildcards.trigger):
-        inputs["lv_fit"] = PATHS.lv_fit.format(dataset=wildcards.dataset, split=wildcards.split)
+    if cv.needs_fit(config, wildcards.trigger):
+        kind = cv.trigger_kind(config, wildcards.trigger)
+        inputs[names.fit_name(kind)] = PATHS.trigger_fit(kind).format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
 
 def get_poison_options(wildcards, input):
     """The trigger (its registry name and parameters) and the optional arguments of `backdoor-eval poison`."""
-    options = [
-        "--trigger",
-        cv.trigger_kind(config, wildcards.trigger),
-        "--trigger-params",
-        as_json(cv.trigger_params(config, wildcards.trigger)),
-    ]
-    if "lv_fit" in input.keys():
-        options += ["--lv-fit", input.lv_fit]
+    kind = cv.trigger_kind(config, wildcards.trigger)
+    options = ["--trigger", kind, "--trigger-params", as_json(cv.trigger_params(config, wildcards.trigger))]
+    if names.fit_name(kind) in input.keys():
+        options += [names.fit_option(kind), input[names.fit_name(kind)]]
     if wildcards.strategy == names.ONE_TO_ONE:
         options += ["--source", wildcards.source]
     return shlex.join(options)
@@ -413,20 +407,31 @@ def get_table1_options():
     return shlex.join(options)
 
 
+def get_gallery_fits():
+    """The fit files of the fitted triggers Fig. 2 shows (lv: its lv_fit), made on the seed's shared split."""
+    spec = config["gallery"]
+    split = seeding.split_id(spec["seed"])
+    kinds = dict.fromkeys(
+        cv.trigger_kind(config, name) for name in cv.trigger_names(config) if cv.needs_fit(config, name)
+    )
+    return {kind: PATHS.trigger_fit(kind).format(dataset=spec["dataset"], split=split) for kind in kinds}
+
+
 def get_gallery_input():
-    """One image of the seed's shared split, and that split's LV fit."""
+    """One image of the seed's shared split, and that split's fits of the fitted triggers shown."""
     spec = config["gallery"]
     split = seeding.split_id(spec["seed"])
     return {
         "store": PATHS.store.format(dataset=spec["dataset"]),
         "partitions": PATHS.partitions.format(dataset=spec["dataset"], split=split),
-        "lv_fit": PATHS.lv_fit.format(dataset=spec["dataset"], split=split),
+        **{names.fit_name(kind): path for kind, path in get_gallery_fits().items()},
     }
 
 
 def get_gallery_options():
-    """The image and the triggers of Fig. 2, each at the alpha and with the parameters the config gives it."""
-    triggers = {
+    """The fit files, the image and the triggers of Fig. 2, each at the alpha and with the parameters the
+    config gives it."""
+    shown = {
         name: {
             "kind": cv.trigger_kind(config, name),
             "alpha": cv.trigger_default_alpha(config, name),
@@ -434,8 +439,9 @@ def get_gallery_options():
         }
         for name in cv.trigger_names(config)
     }
+    options = [part for kind, path in get_gallery_fits().items() for part in (names.fit_option(kind), path)]
     # In the config's order (the panels' order); the gallery's seed places the random square.
-    options = ["--triggers", json.dumps(triggers), "--seed", str(config["gallery"]["seed"])]
+    options += ["--triggers", json.dumps(shown), "--seed", str(config["gallery"]["seed"])]
     index = config["gallery"].get("image_index")
     if index is not None:
         options += ["--image-index", str(index)]

@@ -1,5 +1,5 @@
 # Data: the canonical store, the partitions of each split (per run or per seed:
-# docs/decisions.md#partitions) and its LV fit (docs/decisions.md#low-variance-trigger).
+# docs/decisions.md#partitions) and the fits of its fitted triggers (LV: docs/decisions.md#low-variance-trigger).
 
 
 localrules:
@@ -44,21 +44,27 @@ rule partition:
         " --out {output.partitions:q} > {log:q} 2>&1"
 
 
-rule fit_lv:
-    # Only lv runs and the gallery need it; every lv run of the split reuses it.
-    input:
-        store=PATHS.store,
-        partitions=PATHS.partitions,
-    output:
-        lv_fit=PATHS.lv_fit,
-    log:
-        log_of("fit_lv", "{dataset}/{split}"),
-    benchmark:
-        benchmark_of("fit_lv", "{dataset}/{split}")
-    conda:
-        "../../envs/backdoor-eval.yaml"
-    params:
-        options=get_lv_fit_options,
-    shell:
-        "backdoor-eval fit-lv --store {input.store:q} --partitions {input.partitions:q} --split {wildcards.split}"
-        " {params.options} --out {output.lv_fit:q} > {log:q} 2>&1"
+# One fit rule per fitted trigger (backdoor_eval.triggers.fitted_triggers; for lv: fit_lv running
+# `backdoor-eval fit-lv`, writing lv_fit.npz). Only that trigger's runs and Fig. 2 need it; every run
+# of the trigger on the split reuses it.
+for _kind in triggers.fitted_triggers():
+
+    rule:
+        name:
+            f"fit_{_kind}"
+        input:
+            store=PATHS.store,
+            partitions=PATHS.partitions,
+        output:
+            **{names.fit_name(_kind): PATHS.trigger_fit(_kind)},
+        log:
+            log_of(f"fit_{_kind}", "{dataset}/{split}"),
+        benchmark:
+            benchmark_of(f"fit_{_kind}", "{dataset}/{split}")
+        conda:
+            "../../envs/backdoor-eval.yaml"
+        params:
+            options=get_fit_options(_kind),
+        shell:
+            f"backdoor-eval {names.fit_command(_kind)} --store {{input.store:q}} --partitions {{input.partitions:q}}"
+            f" --split {{wildcards.split}} {{params.options}} --out {{output.{names.fit_name(_kind)}:q}} > {{log:q}} 2>&1"

@@ -187,5 +187,5 @@ if config.get("gallery"):
         params:
             options=get_gallery_options(),
         shell:
-            "backdoor-eval gallery --store {input.store:q} --partitions {input.partitions:q} --lv-fit {input.lv_fit:q}"
+            "backdoor-eval gallery --store {input.store:q} --partitions {input.partitions:q}"
             " {params.options} --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"

@@ -77,12 +77,12 @@ def _run(job: AnalysisJob, analysis: Any) -> dict[str, Any]:
     data = load_poisoned(store, load_partitions(job.partitions), job.poisoned)
     inputs = AnalysisInputs(data=data, seed=run.seed)
     if analysis.needs_model:
-        from backdoor_eval.phase import _load_model_file
+        from backdoor_eval.models import load_model
 
         cfg = engine.TrainConfig.from_dict(job.train_params)
         device = engine.pick_device(job.device)
         params = {k: v for k, v in job.model_params.items() if k not in ("pretrained", "weights")}
-        model = _load_model_file(job.model_file, job.model, len(store.class_names), params).to(device)
+        model = load_model(job.model_file, job.model, len(store.class_names), params, "--model-file").to(device)
         default_cfg = getattr(model, "default_cfg", {}) or {}
         cfg.channels_last = False  # float32 and plain layout: see backdoor_eval.analyses.inputs
         inputs.model = model

@@ -104,7 +104,7 @@ def detection_table(detections: pd.DataFrame) -> pd.DataFrame:
     other factor that varies), each run once (a run in two experiments is not counted twice)."""
     import pandas as pd
 
-    from backdoor_eval.tables import DATASET_ORDER, MODEL_ORDER, TRIGGER_ORDER, display_name, ordered
+    from backdoor_eval.tables import DATASET_ORDER, MODEL_ORDER, display_name, ordered, trigger_order
 
     rows = detections.drop_duplicates(["run_id", "method"])
     keys = row_keys(rows)
@@ -114,7 +114,7 @@ def detection_table(detections: pd.DataFrame) -> pd.DataFrame:
         [(METRIC_TITLES[metric], statistic) for metric, statistic in stats.columns], names=["Metric", "Statistic"]
     )
     stats[("runs", "mean")] = grouped.size()
-    orders = {"dataset": DATASET_ORDER, "model": MODEL_ORDER, "trigger": TRIGGER_ORDER}
+    orders = {"dataset": DATASET_ORDER, "model": MODEL_ORDER, "trigger": trigger_order()}
     frame = stats.reset_index()
     for key, preferred in orders.items():
         rank = {value: i for i, value in enumerate(ordered(frame[key], preferred))}

@@ -1,4 +1,4 @@
-"""CLI subcommands for the attack area: ``fit-lv``, ``poison``, ``poison-stats``.
+"""CLI subcommands for the attack area: ``fit-<trigger>`` (``fit-lv``), ``poison``, ``poison-stats``.
 
 Handlers parse arguments, call the pure functions of ``backdoor_eval.triggers``
 and ``backdoor_eval.poison``, and write files atomically. The data modules
@@ -11,8 +11,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from .common import add_split_arguments, json_object, split_arguments
 
@@ -33,50 +31,36 @@ def _int_list(text: str, option: str) -> list[int]:
         raise ValueError(f"{option} {text!r}; allowed: comma-separated whole numbers like 710,980,734") from None
 
 
-def cmd_fit_lv(args: argparse.Namespace) -> int:
-    from backdoor_eval import seeding
+def cmd_fit(args: argparse.Namespace) -> int:
+    """``fit-<trigger>``: a fitted trigger's fit on one split (``backdoor_eval.triggers.TriggerFit``)."""
     from backdoor_eval.data import open_store
-    from backdoor_eval.lv_fit import fit_low_variance, save_lv_fit
     from backdoor_eval.splits import load_partitions
+    from backdoor_eval.triggers import fitter_of
 
     split, seed, keys = split_arguments(args)
     store = open_store(args.store)
     partitions = load_partitions(args.partitions, num_images=len(store.labels))
-    train_indices = np.asarray(partitions["poison_train"])
-    # The reference image must not be in the training data: a seeded draw from clean-validation.
-    reference_index = int(seeding.rng(seed, "lv/reference", *keys).choice(np.asarray(partitions["clean_val"])))
-    log.info("fitting LV on %d poison-train images, reference store index %d", train_indices.size, reference_index)
-    fit = fit_low_variance(
-        np.asarray(store.images[train_indices]),
-        np.asarray(store.images[reference_index]),
-        **({} if args.variance_fraction is None else {"variance_fraction": args.variance_fraction}),
-    )
-    save_lv_fit(
-        args.out,
-        fit,
-        with_components=not args.no_components,
-        reference_index=np.int64(reference_index),
-        seed=np.int64(seed),
-        split=np.str_(split),
-    )
-    log.info(
-        "kept %d of %d components (explained-variance ratio %.5f)",
-        fit.components.shape[0],
-        fit.total_components,
-        float(fit.explained_variance_ratio.sum()),
+    fitter_of(args.fitted_trigger).fit(
+        store.images, partitions, split=split, seed=seed, split_keys=keys, args=args, out=args.out
     )
     return 0
 
 
 def cmd_poison(args: argparse.Namespace) -> int:
+    from backdoor_eval.names import fit_name, fit_option
     from backdoor_eval.poison import check_poison_rate, check_strategy, materialize
-    from backdoor_eval.triggers import create_trigger
+    from backdoor_eval.triggers import create_trigger, fitted_triggers
 
     params = json_object(args.trigger_params, "--trigger-params")
-    if args.lv_fit is not None:
-        if args.trigger != "lv":
-            raise ValueError(f"--lv-fit was given for trigger {args.trigger!r}; allowed: only with --trigger lv")
-        params["fit"] = args.lv_fit
+    for kind in fitted_triggers():
+        path = getattr(args, fit_name(kind))
+        if path is None:
+            continue
+        if args.trigger != kind:
+            raise ValueError(
+                f"{fit_option(kind)} was given for trigger {args.trigger!r}; allowed: only with --trigger {kind}"
+            )
+        params["fit"] = path
     trigger = create_trigger(args.trigger, alpha=args.alpha, **params)
     check_poison_rate(args.poison_rate)  # fail on bad input before opening the store
     check_strategy(args.strategy)
@@ -130,29 +114,27 @@ def cmd_poison_stats(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to ``sub``."""
-    from backdoor_eval.names import MANY_TO_ONE, STRATEGIES
+    from backdoor_eval.names import MANY_TO_ONE, STRATEGIES, fit_command, fit_name, fit_option
+    from backdoor_eval.triggers import TRIGGERS, fitted_triggers, fitter_of
 
-    p = sub.add_parser("fit-lv", help="fit the low-variance trigger on a split's poison-train images")
-    p.add_argument("--store", required=True, help="canonical store directory")
-    p.add_argument("--partitions", required=True, help="partitions npz")
-    add_split_arguments(p)  # the split: its partitions, and the draw of the reference image
-    p.add_argument("--no-components", action="store_true", help="leave the PCA components out of the file")
-    p.add_argument("--out", required=True, help="output npz")
-    p.add_argument(
-        "--variance-fraction",
-        type=float,
-        default=None,
-        help="explained-variance share of the trailing components (default: the fit's, 0.5%%)",
-    )
-    p.set_defaults(func=cmd_fit_lv)
+    for kind in fitted_triggers():  # fit-lv: each fitted trigger's fit on one split
+        fitter = fitter_of(kind)
+        p = sub.add_parser(fit_command(kind), help=fitter.help)
+        p.add_argument("--store", required=True, help="canonical store directory")
+        p.add_argument("--partitions", required=True, help="partitions npz")
+        add_split_arguments(p)  # the split: its partitions, and any draw the fit makes
+        fitter.add_arguments(p)
+        p.add_argument("--out", required=True, help="the fit file to write")
+        p.set_defaults(func=cmd_fit, fitted_trigger=kind)
 
     p = sub.add_parser("poison", help="poison poison-train/poison-val and write the overlay")
     p.add_argument("--store", required=True, help="canonical store directory")
     p.add_argument("--partitions", required=True, help="partitions npz")
-    p.add_argument("--trigger", required=True, help="trigger name (bs, rs, sin, lv)")
+    p.add_argument("--trigger", required=True, help=f"trigger name ({', '.join(TRIGGERS.in_order())})")
     p.add_argument("--alpha", type=float, default=None, help="transparency in [0, 1] (default: the trigger's)")
     p.add_argument("--trigger-params", default=None, help="JSON object of trigger parameters")
-    p.add_argument("--lv-fit", default=None, help="LV fit npz (trigger lv)")
+    for kind in fitted_triggers():
+        p.add_argument(fit_option(kind), dest=fit_name(kind), default=None, help=f"{kind} fit file (trigger {kind})")
     p.add_argument("--poison-class", required=True, help="poison class, NAME or 0-based INDEX")
     p.add_argument("--poison-rate", required=True, type=float, help="poison rate lambda in (0, 1)")
     p.add_argument("--strategy", required=True, choices=STRATEGIES)

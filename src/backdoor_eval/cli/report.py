@@ -22,8 +22,6 @@ from .common import json_object, seed_int
 
 log = logging.getLogger(__name__)
 
-# Fig. 2's triggers, each at its own default alpha, unless --triggers says otherwise.
-GALLERY_TRIGGERS = ("bs", "rs", "sin", "lv")
 TABLE_TITLES = {
     "table2": "Table 2: adversarial success before/after clean retraining",
     "table3": "Table 3: accuracy before/after clean retraining",
@@ -88,16 +86,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
     p.set_defaults(func=cmd_retraining_budget)
 
+    from backdoor_eval.names import fit_command, fit_name, fit_option
+    from backdoor_eval.triggers import TRIGGERS, fitted_triggers
+
     p = sub.add_parser("gallery", help="Fig. 2: one clean-validation image with each trigger, and each trigger alone")
     p.add_argument("--store", required=True, help="store dir")
     p.add_argument("--partitions", required=True, help="partitions .npz")
-    p.add_argument("--lv-fit", required=True, help="LV fit .npz (from `fit-lv`)")
+    for kind in fitted_triggers():  # --lv-fit: each fitted trigger shown needs its fit file
+        p.add_argument(
+            fit_option(kind), dest=fit_name(kind), default=None, help=f"{kind} fit file (from `{fit_command(kind)}`)"
+        )
     p.add_argument("--image-index", type=int, default=0, help="position in the clean_val partition (default 0)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the random square's position (default 0)")
     p.add_argument(
         "--triggers",
         help='JSON {name: {"kind": K, "alpha": A, "params": {...}}}: the triggers to show, in order, as the config sets them '
-        f"(default: {', '.join(GALLERY_TRIGGERS)} at their own defaults)",
+        f"(default: every registered trigger, {', '.join(TRIGGERS.in_order())}, at its own defaults)",
     )
     p.add_argument("--out-png", required=True, help="figure .png to write")
     p.add_argument("--out-pdf", required=True, help="figure .pdf to write")
@@ -359,11 +363,25 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     from backdoor_eval import seeding
     from backdoor_eval.data import open_store
     from backdoor_eval.figures import fig2_trigger_gallery, save_figure
+    from backdoor_eval.names import fit_command, fit_name, fit_option
     from backdoor_eval.splits import load_partitions
     from backdoor_eval.tables import display_name
-    from backdoor_eval.triggers import create_trigger
+    from backdoor_eval.triggers import TRIGGERS, create_trigger, needs_fit
 
-    for path, what in ((args.store, "store dir"), (args.partitions, "partitions file"), (args.lv_fit, "LV fit file")):
+    specs = json_object(args.triggers, "--triggers") or {name: {} for name in TRIGGERS.in_order()}
+    for name, spec in specs.items():
+        if not isinstance(spec, dict) or set(spec) - {"kind", "alpha", "params"}:
+            raise ValueError(f'--triggers {name}: {spec!r}; allowed: {{"kind": K, "alpha": A, "params": {{...}}}}')
+    fits = {}  # the fit file of each fitted trigger shown
+    for kind in dict.fromkeys(spec.get("kind") or name for name, spec in specs.items()):
+        if needs_fit(kind):
+            fits[kind] = getattr(args, fit_name(kind), None)
+            if fits[kind] is None:
+                raise ValueError(
+                    f"trigger {kind!r} needs its fit: give {fit_option(kind)} FILE (from `{fit_command(kind)}`)"
+                )
+    files = [(args.store, "store dir"), (args.partitions, "partitions file")]
+    for path, what in files + [(path, f"{kind} fit file") for kind, path in fits.items()]:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{what} {path} not found")
     store = open_store(args.store)
@@ -374,15 +392,12 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             "(a position in the clean_val partition)"
         )
     image = np.asarray(store.images[int(clean_val[args.image_index])])
-    specs = json_object(args.triggers, "--triggers") or {name: {} for name in GALLERY_TRIGGERS}
     triggers = []
     for name, spec in specs.items():
-        if not isinstance(spec, dict) or set(spec) - {"kind", "alpha", "params"}:
-            raise ValueError(f'--triggers {name}: {spec!r}; allowed: {{"kind": K, "alpha": A, "params": {{...}}}}')
         kind = spec.get("kind") or name
         params = dict(spec.get("params") or {})
-        if kind == "lv":
-            params["fit"] = args.lv_fit
+        if kind in fits:
+            params["fit"] = fits[kind]
         trigger = create_trigger(kind, alpha=spec.get("alpha"), **params)
         triggers.append((display_name("trigger", name), trigger))  # the figure adds each alpha
     fig = fig2_trigger_gallery(image, triggers, seeding.rng(args.seed, "gallery/trigger"))

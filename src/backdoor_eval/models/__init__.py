@@ -19,7 +19,8 @@ One concern per module, as in timm:
 - ``nasnet_mobile``: :class:`NASNetAMobile` from timm's NASNet cells, registered with timm as
   ``nasnetamobile``, and :func:`convert_cadene_nasnet_mobile_state_dict` for the public Cadene
   ImageNet checkpoint (1001 classes, background at index 0);
-- ``small_cnn``: :class:`SmallCNN` (torch only).
+- ``small_cnn``: :class:`SmallCNN` (torch only);
+- ``files``: a trained model's file, :func:`save_model` and :func:`load_model`.
 
 timm (with torchvision, ~2 s of start-up on a CPU) is imported only when a timm model is built:
 the builders import it inside, and ``nasnet_mobile`` (which needs it at import) is imported on
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from .classifier import Classifier
 from .factory import create_model, fetch_weights
+from .files import load_model, save_model
 from .registry import MODELS
 
 # the architecture modules: importing them registers their builders in MODELS
@@ -56,6 +58,8 @@ __all__ = [
     "WeightsUnavailableError",
     "create_model",
     "fetch_weights",
+    "load_model",
+    "save_model",
     "timm_classifier",
     "SmallCNN",
     "NASNetAMobile",
