@@ -40,19 +40,19 @@ def test_quickstart_cost_prints_the_workflows_counts_and_measures_the_small_cnn(
     assert grid_cost.main(["--config", str(config_path), "--images", "2", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     counts = ex.counts(load_config(config_path, check_registries=False))
-    assert (counts["distinct_runs"], counts["retrain_jobs"]) == (44, 18)
-    assert "44 training runs, 18 retrain jobs" in printed
+    assert (counts["distinct_runs"], counts["retrain_jobs"]) == (27, 12)
+    assert "27 training runs, 12 retrain jobs" in printed
     result = json.loads(out.read_text())
-    assert (result["runs"], result["retrain_jobs"], result["not_measured"]) == (44, 18, [])
+    assert (result["runs"], result["retrain_jobs"], result["not_measured"]) == (27, 12, [])
     [cell] = result["cells"]
-    assert (cell["dataset"], cell["model"], cell["runs"], cell["retrain_jobs"]) == ("synthetic", "small_cnn", 44, 18)
-    # 300 images per class: 76/19/5 then 80/20 gives 1,824 poison-train, 456 poison-val, 456 clean-train,
-    # 114 clean-val and 150 adversarial-test images, 135 of them outside the poison class
-    assert (cell["poison_train"], cell["clean_train"], cell["eval_per_epoch"]) == (1824, 456, 456 + 114 + 2 * 135)
+    assert (cell["dataset"], cell["model"], cell["runs"], cell["retrain_jobs"]) == ("synthetic", "small_cnn", 27, 12)
+    # 200 images per class: 76/19/5 then 80/20 gives 1,216 poison-train, 304 poison-val, 304 clean-train,
+    # 76 clean-val and 100 adversarial-test images, 90 of them outside the poison class
+    assert (cell["poison_train"], cell["clean_train"], cell["eval_per_epoch"]) == (1216, 304, 304 + 76 + 2 * 90)
     # small_cnn is not a paper model: the poison phase runs max_epochs (8) and evaluates 9 times; retraining 3 and 4
     assert (cell["poison_epochs"], cell["poison_epochs_source"], cell["retrain_epochs"]) == (8, "max_epochs", 3)
-    assert cell["train_images"] == 44 * 1824 * 8 + 18 * 456 * 3
-    assert cell["eval_images"] == 44 * 840 * 9 + 18 * 840 * 4
+    assert cell["train_images"] == 27 * 1216 * 8 + 12 * 304 * 3
+    assert cell["eval_images"] == 27 * 560 * 9 + 12 * 560 * 4
     assert cell["measured"]["train_images"] == cell["measured"]["eval_images"] == 2
     assert cell["measured"]["train_s_per_image"] > 0 and cell["measured"]["eval_s_per_image"] > 0
     expected_hours = (

@@ -32,7 +32,7 @@ def test_cuda_is_a_warning_only_where_no_gpu_is_visible():
 
 def test_a_run_poisoning_no_image_is_named_before_any_job(quickstart, tmp_path):
     layout = Layout(str(tmp_path / "results" / "quickstart"))
-    assert preflight.known_class_counts(quickstart, layout) == {"synthetic": [300] * 10}
+    assert preflight.known_class_counts(quickstart, layout) == {"synthetic": [200] * 10}
     preflight.check_poison_counts(quickstart, layout, experiments.expand(quickstart))
     config = copy.deepcopy(quickstart)
     config["experiments"]["E5"]["poison_rate"] = [0.001]

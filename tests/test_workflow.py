@@ -142,7 +142,7 @@ def test_quickstart_dry_run_job_counts(tmp_path):
     config = yaml.safe_load((REPO / "config" / "quickstart.yaml").read_text())
     counts = dry_run(REPO / "config" / "quickstart.yaml", tmp_path)
     assert counts == expected_counts(config)
-    assert counts["train"] == 44 and counts["retrain"] == 18 and counts["poison"] == 28
+    assert counts["train"] == 27 and counts["retrain"] == 12 and counts["poison"] == 19
 
 
 def test_a_new_fitted_trigger_gets_its_fit_jobs_with_no_other_edit(tmp_path, fitted_toy):
@@ -436,7 +436,7 @@ def test_membership_cli_writes_the_document(tmp_path):
     )
     document = json.loads(out.read_text())
     assert document == json.loads(json.dumps(ex.membership(config, "results/qs")))
-    assert document["config_name"] == "quickstart" and len(document["runs"]) == 44
+    assert document["config_name"] == "quickstart" and len(document["runs"]) == 27
     assert document["experiments"]["E2"]["runs"] == document["experiments"]["E1"]["runs"]
 
 
