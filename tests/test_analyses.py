@@ -317,14 +317,14 @@ def test_the_plan_lists_each_run_and_method_once_and_filtering_needs_its_analysi
 
 def test_detection_figures_follow_the_experiments_of_the_paper_figures():
     config = copy.deepcopy(prepare_config(quickstart(), check_registries=False))
-    from backdoor_eval import experiments as ex
+    from backdoor_eval import configview as cv
 
-    assert plan.detection_figures(config, ex.outputs(config)) == {}
+    assert plan.detection_figures(config, cv.outputs(config)) == {}
     config["experiments"]["E5"]["analyses"] = ["strip"]
-    assert plan.detection_figures(config, ex.outputs(config)) == {}  # no training-set detector
+    assert plan.detection_figures(config, cv.outputs(config)) == {}  # no training-set detector
     config["experiments"]["E5"]["analyses"] = ["spectral"]
     config["experiments"]["E3"]["analyses"] = ["activation_clustering"]
-    assert plan.detection_figures(config, ex.outputs(config)) == {
+    assert plan.detection_figures(config, cv.outputs(config)) == {
         "detection_rate": ("E5", "poison_rate"),
         "detection_regularizer": ("E3", "regularizer"),
     }

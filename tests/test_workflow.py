@@ -126,7 +126,7 @@ def analysis_counts(config: dict) -> dict[str, int]:
         "analysis_membership": int(detections or defenses),
         "aggregate_detections": int(detections),
         "detection_table": int(detections),
-        "detection_figure": len(plan.detection_figures(config, ex.outputs(config))),
+        "detection_figure": len(plan.detection_figures(config, cv.outputs(config))),
         "aggregate_defenses": int(defenses),
         "defense_table": int(defenses),
     }
@@ -362,7 +362,7 @@ def test_two_run_slice_of_the_real_workflow(tmp_path):
     # A partitions file deleted after its runs finished: the dry run says what rebuilding it retrains.
     from backdoor_eval import experiments as ex
 
-    splits = [ex.split_of(spelled_out, ex.Run.from_run_id(run_id)) for run_id in sorted(runs["run_id"])]
+    splits = [cv.split_of(spelled_out, ex.Run.from_run_id(run_id)) for run_id in sorted(runs["run_id"])]
     partitions = results / "data" / "synthetic" / splits[0] / "partitions.npz"
     partitions.rename(tmp_path / "saved.npz")
     dry = snakemake("--configfile", str(config_file), "-n", workdir=tmp_path)

@@ -9,8 +9,8 @@ Snakemake trains it once; :func:`union` de-duplicates across experiments.
 Every factor except ``dataset`` may be a per-dataset mapping
 (``{cifar10: [truck], flowers: [rose]}``).
 
-The config's sections are read through ``backdoor_eval.configview`` and
-checked by ``backdoor_eval.validation``. Light (no torch, no pandas): the
+The config is read through its typed view (``backdoor_eval.configview.ConfigView``,
+built once per expansion) and checked by ``backdoor_eval.validation``. Light (no torch, no pandas): the
 Snakefile imports it at parse time, on every cluster job too.
 """
 
@@ -21,7 +21,10 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from backdoor_eval.configview import (
+# Besides the view: the config readers this module once imported, still importable from here
+# (``experiments.outputs``, ...).
+from backdoor_eval.configview import (  # noqa: F401
+    ConfigView,
     dataset_classes,
     declared_names,
     experiment_phases,
@@ -30,8 +33,10 @@ from backdoor_eval.configview import (
     outputs,
     split_of,
     split_policy,
+    thaw,
     trigger_default_alpha,
     trigger_kind,
+    view,
 )
 from backdoor_eval.factors import DEFAULT, FACTOR_BY_NAME, FACTOR_DEFAULTS, FACTOR_NAMES, Run
 from backdoor_eval.layout import Layout
@@ -65,7 +70,7 @@ def _seeds(value: Mapping[str, Any], path: str) -> list[int]:
     ):
         raise _PathError(
             path,
-            f"{dict(value)!r} is not a seed range; allowed: {{range: N}} (seeds 0..N-1, N >= 1) "
+            f"{thaw(value)!r} is not a seed range; allowed: {{range: N}} (seeds 0..N-1, N >= 1) "
             "or {range: [start, stop]} (seeds start..stop-1, 0 <= start < stop)",
         )
     return list(range(pair[0], pair[1]))
@@ -92,7 +97,7 @@ def _values(spec: Mapping[str, Any], factor: str, dataset: str) -> list[tuple[st
     for item_path, item in values:
         # A per-dataset value escapes the schema's checks of the factor's forms.
         if isinstance(item, (Mapping, list, tuple)):
-            raise _PathError(item_path, f"{item!r} is not a single value; allowed: a value or a list of values")
+            raise _PathError(item_path, f"{thaw(item)!r} is not a single value; allowed: a value or a list of values")
     return values
 
 
@@ -104,10 +109,12 @@ class _PathError(ValueError):
         self.path, self.message = path, message
 
 
-def _expand_one(config: Mapping[str, Any], spec: Mapping[str, Any], check: bool) -> list[Run]:
+def _expand_one(config: ConfigView | Mapping[str, Any], spec: Mapping[str, Any], check: bool) -> list[Run]:
+    """The runs of one experiment's factor lists ``spec`` (``check``: each value checked, naming its path)."""
+    config = view(config)
     runs: dict[Run, None] = {}  # ordered set
     for dataset in _as_list(spec.get("dataset")):
-        classes = dataset_classes(config, dataset) if not check else _checked_classes(config, dataset, spec)
+        classes = config.dataset_classes(dataset) if not check else _checked_classes(config, dataset, spec)
         per_factor = {factor: _values(spec, factor, dataset) for factor in FACTOR_NAMES[1:]}
         for combo in itertools.product(*per_factor.values()):
             chosen = dict(zip(per_factor, combo))
@@ -116,18 +123,18 @@ def _expand_one(config: Mapping[str, Any], spec: Mapping[str, Any], check: bool)
     return list(runs)
 
 
-def _checked_classes(config: Mapping[str, Any], dataset: str, spec: Mapping[str, Any]) -> list[str]:
-    if dataset not in (config.get("datasets") or {}):
+def _checked_classes(config: ConfigView, dataset: str, spec: Mapping[str, Any]) -> list[str]:
+    if dataset not in config.datasets:
         index = _as_list(spec.get("dataset")).index(dataset)
         path = f"dataset[{index}]" if isinstance(spec.get("dataset"), (list, tuple)) else "dataset"
         raise _PathError(
-            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {names_of(config, 'datasets')}"
+            path, f"{dataset!r} is not a dataset declared in config datasets; declared: {config.names_of('datasets')}"
         )
-    return dataset_classes(config, dataset)
+    return config.dataset_classes(dataset)
 
 
 def _resolve(
-    config: Mapping[str, Any],
+    config: ConfigView,
     dataset: str,
     classes: list[str],
     chosen: Mapping[str, tuple[str, Any]],
@@ -140,7 +147,7 @@ def _resolve(
         _check_values(config, chosen)
     trigger, alpha, strategy, source = values["trigger"], values["alpha"], values["strategy"], values["source"]
     if alpha == DEFAULT_ALPHA:
-        values["alpha"] = trigger_default_alpha(config, trigger)
+        values["alpha"] = config.trigger(trigger).default_alpha
     elif check:
         check_alpha(chosen["alpha"][0], alpha)
     class_path, source_path = chosen["poison_class"][0], chosen["source"][0]
@@ -169,12 +176,12 @@ def _resolve(
             yield Run.from_mapping({**values, "dataset": dataset, "poison_class": target, "source": src})
 
 
-def _check_values(config: Mapping[str, Any], chosen: Mapping[str, tuple[str, Any]]) -> None:
+def _check_values(config: ConfigView, chosen: Mapping[str, tuple[str, Any]]) -> None:
     """The checks of single factor values: names declared in their config section, strategies, rates, seeds."""
     for name, (path, value) in chosen.items():
         factor = FACTOR_BY_NAME[name]
         if factor.section is not None and value != factor.default:
-            declared = declared_names(config, factor.section)
+            declared = config.declared_names(factor.section)
             if value not in declared:
                 raise _PathError(
                     path,
@@ -209,16 +216,15 @@ def _check_rate(path: str, value: Any) -> None:
         raise _PathError(path, f"{value!r} is outside (0, 1)")
 
 
-def expand(config: Mapping[str, Any]) -> dict[str, list[Run]]:
+def expand(config: ConfigView | Mapping[str, Any]) -> dict[str, list[Run]]:
     """Each experiment's runs: the product of its factor lists, defaults filled in.
 
     Order follows the config; duplicates within an experiment (e.g. ``alpha:
     [default, 0.1]`` for sin) are dropped. Call :func:`validate` first for
-    error messages that name the config key.
+    error messages that name the config key. ``config``: the config or its view.
     """
-    return {
-        name: _expand_one(config, spec or {}, check=False) for name, spec in (config.get("experiments") or {}).items()
-    }
+    config = view(config)
+    return {name: _expand_one(config, spec.grid, check=False) for name, spec in config.experiments.items()}
 
 
 def union(expanded: Mapping[str, Iterable[Run]] | Iterable[Iterable[Run]]) -> list[Run]:
@@ -231,37 +237,35 @@ def union(expanded: Mapping[str, Iterable[Run]] | Iterable[Iterable[Run]]) -> li
     return list(seen)
 
 
-def retrain_runs(config: Mapping[str, Any], expanded: Mapping[str, list[Run]] | None = None) -> list[Run]:
+def retrain_runs(config: ConfigView | Mapping[str, Any], expanded: Mapping[str, list[Run]] | None = None) -> list[Run]:
     """Distinct runs that need the clean phase (in an experiment reporting phase ``clean``)."""
+    config = view(config)
     expanded = expand(config) if expanded is None else expanded
-    phases = experiment_phases(config)
-    return union(runs for name, runs in expanded.items() if CLEAN_PHASE in phases[name])
+    return union(runs for name, runs in expanded.items() if CLEAN_PHASE in config.experiments[name].phases)
 
 
-def counts(config: Mapping[str, Any]) -> dict[str, Any]:
+def counts(config: ConfigView | Mapping[str, Any]) -> dict[str, Any]:
     """Job counts: per experiment (runs, phases) and for the de-duplicated grid."""
+    config = view(config)
     expanded = expand(config)
-    phases = experiment_phases(config)
     distinct = union(expanded)
+    fitted = [run for run in distinct if config.trigger(run.trigger).needs_fit]
     return {
-        "experiments": {name: {"runs": len(runs), "phases": phases[name]} for name, runs in expanded.items()},
+        "experiments": {
+            name: {"runs": len(runs), "phases": list(config.experiments[name].phases)}
+            for name, runs in expanded.items()
+        },
         "distinct_runs": len(distinct),
         "retrain_jobs": len(retrain_runs(config, expanded)),
-        "split": split_policy(config),
-        "poisoned_sets": len({run.poison_id(split_policy(config)) for run in distinct}),
-        "partitions": len({(run.dataset, split_of(config, run)) for run in distinct}),
+        "split": config.split,
+        "poisoned_sets": len({config.poison_id(run) for run in distinct}),
+        "partitions": len({(run.dataset, config.split_of(run)) for run in distinct}),
         # One per fitted trigger kind (lv) and split its runs use.
-        "trigger_fits": len(
-            {
-                (trigger_kind(config, run.trigger), run.dataset, split_of(config, run))
-                for run in distinct
-                if needs_fit(config, run.trigger)
-            }
-        ),
+        "trigger_fits": len({(config.trigger(run.trigger).kind, run.dataset, config.split_of(run)) for run in fitted}),
     }
 
 
-def format_counts(config: Mapping[str, Any]) -> str:
+def format_counts(config: ConfigView | Mapping[str, Any]) -> str:
     """The per-experiment count table printed by ``backdoor-eval expand`` and at workflow start."""
     summary = counts(config)
     lines = [f"{'experiment':<12}{'runs':>6}  phases"]
@@ -275,28 +279,27 @@ def format_counts(config: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
+def membership(config: ConfigView | Mapping[str, Any], results_dir: str) -> dict[str, Any]:
     """The membership document ``backdoor-eval aggregate --membership`` reads.
 
     ``results_dir`` is ``results/{config_name}``; each run's files are the
     ones the workflow's ``summarize`` rule writes (:class:`backdoor_eval.layout.Layout`),
     and the ``aggregate`` rule declares exactly these files as its inputs.
     """
+    config = view(config)
     layout = Layout(results_dir)
     expanded = expand(config)
-    phases = experiment_phases(config)
-    specs = config.get("experiments") or {}
     document: dict[str, Any] = {
-        "config_name": config.get("name"),
+        "config_name": config.name,
         "experiments": {
             name: {
-                "description": (specs[name] or {}).get("description", ""),
-                "phases": phases[name],
+                "description": config.experiments[name].description,
+                "phases": list(config.experiments[name].phases),
                 "runs": [run.run_id for run in runs],
             }
             for name, runs in expanded.items()
         },
-        "outputs": outputs(config),
+        "outputs": config.outputs,
         "runs": {},
     }
     for run in union(expanded):

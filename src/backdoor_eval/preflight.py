@@ -21,13 +21,14 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from backdoor_eval.configview import ConfigView, thaw, view
 from backdoor_eval.io import remove_stale_temporaries
 from backdoor_eval.layout import Layout
 from backdoor_eval.locks import held_locks, read_holder
 from backdoor_eval.names import CLEAN_PHASE, POISON_PHASE
 
 
-def cuda_warning(device: str, cuda_available: bool | None = None) -> str | None:
+def cuda_warning(device: str | None, cuda_available: bool | None = None) -> str | None:
     """The warning for ``device: cuda`` where no GPU is visible (``cuda_available``: asked of torch when
     ``None``), or ``None``."""
     if device != "cuda":
@@ -44,24 +45,25 @@ def cuda_warning(device: str, cuda_available: bool | None = None) -> str | None:
     )
 
 
-def known_class_counts(config: Mapping[str, Any], layout: Layout) -> dict[str, list[int]]:
+def known_class_counts(config: ConfigView | Mapping[str, Any], layout: Layout) -> dict[str, list[int]]:
     """Images per class of each dataset whose sizes are known before its ingest job (or after it)."""
     from backdoor_eval.data import known_class_counts as dataset_class_counts
 
     counts = {}
-    for name, spec in config["datasets"].items():
-        known = dataset_class_counts(layout.store.format(dataset=name), spec["kind"], spec.get("params"))
+    for name, spec in view(config).datasets.items():
+        known = dataset_class_counts(layout.store.format(dataset=name), spec.kind, thaw(spec.params))
         if known is not None:
             counts[name] = known
     return counts
 
 
-def check_poison_counts(config: Mapping[str, Any], layout: Layout, expanded: Mapping[str, list]) -> None:
+def check_poison_counts(config: ConfigView | Mapping[str, Any], layout: Layout, expanded: Mapping[str, list]) -> None:
     """A run that would poison no image is a config mistake: a ``ValueError`` before any job where the class
     sizes are known (synthetic, the official CIFAR-10, any ingested store); for a dataset not yet ingested,
     its poison job fails with the same message."""
     from backdoor_eval.validation import check_poison_counts as check
 
+    config = view(config)
     check(config, known_class_counts(config, layout), expanded)
 
 
@@ -131,21 +133,22 @@ def clean_up(layout: Layout) -> list[tuple[str, str]]:
     return messages
 
 
-def splits_to_rebuild(config: Mapping[str, Any], layout: Layout, runs: Iterable[Any]) -> dict[str, list[str]]:
+def splits_to_rebuild(
+    config: ConfigView | Mapping[str, Any], layout: Layout, runs: Iterable[Any]
+) -> dict[str, list[str]]:
     """Partition files deleted after runs of their split finished: rebuilding one retrains every run of
     the split (its poison jobs and train jobs read it). ``{partitions file: [finished run ids]}``."""
-    from backdoor_eval.configview import split_of
-
+    config = view(config)
     missing: dict[str, list[str]] = {}
     for run in runs:
-        partitions = layout.partitions.format(dataset=run.dataset, split=split_of(config, run))
+        partitions = layout.partitions.format(dataset=run.dataset, split=config.split_of(run))
         finished = os.path.exists(layout.phase_file(POISON_PHASE, "final", run.run_id))
         if finished and not os.path.exists(partitions):
             missing.setdefault(partitions, []).append(run.run_id)
     return missing
 
 
-def rebuilt_splits_warning(config: Mapping[str, Any], layout: Layout, runs: Iterable[Any]) -> str | None:
+def rebuilt_splits_warning(config: ConfigView | Mapping[str, Any], layout: Layout, runs: Iterable[Any]) -> str | None:
     """Said before any job: finished runs that a deleted partitions file will train again."""
     rebuilt = splits_to_rebuild(config, layout, runs)
     if not rebuilt:

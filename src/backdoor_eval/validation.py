@@ -15,18 +15,7 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from backdoor_eval.configview import (
-    dataset_classes,
-    experiment_phases,
-    fit_params,
-    model_spec,
-    names_of,
-    train_layers,
-    train_params,
-    trigger_default_alpha,
-    trigger_kind,
-    trigger_params,
-)
+from backdoor_eval.configview import ConfigView, ExperimentSpec, names_of, train_layers, view
 from backdoor_eval.experiments import (
     EXPERIMENT_KEYS,
     Run,
@@ -76,7 +65,7 @@ def validate(config: Mapping[str, Any], check_registries: bool = False) -> None:
         for factor in REQUIRED_FACTORS:
             if spec.get(factor) in (None, [], ()):
                 raise ValueError(f"{prefix}.{factor}: required; give a name or a list of names")
-        phases = experiment_phases({"experiments": {name: spec}})[name]
+        phases = ExperimentSpec.from_entry(name, spec).phases
         for i, phase in enumerate(phases):
             if phase not in PHASES:
                 raise ValueError(f"{prefix}.phases[{i}]: {phase!r} is not a phase; allowed: {', '.join(PHASES)}")
@@ -256,8 +245,9 @@ def _validate_registries(config: Mapping[str, Any]) -> None:
     for run in union(expand(config)):
         factors = {f.name: getattr(run, f.name) for f in FACTORS if f.train_setting is not None}
         settings.setdefault((run.dataset, run.model, tuple(factors.items())), factors)
+    config_view = view(config)
     for (dataset, model, _), factors in sorted(settings.items(), key=lambda item: str(item[0])):
-        merged = train_params(config, dataset, model, factors)
+        merged = config_view.train_params(dataset, model, factors)
         try:
             TrainConfig.from_dict(merged)
         except ValueError as exc:
@@ -286,22 +276,23 @@ def _validate_entry_params(config: Mapping[str, Any]) -> None:
         params = _keyword_params(where, spec.get("params"))
         dataset = _built(where, params, partial(DATASETS.create, spec["kind"], **params))
         _check_memory(where, getattr(dataset, "memory_bytes", None))
-    for name in config.get("models") or {}:
-        arch, params = model_spec(config, name)
+    entries = view(config)
+    for name in entries.models:
+        arch, params = entries.model_spec(name)
         where = f"models.{name}.params"
         params = _keyword_params(where, {k: v for k, v in params.items() if k not in ("pretrained", "weights")})
         with torch.device("meta"):
             _built(where, params, partial(create_model, arch, num_classes=2, **params))
-    for name in config.get("triggers") or {}:
-        kind, where = trigger_kind(config, name), f"triggers.{name}.params"
-        params = _keyword_params(where, trigger_params(config, name))
+    for name, trigger in entries.triggers.items():
+        kind, where = trigger.kind, f"triggers.{name}.params"
+        params = _keyword_params(where, trigger.trigger_params())
         if needs_fit(kind):  # built in its job, with its split's fit; the fit's parameters are checked here
-            fit = _keyword_params(where, fit_params(config, kind))
+            fit = _keyword_params(where, entries.fit_params(kind))
             _built(where, fit, partial(fitter_of(kind).options, **fit))
             check = partial(TRIGGERS.check_params, kind, params, exclude=("alpha", "fit"), extra=fit_parameters(kind))
             _built(where, params, check)
         else:
-            alpha = trigger_default_alpha(config, name)
+            alpha = trigger.default_alpha
             _built(where, params, partial(TRIGGERS.create, kind, alpha=alpha, **params))
     for name, spec in (config.get("regularizers") or {}).items():
         params = _keyword_params(f"regularizers.{name}", spec)
@@ -350,7 +341,7 @@ def train_key_path(
 
 
 def check_poison_counts(
-    config: Mapping[str, Any],
+    config: ConfigView | Mapping[str, Any],
     class_counts: Mapping[str, Sequence[int]],
     expanded: Mapping[str, list[Run]] | None = None,
 ) -> None:
@@ -367,13 +358,14 @@ def check_poison_counts(
     from backdoor_eval.poison import num_poisoned, zero_poison_message
     from backdoor_eval.splits import partition_counts
 
+    config = view(config)
     poison_train = {dataset: partition_counts(list(counts))["poison_train"] for dataset, counts in class_counts.items()}
     poison_val = {dataset: partition_counts(list(counts))["poison_val"] for dataset, counts in class_counts.items()}
     for name, runs in (expand(config) if expanded is None else expanded).items():
         for run in runs:
             if run.dataset not in poison_train:
                 continue
-            classes = dataset_classes(config, run.dataset)
+            classes = config.dataset_classes(run.dataset)
             sizes = poison_train[run.dataset]
             if len(sizes) != len(classes):
                 raise ValueError(

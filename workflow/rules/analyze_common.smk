@@ -12,7 +12,7 @@ ANALYSIS_JOB = f"{RUN_WILDCARD}/{{method}}"  # one run and method: the analyze r
 # Before any job: labels too small for a detector (where the class sizes are known), and finished
 # poison phases whose model.pt was deleted (keep_models: false) that an analysis now needs.
 if workflow.is_main_process and ANALYSIS_JOBS["analyze"]:
-    analysis_plan.check_label_sizes(config, preflight.known_class_counts(config, PATHS), EXPERIMENTS)
+    analysis_plan.check_label_sizes(config, preflight.known_class_counts(VIEW, PATHS), EXPERIMENTS)
     if AGAIN_FOR_ANALYSES := analysis_plan.models_deleted(PATHS, ANALYSIS_JOBS["analyze"]):
         logger.warning(
             f"{len(AGAIN_FOR_ANALYSES)} finished poison phase(s) will be trained again, because analyses now need "
@@ -54,10 +54,10 @@ def get_analysis_options(wildcards, input):
         as_json({"run_id": run.run_id, **run.params()}),
     ]
     if "model" in input.keys():
-        arch, model_params = cv.model_spec(config, run.model)
+        arch, model_params = VIEW.model_spec(run.model)
         options += ["--model-file", input.model, "--model", arch, "--model-params", as_json(model_params)]
         options += ["--train-params", as_json(train_settings(run))]
-        options += ["--device", config["device"]]
+        options += ["--device", VIEW.device]
         if GPU_LOCK_DIR:
             options += ["--gpu-lock-dir", GPU_LOCK_DIR]
     return shlex.join(options)

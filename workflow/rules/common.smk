@@ -20,6 +20,9 @@ from backdoor_eval.analyses.plan import without_analysis_keys as analysis_experi
 from backdoor_eval.factors import FACTORS, POISON_ID_TEMPLATE, WILDCARD_CONSTRAINTS, Run
 from backdoor_eval.layout import RUN_WILDCARD, Layout
 
+# The completed config (the Snakefile's prepare_config), typed and read-only: every input function reads it.
+VIEW = cv.view(config)
+
 # Every job reads files only: the hub offline and downloads off (backdoor_eval.offline.OFFLINE_ENV);
 # the fetch rules (fetch.smk), which run first on the submitting node, alone turn the network back
 # on (docs/workflow.md#offline-compute-nodes). Set in the shell prefix rather than in each rule's
@@ -28,34 +31,34 @@ from backdoor_eval.layout import RUN_WILDCARD, Layout
 SHELL_PREFIX = "set -euo pipefail; export " + " ".join(f"{k}={v}" for k, v in offline.OFFLINE_ENV.items()) + "; "
 # GPU slots per device for the train/retrain jobs (backdoor_eval.gpus), the same way: a changed
 # jobs_per_gpu leaves the finished jobs alone.
-SHELL_PREFIX += f"export {gpus.JOBS_PER_GPU_ENV}={int(config['jobs_per_gpu'])}; "
+SHELL_PREFIX += f"export {gpus.JOBS_PER_GPU_ENV}={int(VIEW.jobs_per_gpu)}; "
 # Jobs call `backdoor-eval`; under an unactivated virtualenv (.venv/bin/snakemake)
 # it sits beside the running interpreter but not on PATH.
 if shutil.which("backdoor-eval") is None:
     SHELL_PREFIX += f"PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(SHELL_PREFIX)
 
-RESULTS = f"results/{config['name']}"
+RESULTS = f"results/{VIEW.name}"
 PATHS = Layout(RESULTS)
-EXPERIMENTS = ex.expand(config)
+EXPERIMENTS = ex.expand(VIEW)
 RUNS = ex.union(EXPERIMENTS)
 RUN_OF = {run.run_id: run for run in RUNS}
-RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(config, EXPERIMENTS)}
-OUTPUTS = cv.outputs(config)
+RETRAIN_RUN_IDS = {run.run_id for run in ex.retrain_runs(VIEW, EXPERIMENTS)}
+OUTPUTS = VIEW.outputs
 RETRAINING_TABLES = [name for name in names.RETRAINING_TABLES if name in OUTPUTS]
 EXPERIMENT_TABLES = [name for name in names.EXPERIMENT_TABLES if name in OUTPUTS]
 FIGURES = [name for name in names.FIGURES if name in OUTPUTS]
 POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
-GPU_LOCK_DIR = config.get("gpu_lock_dir")
+GPU_LOCK_DIR = VIEW.gpu_lock_dir
 # The pretrainings the runs' models start from (init:), by their backbone file (backdoor_eval.pretrain).
 PRETRAININGS = {
     pretrain.pretraining_file(config, name): name
-    for name in sorted({pretrain.model_init(config, run.model) for run in RUNS} - {None})
+    for name in sorted({VIEW.model(run.model).init for run in RUNS} - {None})
 }
 INGESTED_DATASETS = (
     {run.dataset for run in RUNS}
-    | {config[block]["dataset"] for block in ("table1", "gallery") if config.get(block)}
-    | {config["pretraining"][name]["dataset"] for name in PRETRAININGS.values()}
+    | {block["dataset"] for block in (VIEW.table1, VIEW.gallery) if block}
+    | {VIEW.pretraining[name].dataset for name in PRETRAININGS.values()}
 )
 # What the fetch rules download before any compute job (backdoor_eval.offline): each model's
 # (weights file, fetch or None; a pretrain rule's file for init:) and each dataset's archive.
@@ -73,13 +76,13 @@ for _dataset, _archive in sorted(ARCHIVE_OF.items()):
 # again because their model.pt was deleted are announced, not first seen on the GPU bill.
 if workflow.is_main_process:
     for message in (
-        preflight.cuda_warning(config["device"]),
-        preflight.rebuilt_splits_warning(config, PATHS, RUNS),
+        preflight.cuda_warning(VIEW.device),
+        preflight.rebuilt_splits_warning(VIEW, PATHS, RUNS),
         preflight.retraining_warning(PATHS, RETRAIN_RUN_IDS),
     ):
         if message:
             logger.warning(message)
-    preflight.check_poison_counts(config, PATHS, EXPERIMENTS)
+    preflight.check_poison_counts(VIEW, PATHS, EXPERIMENTS)
     preflight.check_results_writable(PATHS)
 
 
@@ -98,7 +101,7 @@ onerror:
 
 
 onstart:
-    logger.info(f"backdoor-eval config {config['name']}:\n{ex.format_counts(config)}")
+    logger.info(f"backdoor-eval config {VIEW.name}:\n{ex.format_counts(VIEW)}")
     # Phases still running elsewhere (a killed run's orphans), and the half-written files of killed jobs.
     for level, message in preflight.clean_up(PATHS):
         getattr(logger, level)(message)
@@ -107,13 +110,13 @@ onstart:
 def get_final_output():
     """The targets: the tidy results and the tables/figures the config supports."""
     targets = [PATHS.runs_table, PATHS.epochs_table]
-    if config.get("table1"):
+    if VIEW.table1:
         targets += [PATHS.table("table1", ext) for ext in ("csv", "md")]
     for name in RETRAINING_TABLES:
         targets += [PATHS.table(stem, ext) for stem in (name, f"{name}_n") for ext in ("csv", "md")]
     for name in EXPERIMENT_TABLES:
         targets += [PATHS.table(name, ext) for ext in ("csv", "md")]
-    for name in FIGURES + (["fig2"] if config.get("gallery") else []):
+    for name in FIGURES + (["fig2"] if VIEW.gallery else []):
         targets += [PATHS.figure(name, ext) for ext in ("png", "pdf")]
     if "retraining_budget" in OUTPUTS:
         targets += [PATHS.table("retraining_budget", ext) for ext in ("csv", "md")]
@@ -138,12 +141,12 @@ def exactly(strings):
 
 def model_file(path):
     """Model weights are big (ResNet-50 ~95 MB, NASNet-A Large ~350 MB): temporary unless keep_models."""
-    return path if config["keep_models"] else temp(path)
+    return path if VIEW.keep_models else temp(path)
 
 
 def job_resource(rule_name, key):
     """A train/retrain job resource; the schema fills every default."""
-    return config["resources"][rule_name][key]
+    return VIEW.resources[rule_name][key]
 
 
 def log_of(rule_name, pattern):
@@ -164,11 +167,11 @@ def get_fetch_weights_options(wildcards):
 
 
 def get_fetched_dataset_kind(wildcards):
-    return config["datasets"][ARCHIVE_DATASET[wildcards.archive]]["kind"]
+    return VIEW.datasets[ARCHIVE_DATASET[wildcards.archive]].kind
 
 
 def get_fetched_dataset_params(wildcards):
-    return as_json(config["datasets"][ARCHIVE_DATASET[wildcards.archive]].get("params") or {})
+    return as_json(cv.thaw(VIEW.datasets[ARCHIVE_DATASET[wildcards.archive]].params))
 
 
 # ---------------------------------------------------------------- pretrain
@@ -180,28 +183,28 @@ def get_pretraining(wildcards):
 
 
 def get_pretrain_store(wildcards):
-    return {"store": PATHS.store.format(dataset=config["pretraining"][get_pretraining(wildcards)]["dataset"])}
+    return {"store": PATHS.store.format(dataset=VIEW.pretraining[get_pretraining(wildcards)].dataset)}
 
 
 def get_pretrain_options(wildcards):
     """`backdoor-eval pretrain` arguments of one pretraining entry, shell-quoted."""
     name = get_pretraining(wildcards)
-    spec = config["pretraining"][name]
+    spec = VIEW.pretraining[name]
     options = [
         "--name",
         name,
         "--model",
-        spec["arch"],
+        spec.arch,
         "--model-params",
-        as_json(spec.get("params") or {}),
+        as_json(cv.thaw(spec.params)),
         "--train-params",
-        as_json(spec.get("train") or {}),
+        as_json(cv.thaw(spec.train)),
         "--seed",
-        str(spec["seed"]),
+        str(spec.seed),
         "--holdout",
-        str(spec["holdout"]),
+        str(spec.holdout),
         "--device",
-        config["device"],
+        VIEW.device,
         "--checkpoint",
         f"{PATHS.checkpoint_root}/pretrain/{wildcards.pretraining}.pt",
     ]
@@ -220,20 +223,20 @@ def get_ingest_input(wildcards):
 
 
 def get_dataset_kind(wildcards):
-    return config["datasets"][wildcards.dataset]["kind"]
+    return VIEW.datasets[wildcards.dataset].kind
 
 
 def get_dataset_params(wildcards):
-    return as_json(config["datasets"][wildcards.dataset].get("params") or {})
+    return as_json(cv.thaw(VIEW.datasets[wildcards.dataset].params))
 
 
 def get_dataset_classes(wildcards):
-    return as_json(cv.dataset_classes(config, wildcards.dataset))
+    return as_json(VIEW.dataset_classes(wildcards.dataset))
 
 
 def get_fit_options(kind):
     """`backdoor-eval fit-<kind>` options of a fitted trigger: its fit parameters in the config."""
-    return shlex.join(cv.fit_options(config, kind))
+    return shlex.join(VIEW.fit_options(kind))
 
 
 # ---------------------------------------------------------------- poison
@@ -245,16 +248,18 @@ def get_poison_input(wildcards):
         "store": PATHS.store.format(dataset=wildcards.dataset),
         "partitions": PATHS.partitions.format(dataset=wildcards.dataset, split=wildcards.split),
     }
-    if cv.needs_fit(config, wildcards.trigger):
-        kind = cv.trigger_kind(config, wildcards.trigger)
+    trigger = VIEW.trigger(wildcards.trigger)
+    if trigger.needs_fit:
+        kind = trigger.kind
         inputs[names.fit_name(kind)] = PATHS.trigger_fit(kind).format(dataset=wildcards.dataset, split=wildcards.split)
     return inputs
 
 
 def get_poison_options(wildcards, input):
     """The trigger (its registry name and parameters) and the optional arguments of `backdoor-eval poison`."""
-    kind = cv.trigger_kind(config, wildcards.trigger)
-    options = ["--trigger", kind, "--trigger-params", as_json(cv.trigger_params(config, wildcards.trigger))]
+    trigger = VIEW.trigger(wildcards.trigger)
+    kind = trigger.kind
+    options = ["--trigger", kind, "--trigger-params", as_json(trigger.trigger_params())]
     if names.fit_name(kind) in input.keys():
         options += [names.fit_option(kind), input[names.fit_name(kind)]]
     if wildcards.strategy == names.ONE_TO_ONE:
@@ -273,11 +278,10 @@ def run_of(wildcards):
 def get_run_data(wildcards):
     """The data a run trains on: the store, its split's partitions and its poisoned overlay."""
     run = run_of(wildcards)
-    split = cv.split_of(config, run)
     return {
         "store": PATHS.store.format(dataset=run.dataset),
-        "partitions": PATHS.partitions.format(dataset=run.dataset, split=split),
-        "poisoned": f"{RESULTS}/poison/{run.poison_id(cv.split_policy(config))}",
+        "partitions": PATHS.partitions.format(dataset=run.dataset, split=VIEW.split_of(run)),
+        "poisoned": f"{RESULTS}/poison/{VIEW.poison_id(run)}",
     }
 
 
@@ -295,7 +299,7 @@ def get_train_options(wildcards):
     function once per job, which is most of a dry run's time on the paper grid.
     """
     run = run_of(wildcards)
-    arch, model_params = cv.model_spec(config, run.model)
+    arch, model_params = VIEW.model_spec(run.model)
     train = train_settings(run)
     weights, fetch = MODEL_WEIGHTS[run.model]
     if fetch is not None:
@@ -310,11 +314,11 @@ def get_train_options(wildcards):
         "--regularizer",
         run.regularizer,
         "--regularizer-params",
-        as_json(cv.regularizer_params(config, run.regularizer)),
+        as_json(VIEW.regularizer_params(run.regularizer)),
         "--train-params",
         as_json(train),
         "--device",
-        config["device"],
+        VIEW.device,
         "--seed",
         str(run.seed),
     ]
@@ -332,7 +336,7 @@ def train_settings(run):
     (`augment: none`) changes nothing (README.md: Results and code changes)."""
     from backdoor_eval.train import TrainConfig
 
-    return dataclasses.asdict(TrainConfig.from_dict(cv.run_train_params(config, run)))
+    return dataclasses.asdict(TrainConfig.from_dict(VIEW.run_train_params(run)))
 
 
 def get_checkpoint(phase):
@@ -400,7 +404,7 @@ def get_output_experiments(wildcards):
 
 
 def get_table1_options():
-    spec = config["table1"]
+    spec = VIEW.table1
     options = ["--poison-rate", str(spec["poison_rate"])]
     if spec.get("class_counts"):
         options += ["--class-counts", ",".join(map(str, spec["class_counts"]))]
@@ -409,17 +413,16 @@ def get_table1_options():
 
 def get_gallery_fits():
     """The fit files of the fitted triggers Fig. 2 shows (lv: its lv_fit), made on the seed's shared split."""
-    spec = config["gallery"]
+    spec = VIEW.gallery
     split = seeding.split_id(spec["seed"])
-    kinds = dict.fromkeys(
-        cv.trigger_kind(config, name) for name in cv.trigger_names(config) if cv.needs_fit(config, name)
-    )
+    triggers = [VIEW.trigger(name) for name in VIEW.trigger_names]
+    kinds = dict.fromkeys(trigger.kind for trigger in triggers if trigger.needs_fit)
     return {kind: PATHS.trigger_fit(kind).format(dataset=spec["dataset"], split=split) for kind in kinds}
 
 
 def get_gallery_input():
     """One image of the seed's shared split, and that split's fits of the fitted triggers shown."""
-    spec = config["gallery"]
+    spec = VIEW.gallery
     split = seeding.split_id(spec["seed"])
     return {
         "store": PATHS.store.format(dataset=spec["dataset"]),
@@ -431,18 +434,15 @@ def get_gallery_input():
 def get_gallery_options():
     """The fit files, the image and the triggers of Fig. 2, each at the alpha and with the parameters the
     config gives it."""
+    triggers = [VIEW.trigger(name) for name in VIEW.trigger_names]
     shown = {
-        name: {
-            "kind": cv.trigger_kind(config, name),
-            "alpha": cv.trigger_default_alpha(config, name),
-            "params": cv.trigger_params(config, name),
-        }
-        for name in cv.trigger_names(config)
+        trigger.name: {"kind": trigger.kind, "alpha": trigger.default_alpha, "params": trigger.trigger_params()}
+        for trigger in triggers
     }
     options = [part for kind, path in get_gallery_fits().items() for part in (names.fit_option(kind), path)]
     # In the config's order (the panels' order); the gallery's seed places the random square.
-    options += ["--triggers", json.dumps(shown), "--seed", str(config["gallery"]["seed"])]
-    index = config["gallery"].get("image_index")
+    options += ["--triggers", json.dumps(shown), "--seed", str(VIEW.gallery["seed"])]
+    index = VIEW.gallery.get("image_index")
     if index is not None:
         options += ["--image-index", str(index)]
     return shlex.join(options)

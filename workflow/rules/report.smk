@@ -51,14 +51,14 @@ rule aggregate:
         " --out-epochs {output.epochs:q} > {log:q} 2>&1"
 
 
-if config.get("table1"):
+if VIEW.table1:
 
     localrules:
         table1,
 
     rule table1:
         input:
-            store=PATHS.store.format(dataset=config["table1"]["dataset"]),
+            store=PATHS.store.format(dataset=VIEW.table1["dataset"]),
         output:
             csv=PATHS.table("table1", "csv"),
             md=report(PATHS.table("table1", "md"), caption="../report/table1.rst", category="Tables"),
@@ -167,7 +167,7 @@ rule retraining_budget:
         " --out-png {output.png:q} --out-pdf {output.pdf:q} > {log:q} 2>&1"
 
 
-if config.get("gallery"):
+if VIEW.gallery:
 
     localrules:
         gallery,

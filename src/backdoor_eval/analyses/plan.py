@@ -136,7 +136,7 @@ def membership(config: Mapping[str, Any], results_dir: str) -> dict[str, Any]:
 
 def detection_figures(config: Mapping[str, Any], outputs: Mapping[str, list[str]]) -> dict[str, tuple[str, str]]:
     """Figure -> (experiment, factor) for each detection figure whose paper figure's experiment runs a
-    training-set detector (``outputs``: :func:`backdoor_eval.experiments.outputs`)."""
+    training-set detector (``outputs``: :func:`backdoor_eval.configview.outputs`)."""
     methods = experiment_methods(config)
     figures = {}
     for figure, (paper_figure, factor) in DETECTION_FIGURES.items():
