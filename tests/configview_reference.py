@@ -231,3 +231,17 @@ def declared_names(config: Mapping[str, Any], section: str) -> list[str]:
     if section == "regularizers":
         return regularizer_names(config)
     return [str(name) for name in config.get(section) or {}]
+
+
+def pretraining_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``backdoor_eval.pretrain.pretraining_settings`` as it read the raw mapping (its digest names the file)."""
+    spec = (config.get("pretraining") or {})[name] or {}
+    data = (config.get("datasets") or {}).get(spec.get("dataset")) or {}
+    return {
+        "dataset": {"kind": data.get("kind"), "params": data.get("params") or {}, "classes": data.get("classes")},
+        "arch": spec.get("arch"),
+        "params": dict(spec.get("params") or {}),
+        "train": dict(spec.get("train") or {}),
+        "seed": int(spec.get("seed", 0)),
+        "holdout": float(spec.get("holdout", 0.1)),
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,25 @@ import configview_reference as old
 from backdoor_eval import config as cfg
 from backdoor_eval import configview as cv
 from backdoor_eval import experiments as ex
+from backdoor_eval import offline, pretrain
 from backdoor_eval.factors import FACTORS
 from backdoor_eval.names import NO_REGULARIZER
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(path.name for path in (REPO / "config").glob("*.yaml"))
+
+
+def old_model_weights(config, model):
+    """``backdoor_eval.offline.model_weights`` as it read the raw mapping."""
+    spec = config["models"][model] or {}
+    if not spec.get("pretrained"):
+        return None, None
+    arch, weights = str(spec.get("arch") or model), spec.get("weights")
+    if weights is None:
+        return offline.weights_file_name(arch), offline.WeightsFetch(arch)
+    if offline.is_url(weights):
+        return offline.weights_file_name(arch, str(weights)), offline.WeightsFetch(arch, str(weights))
+    return os.path.expanduser(str(weights)), None
 
 
 @pytest.fixture(scope="module", params=CONFIGS)
@@ -63,6 +78,9 @@ def test_datasets_and_models_answer_as_before(shipped):
             spec["holdout"],
         )
         assert (cv.thaw(entry.params), cv.thaw(entry.train)) == (spec["params"], spec["train"])
+        assert pretrain.pretraining_settings(view, name) == old.pretraining_settings(config, name)
+    for name in config["models"]:
+        assert offline.model_weights(view, name) == old_model_weights(config, name)
 
 
 def test_triggers_and_regularizers_answer_as_before(shipped):

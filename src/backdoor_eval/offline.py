@@ -26,6 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from backdoor_eval.configview import ConfigView, thaw, view
 from backdoor_eval.network import DOWNLOADS_OFF, OFFLINE_ENV, downloads_off, hub_offline
 
 __all__ = [
@@ -72,15 +73,14 @@ def weights_file_name(arch: str, source: str | None = None) -> str:
     return f"{base}/{stem}.safetensors"
 
 
-def model_weights(config: Mapping[str, Any], model: str) -> tuple[str | None, WeightsFetch | None]:
+def model_weights(config: ConfigView | Mapping[str, Any], model: str) -> tuple[str | None, WeightsFetch | None]:
     """``(file, fetch)`` for the config's ``model``: the weights file its train jobs read, and what
     fetches it (``None`` for a local ``weights:`` file, read as it is). ``(None, None)`` when
     the model is not pretrained."""
-    spec = config["models"][model] or {}
-    if not spec.get("pretrained"):
+    spec = view(config).model(model)
+    if not spec.pretrained:
         return None, None
-    arch = str(spec.get("arch") or model)
-    weights = spec.get("weights")
+    arch, weights = spec.arch, spec.weights
     if weights is None:
         return weights_file_name(arch), WeightsFetch(arch)
     if is_url(weights):
@@ -88,8 +88,9 @@ def model_weights(config: Mapping[str, Any], model: str) -> tuple[str | None, We
     return os.path.expanduser(str(weights)), None
 
 
-def weights_to_fetch(config: Mapping[str, Any], models: Iterable[str]) -> dict[str, WeightsFetch]:
+def weights_to_fetch(config: ConfigView | Mapping[str, Any], models: Iterable[str]) -> dict[str, WeightsFetch]:
     """The files ``fetch_weights`` writes for ``models`` (those the runs use): path -> what to fetch."""
+    config = view(config)
     plan: dict[str, WeightsFetch] = {}
     owners: dict[str, str] = {}
     for model in sorted(set(models)):
@@ -105,16 +106,17 @@ def weights_to_fetch(config: Mapping[str, Any], models: Iterable[str]) -> dict[s
     return plan
 
 
-def archives_to_fetch(config: Mapping[str, Any], datasets: Iterable[str]) -> dict[str, str]:
+def archives_to_fetch(config: ConfigView | Mapping[str, Any], datasets: Iterable[str]) -> dict[str, str]:
     """The archives ``fetch_dataset`` writes for ``datasets``: dataset -> the file its reader reads
     (datasets with a local ``path`` or none, e.g. ``synthetic``, are left out)."""
     from backdoor_eval.data import remote_archive
 
+    config = view(config)
     plan: dict[str, str] = {}
     sources: dict[str, tuple[str, str, str | None]] = {}  # path -> (dataset, url, md5)
     for name in sorted(set(datasets)):
-        spec = config["datasets"][name]
-        archive = remote_archive(spec["kind"], spec.get("params"))
+        spec = config.datasets[name]
+        archive = remote_archive(spec.kind, thaw(spec.params))
         if archive is None:
             continue
         path = archive.path.as_posix()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from backdoor_eval import offline
+from backdoor_eval.configview import ConfigView, thaw, view
 from backdoor_eval.hashing import json_sha256
 
 log = logging.getLogger(__name__)
@@ -56,31 +57,30 @@ HEAD_ONLY_PARAMS = ("drop_rate", "min_input_size")
 _DEFAULT_HOLDOUT = 0.1
 
 
-def _entry(config: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    entries = config.get("pretraining") or {}
-    if name not in entries:
-        declared = ", ".join(entries) or "none"
-        raise ValueError(f"pretraining {name!r} is not declared in config pretraining; declared: {declared}")
-    return entries[name] or {}
-
-
-def pretraining_settings(config: Mapping[str, Any], name: str) -> dict[str, Any]:
+def pretraining_settings(config: ConfigView | Mapping[str, Any], name: str) -> dict[str, Any]:
     """Everything that determines pretraining ``name``'s weights: the dataset's entry (kind, params,
     classes), the architecture and its parameters, the training settings, the seed and the held-out share."""
-    spec = _entry(config, name)
-    dataset = spec.get("dataset")
-    data = (config.get("datasets") or {}).get(dataset) or {}
+    config = view(config)
+    spec = config.pretraining.get(name)
+    if spec is None:
+        declared = ", ".join(config.pretraining) or "none"
+        raise ValueError(f"pretraining {name!r} is not declared in config pretraining; declared: {declared}")
+    data = config.datasets.get(spec.dataset)
     return {
-        "dataset": {"kind": data.get("kind"), "params": data.get("params") or {}, "classes": data.get("classes")},
-        "arch": spec.get("arch"),
-        "params": dict(spec.get("params") or {}),
-        "train": dict(spec.get("train") or {}),
-        "seed": int(spec.get("seed", 0)),
-        "holdout": float(spec.get("holdout", _DEFAULT_HOLDOUT)),
+        "dataset": {
+            "kind": data.kind if data else None,
+            "params": thaw(data.params) if data else {},
+            "classes": list(data.classes) if data and data.classes is not None else None,
+        },
+        "arch": spec.arch,
+        "params": thaw(spec.params),
+        "train": thaw(spec.train),
+        "seed": int(spec.seed),
+        "holdout": float(_DEFAULT_HOLDOUT if spec.holdout is None else spec.holdout),
     }
 
 
-def pretraining_file(config: Mapping[str, Any], name: str) -> str:
+def pretraining_file(config: ConfigView | Mapping[str, Any], name: str) -> str:
     """The backbone file of pretraining ``name``: ``<PRETRAINED_DIR>/<name>-<12 hex of its settings>.safetensors``."""
     digest = json_sha256(pretraining_settings(config, name))[:12]
     return f"{PRETRAINED_DIR}/{name}-{digest}.safetensors"
@@ -91,14 +91,16 @@ def manifest_file(weights_file: str) -> str:
     return weights_file.removesuffix(".safetensors") + ".json"
 
 
-def model_init(config: Mapping[str, Any], model: str) -> str | None:
+def model_init(config: ConfigView | Mapping[str, Any], model: str) -> str | None:
     """The pretraining a model entry starts from (its ``init:``), or ``None``."""
-    return ((config.get("models") or {}).get(model) or {}).get("init")
+    spec = view(config).models.get(model)
+    return spec.init if spec else None
 
 
-def model_weights(config: Mapping[str, Any], model: str) -> tuple[str | None, Any]:
+def model_weights(config: ConfigView | Mapping[str, Any], model: str) -> tuple[str | None, Any]:
     """``(file, fetch)`` for the config's ``model``, as :func:`backdoor_eval.offline.model_weights`, with
     the backbone file of its ``init:`` pretraining (written by the ``pretrain`` rule, nothing to fetch)."""
+    config = view(config)
     init = model_init(config, model)
     if init is not None:
         return pretraining_file(config, init), None

@@ -52,7 +52,7 @@ POISON_PHASE, CLEAN_PHASE = names.POISON_PHASE, names.CLEAN_PHASE
 GPU_LOCK_DIR = VIEW.gpu_lock_dir
 # The pretrainings the runs' models start from (init:), by their backbone file (backdoor_eval.pretrain).
 PRETRAININGS = {
-    pretrain.pretraining_file(config, name): name
+    pretrain.pretraining_file(VIEW, name): name
     for name in sorted({VIEW.model(run.model).init for run in RUNS} - {None})
 }
 INGESTED_DATASETS = (
@@ -62,9 +62,9 @@ INGESTED_DATASETS = (
 )
 # What the fetch rules download before any compute job (backdoor_eval.offline): each model's
 # (weights file, fetch or None; a pretrain rule's file for init:) and each dataset's archive.
-MODEL_WEIGHTS = {model: pretrain.model_weights(config, model) for model in sorted({run.model for run in RUNS})}
-WEIGHTS_TO_FETCH = offline.weights_to_fetch(config, MODEL_WEIGHTS)
-ARCHIVE_OF = offline.archives_to_fetch(config, INGESTED_DATASETS)
+MODEL_WEIGHTS = {model: pretrain.model_weights(VIEW, model) for model in sorted({run.model for run in RUNS})}
+WEIGHTS_TO_FETCH = offline.weights_to_fetch(VIEW, MODEL_WEIGHTS)
+ARCHIVE_OF = offline.archives_to_fetch(VIEW, INGESTED_DATASETS)
 ARCHIVE_DATASET = {}  # archive -> the (first) dataset that reads it
 for _dataset, _archive in sorted(ARCHIVE_OF.items()):
     ARCHIVE_DATASET.setdefault(_archive, _dataset)
