@@ -149,7 +149,9 @@ def defense_table(defenses: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     if not clean.empty:
         parts.append(clean.assign(defense=CLEAN_RETRAINING))
     parts.append(filtered.assign(defense=filtered["method"].map(lambda m: f"filter: {method_title(m)}")))
-    rows = pd.concat([part[["run_id", *FACTORS, "defense", *metrics]] for part in parts], ignore_index=True)
+    # A file written before a factor was added (optimizer) lacks its column: the factors every part has.
+    factors = [f for f in FACTORS if all(f in part.columns for part in parts)]
+    rows = pd.concat([part[["run_id", *factors, "defense", *metrics]] for part in parts], ignore_index=True)
     keys = row_keys(rows)
     means = rows.groupby([*keys, "defense"], sort=False)[metrics].mean()
     defense_order = list(dict.fromkeys(rows["defense"]))
