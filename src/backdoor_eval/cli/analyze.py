@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import json_object, positive_int
+from .common import json_object, positive_int, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +118,13 @@ def _membership(path: str) -> dict:
     return document
 
 
-def _read_parquet(path: str, what: str):
-    import pandas as pd
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    return pd.read_parquet(path)
-
-
 def cmd_aggregate_detections(args: argparse.Namespace) -> int:
     from backdoor_eval.analyses.report import combine_detections
     from backdoor_eval.io import write_parquet
 
     membership = _membership(args.membership)
     results = {
-        (run_id, method): _read_parquet(path, f"run {run_id!r}: {method} result")
+        (run_id, method): read_parquet(path, f"run {run_id!r}: {method} result")
         for run_id, files in membership["results"].items()
         for method, path in files.items()
     }
@@ -151,7 +143,7 @@ def cmd_aggregate_defenses(args: argparse.Namespace) -> int:
     for run_id, files in membership["filtered"].items():
         for method, paths in files.items():
             final = read_json(paths["final"], f"run {run_id!r}: {method} filtered final.json")
-            phases[(run_id, method)] = (final, _read_parquet(paths["epochs"], f"run {run_id!r}: {method} epochs"))
+            phases[(run_id, method)] = (final, read_parquet(paths["epochs"], f"run {run_id!r}: {method} epochs"))
     frame = defense_rows(membership, phases)
     write_parquet(args.out, frame)
     log.info("aggregate-defenses: %d rows -> %s", len(frame), args.out)
@@ -162,7 +154,7 @@ def cmd_detection_table(args: argparse.Namespace) -> int:
     from backdoor_eval import tables
     from backdoor_eval.analyses.report import detection_table
 
-    frame = detection_table(_read_parquet(args.detections, "detections file"))
+    frame = detection_table(read_parquet(args.detections, "detections file"))
     note = (
         "AUROC of each method's score for poisoned against clean poison-train samples of the poison class; "
         "TPR and FPR at the method's own removal rule (STRIP: triggered adversarial-test inputs rejected, and "
@@ -176,7 +168,7 @@ def cmd_defense_table(args: argparse.Namespace) -> int:
     from backdoor_eval import tables
     from backdoor_eval.analyses.report import defense_table
 
-    frame = defense_table(_read_parquet(args.defenses, "defenses file"), _read_parquet(args.runs, "runs file"))
+    frame = defense_table(read_parquet(args.defenses, "defenses file"), read_parquet(args.runs, "runs file"))
     note = (
         "Adversarial success rate (ASR) and clean-validation accuracy, mean over seeds and poison classes: "
         "the poisoned model (none), after the paper's clean retraining (where the run was retrained), and "
@@ -193,6 +185,6 @@ def cmd_detection_figure(args: argparse.Namespace) -> int:
     from backdoor_eval.analyses.report import detection_figure
     from backdoor_eval.figures import save_figure
 
-    figure = detection_figure(_read_parquet(args.detections, "detections file"), args.experiment, args.factor)
+    figure = detection_figure(read_parquet(args.detections, "detections file"), args.experiment, args.factor)
     save_figure(figure, args.out_png, args.out_pdf)
     return 0

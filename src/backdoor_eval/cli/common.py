@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def int_at_least(minimum: int):
@@ -38,6 +39,15 @@ def json_object(text: str | None, option: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{option} {text!r} is not a JSON object; expected e.g. '{{\"size\": 224}}'")
     return value
+
+
+def read_parquet(path: str, what: str):
+    """The Parquet file at ``path``, or a ``FileNotFoundError`` naming ``what`` it is and the path."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    return pd.read_parquet(path)
 
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:

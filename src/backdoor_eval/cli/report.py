@@ -18,7 +18,7 @@ from typing import Any
 
 from backdoor_eval.names import FIGURES, RETRAINING_TABLES, TABLES, check_output_experiment_count, experiment_list
 
-from .common import json_object, seed_int
+from .common import json_object, read_parquet, seed_int
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,6 @@ def parse_experiments(text: str, name: str) -> list[str]:
     return experiments
 
 
-def _read_parquet(path: str, what: str):
-    import pandas as pd
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    return pd.read_parquet(path)
-
-
 INCLUDE_UNTRAINED_HELP = "keep runs flagged untrained (their poison phase kept epoch 0); left out by default"
 
 
@@ -133,7 +125,7 @@ def _read_runs(args: argparse.Namespace):
     """``--runs``, less the runs flagged untrained unless ``--include-untrained`` (each left out is logged)."""
     from backdoor_eval.tables import without_untrained
 
-    runs = _read_parquet(args.runs, "runs file")
+    runs = read_parquet(args.runs, "runs file")
     if args.include_untrained:
         return runs
     kept, left_out = without_untrained(runs)
@@ -196,8 +188,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
                     f"run {run_id!r} (experiment {experiment}) has no 'summary'/'epochs' paths in the membership 'runs'"
                 )
             # Relative paths are relative to the working directory (Snakemake's workdir).
-            summaries[run_id] = _read_parquet(paths["summary"], f"run {run_id!r}: summary file")
-            epochs[run_id] = _read_parquet(paths["epochs"], f"run {run_id!r}: epochs file")
+            summaries[run_id] = read_parquet(paths["summary"], f"run {run_id!r}: summary file")
+            epochs[run_id] = read_parquet(paths["epochs"], f"run {run_id!r}: epochs file")
     runs_frame, epochs_frame = combine_runs(membership, summaries, epochs)
     _warn_about_provenance(runs_frame)
     write_parquet(args.out_runs, runs_frame)
@@ -342,9 +334,9 @@ def cmd_retraining_budget(args: argparse.Namespace) -> int:
     from backdoor_eval import figures, tables
 
     (experiment,) = parse_experiments(args.experiments, "retraining_budget")
-    runs = _read_parquet(args.runs, "runs file")
+    runs = read_parquet(args.runs, "runs file")
     _require_experiments(runs, [experiment], args.runs)
-    epochs = _read_parquet(args.epochs, "epochs file")
+    epochs = read_parquet(args.epochs, "epochs file")
     frame = tables.retraining_budget(runs, epochs, experiment)
     note = tables.TABLE_NOTES["retraining_budget"] + " " + _built_from([experiment])
     tables.write_table(frame, args.out_csv, args.out_md, decimals=3, title="Clean retraining budget", note=note)
