@@ -5,8 +5,14 @@
 from snakemake.utils import min_version
 
 from backdoor_eval.config import prepare_config
+from backdoor_eval.scheduling import limit_reevaluation_timers
 
 min_version("9.0")
+
+# Snakemake's scheduler otherwise adds a self-renewing wake-up timer per finished job, and its
+# main process spends a growing share of a core on them (backdoor_eval.scheduling).
+if workflow.is_main_process:
+    limit_reevaluation_timers()
 
 
 # The embedded default. A --configfile on the command line replaces it rather
