@@ -39,7 +39,7 @@ clean-results:
 	rm -rf results/quickstart
 
 # Copy a finished config's tables and PNG figures under docs/results/<name>/
-# with its runs.parquet and epochs.parquet, detections/defenses.parquet when made, and its
+# with its runs.parquet and epochs.parquet, detections/defenses/defense_epochs.parquet when made, and its
 # pretrainings' manifests (what docs/results.md shows and quotes), e.g.
 # `make publish-results NAME=real-cifar10`.
 publish-results:
@@ -56,4 +56,4 @@ publish-results:
 	[(out.mkdir(exist_ok=True), shutil.copy(m, out)) for n in c.get('pretraining') or {} \
 	 for m in [pretrain.manifest_file(pretrain.pretraining_file(c, n))] if Path(m).is_file()]" \
 	config/$(NAME).yaml docs/results/$(NAME)/pretraining
-	for f in detections.parquet defenses.parquet; do test ! -f results/$(NAME)/$$f || cp results/$(NAME)/$$f docs/results/$(NAME)/; done
+	for f in detections.parquet defenses.parquet defense_epochs.parquet; do test ! -f results/$(NAME)/$$f || cp results/$(NAME)/$$f docs/results/$(NAME)/; done

@@ -438,7 +438,8 @@ def test_the_quickstart_dag_runs_every_method(tmp_path):
     filtered = set(re.findall(r"rule filter_retrain:\n(?:.*\n)*?\s+wildcards: .*method=(\w+)", text))
     assert analysed == {"spectral", "activation_clustering", "strip", "perfect_filter"}
     assert filtered == {"spectral", "activation_clustering", "perfect_filter"}
-    for target in ("detections.parquet", "defenses.parquet", "tables/detection.md", "tables/defense.md"):
+    targets = ("detections.parquet", "defenses.parquet", "defense_epochs.parquet", "tables/detection.md")
+    for target in (*targets, "tables/defense.md"):
         assert f"results/quickstart/{target}" in text
 
 
@@ -533,6 +534,45 @@ def test_the_defense_table_puts_filter_then_retrain_beside_clean_retraining():
         "filter: Spectral signatures",
         "filter: Perfect filter",
     ]
+
+
+def test_defense_rows_keep_every_epoch_of_the_filtered_phases_once_per_run_and_method():
+    from backdoor_eval.analyses.report import defense_rows
+    from backdoor_eval.evaluate import SUMMARY_METRICS
+    from backdoor_eval.experiments import Run
+
+    runs = [Run("synthetic", "small_cnn", "bs", 1.0, "many-to-one", f"class{c}", "all", 0.3, "none", 0) for c in (0, 1)]
+    methods = ("spectral", "perfect_filter")
+    phases = {}
+    for i, run in enumerate(runs):
+        for j, method in enumerate(methods):
+            asr = [0.0, 0.1 * (i + 1), 0.5 + j / 10]  # epochs 0-2; the kept one is epoch 1
+            history = pd.DataFrame({"phase": "poison", "epoch": [0, 1, 2], "adversarial_success_rate": asr})
+            for metric in SUMMARY_METRICS:
+                if metric != "adversarial_success_rate":
+                    history[metric] = 0.5
+            final = {"phase": "poison", "epoch": 1, "best_epoch": 1, "epochs_run": 2, "stopped_early": False}
+            final.update({metric: float(history.loc[1, metric]) for metric in SUMMARY_METRICS})
+            phases[(run.run_id, method)] = (final | {"num_train_images": 100 - j}, history)
+    # E1 and D name the first run both: two rows in defenses, its epochs once
+    membership = {
+        "experiments": {
+            "E1": {"runs": [runs[0].run_id], "filter_retrain": list(methods)},
+            "D": {"runs": [r.run_id for r in runs], "filter_retrain": list(methods)},
+        }
+    }
+    rows, epochs = defense_rows(membership, phases)
+    assert len(rows) == 6 and len(epochs) == 2 * 2 * 3
+    assert list(epochs.columns[:2]) == ["run_id", "dataset"] and "experiment" not in epochs.columns
+    assert epochs.columns.get_loc("method") == epochs.columns.get_loc("phase") - 1
+    one = epochs[(epochs.run_id == runs[1].run_id) & (epochs.method == "perfect_filter")]
+    assert one.adversarial_success_rate.tolist() == pytest.approx([0.0, 0.2, 0.6])
+    assert one.poison_class.unique().tolist() == ["class1"]
+    # the kept epoch is what defenses.parquet holds; the later epoch is only in the epochs
+    kept = rows[(rows.run_id == runs[1].run_id) & (rows.method == "perfect_filter")]
+    assert kept.adversarial_success_rate.tolist() == pytest.approx([0.2])
+    with pytest.raises(ValueError, match="has no 'spectral' filtered phase"):
+        defense_rows(membership, {})
 
 
 def test_combining_detections_names_a_missing_or_foreign_result():

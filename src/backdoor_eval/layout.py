@@ -121,6 +121,11 @@ class Layout:
     def defenses_table(self) -> str:
         return f"{self.root}/defenses.parquet"
 
+    @property
+    def defense_epochs_table(self) -> str:
+        """Every epoch of every filter-then-retrain phase (defenses.parquet holds the kept one)."""
+        return f"{self.root}/defense_epochs.parquet"
+
     def table(self, name: str, extension: str) -> str:
         return f"{self.root}/tables/{name}.{extension}"
 

@@ -116,6 +116,7 @@ rule aggregate_defenses:
         membership=PATHS.analysis_membership,
     output:
         defenses=PATHS.defenses_table,
+        epochs=PATHS.defense_epochs_table,
     log:
         log_of("aggregate_defenses", "defenses"),
     benchmark:
@@ -123,7 +124,8 @@ rule aggregate_defenses:
     conda:
         "../../envs/backdoor-eval.yaml"
     shell:
-        "backdoor-eval aggregate-defenses --membership {input.membership:q} --out {output.defenses:q} > {log:q} 2>&1"
+        "backdoor-eval aggregate-defenses --membership {input.membership:q} --out {output.defenses:q}"
+        " --out-epochs {output.epochs:q} > {log:q} 2>&1"
 
 
 rule detection_table:

@@ -3,7 +3,8 @@
 - :func:`combine_detections`: the per-run result rows into ``detections.parquet``
   (one row per experiment x run x method, like ``runs.parquet``'s experiment x run x phase);
 - :func:`defense_rows`: the filter-then-retrain phases into ``defenses.parquet``
-  (one row per experiment x run x method, the run's factors and the phase's metrics);
+  (one row per experiment x run x method, the run's factors and the phase's metrics) and
+  ``defense_epochs.parquet`` (every epoch of those phases);
 - :func:`detection_table`: AUROC, TPR and FPR per method x dataset x model x trigger;
 - :func:`defense_table`: ASR and clean accuracy with no defense, after clean retraining and after
   filter-then-retrain with each method;
@@ -71,29 +72,36 @@ def combine_detections(membership: Mapping[str, Any], results: Mapping[tuple[str
 
 def defense_rows(
     membership: Mapping[str, Any], phases: Mapping[tuple[str, str], tuple[dict, pd.DataFrame]]
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``phases[(run_id, method)] = (final.json, epochs frame)`` of each filter-then-retrain phase, as rows with
-    ``experiment``, the run's factors (:func:`backdoor_eval.evaluate.summarize`), ``method`` and the phase's metrics."""
+    ``experiment``, the run's factors (:func:`backdoor_eval.evaluate.summarize`), ``method`` and the phase's metrics;
+    and every epoch of those phases, one row per run x method x epoch (a run in two experiments once), with the
+    run's factors and ``method``, as ``epochs.parquet`` has them per run x phase x epoch."""
     import pandas as pd
 
     from backdoor_eval.evaluate import summarize
     from backdoor_eval.experiments import Run
 
-    frames = []
+    frames, epoch_frames = [], {}
     for experiment, entry in membership["experiments"].items():
         for run_id in entry["runs"]:
             for method in entry["filter_retrain"]:
                 if (run_id, method) not in phases:
                     raise ValueError(f"run {run_id!r} (experiment {experiment}) has no {method!r} filtered phase")
                 final, history = phases[(run_id, method)]
-                summary, _ = summarize({"run_id": run_id, **Run.from_run_id(run_id).params()}, [(final, history)])
+                summary, epochs = summarize({"run_id": run_id, **Run.from_run_id(run_id).params()}, [(final, history)])
                 summary.insert(0, "experiment", experiment)
                 summary.insert(summary.columns.get_loc("phase"), "method", method)
                 summary["num_train_images"] = int(final["num_train_images"])
                 frames.append(summary)
+                if "phase" in epochs.columns:
+                    epochs.insert(epochs.columns.get_loc("phase"), "method", method)
+                else:
+                    epochs["method"] = method
+                epoch_frames[(run_id, method)] = epochs
     if not frames:
         raise ValueError("the analysis membership lists no filter_retrain method in any experiment")
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), pd.concat(epoch_frames.values(), ignore_index=True)
 
 
 # --------------------------------------------------------------------------- tables

@@ -46,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=f"gather the runs' {what} into one tidy .parquet")
         p.add_argument("--membership", required=True, help="analyses.json written by `analysis-membership`")
         p.add_argument("--out", required=True, help=f"{what}.parquet to write")
+        if what == "defenses":
+            p.add_argument(
+                "--out-epochs", help="defense_epochs.parquet to write: every epoch of the filtered phases (optional)"
+            )
         p.set_defaults(func=cmd_aggregate_detections if what == "detections" else cmd_aggregate_defenses)
 
     p = sub.add_parser("detection-table", help="detection AUROC, TPR and FPR by method x dataset x model x trigger")
@@ -144,9 +148,12 @@ def cmd_aggregate_defenses(args: argparse.Namespace) -> int:
         for method, paths in files.items():
             final = read_json(paths["final"], f"run {run_id!r}: {method} filtered final.json")
             phases[(run_id, method)] = (final, read_parquet(paths["epochs"], f"run {run_id!r}: {method} epochs"))
-    frame = defense_rows(membership, phases)
+    frame, epochs = defense_rows(membership, phases)
     write_parquet(args.out, frame)
     log.info("aggregate-defenses: %d rows -> %s", len(frame), args.out)
+    if args.out_epochs:
+        write_parquet(args.out_epochs, epochs)
+        log.info("aggregate-defenses: %d epoch rows -> %s", len(epochs), args.out_epochs)
     return 0
 
 
