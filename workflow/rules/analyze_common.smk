@@ -22,14 +22,15 @@ if workflow.is_main_process and ANALYSIS_JOBS["analyze"]:
 
 
 def get_analysis_output():
-    """detections.parquet with its table and figures, and defenses.parquet with its table, when asked for."""
+    """detections.parquet with its table and figures, and defenses.parquet (with every epoch in
+    defense_epochs.parquet) with its table, when asked for."""
     targets = []
     if analysis_plan.experiment_methods(config):
         targets += [PATHS.detections_table]
         targets += [PATHS.table(analysis_plan.DETECTION_TABLE, ext) for ext in ("csv", "md")]
         targets += [PATHS.figure(name, ext) for name in DETECTION_FIGURES for ext in ("png", "pdf")]
     if analysis_plan.experiment_methods(config, analysis_plan.FILTER_KEY):
-        targets += [PATHS.defenses_table]
+        targets += [PATHS.defenses_table, PATHS.defense_epochs_table]
         targets += [PATHS.table(analysis_plan.DEFENSE_TABLE, ext) for ext in ("csv", "md")]
     return targets
 
