@@ -94,10 +94,7 @@ def defense_rows(
                 summary.insert(summary.columns.get_loc("phase"), "method", method)
                 summary["num_train_images"] = int(final["num_train_images"])
                 frames.append(summary)
-                if "phase" in epochs.columns:
-                    epochs.insert(epochs.columns.get_loc("phase"), "method", method)
-                else:
-                    epochs["method"] = method
+                epochs.insert(epochs.columns.get_loc("phase"), "method", method)
                 epoch_frames[(run_id, method)] = epochs
     if not frames:
         raise ValueError("the analysis membership lists no filter_retrain method in any experiment")
